@@ -1,0 +1,13 @@
+"""rnnkit: recurrent neural networks implemented in PyTorch tensor math.
+
+The cells and layers are drop-ins for torch.nn's: same arguments, same
+parameter names, same results, plus ``lengths=``, ``check_finite=`` and a
+choice of execution ``engine=``.
+"""
+
+from rnnkit.cells import GRUCell, LSTMCell, RNNCell
+from rnnkit.layers import GRU, LSTM, RNN, RecurrentLayer
+
+__version__ = "0.1.0"
+
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "RecurrentLayer", "__version__"]

@@ -1,0 +1,177 @@
+"""The cell contract, shared by every cell family.
+
+A cell is one time step, ``(x_t, state) -> (y_t, state)``. It knows nothing of
+time, direction, padding or stacking: :class:`rnnkit.layers.RecurrentLayer` owns
+those. Each family (``rnn.py``, ``lstm.py``, ``gru.py``) supplies
+
+* a pure step function ``step(x_t, state, weights) -> (y_t, state)``, which is
+  the whole of its math, and
+* a :class:`CellSpec` that tells the layer and the engine how many gates the
+  family has and how many tensors make up its state.
+
+The step function takes its weights as an argument instead of reading them
+from a module. That is what lets one layer own torch.nn-named parameters
+(``weight_ih_l0``, ``weight_hh_l1_reverse``, ...) and still drive the same
+math as the stand-alone cells, and what lets a faster engine replace the loop
+without touching either.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit import errors
+
+State = tuple[Tensor, ...]
+
+
+class CellWeights(NamedTuple):
+    """The weights of one cell: one layer in one direction.
+
+    Shapes, with G the family's gate count, H the hidden size, H_in the input
+    size and H_out the output size (``proj_size`` if set, else H):
+
+    * ``weight_ih``: (G*H, H_in)
+    * ``weight_hh``: (G*H, H_out)
+    * ``bias_ih``, ``bias_hh``: (G*H,) or None
+    * ``weight_hr``: (H_out, H), LSTM projection only, else None
+    """
+
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias_ih: Tensor | None
+    bias_hh: Tensor | None
+    weight_hr: Tensor | None = None
+
+
+StepFn = Callable[[Tensor, State, CellWeights], tuple[Tensor, State]]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """What the layer and the engine need to know about a cell family.
+
+    ``name`` is the engine's key: ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"`` or
+    ``"gru"``. ``gates`` is G above. ``state_sizes`` maps (hidden_size,
+    output_size) to the feature size of each state tensor, in order: ``(h,)``
+    for RNN and GRU, ``(h, c)`` for LSTM.
+    """
+
+    name: str
+    gates: int
+    state_count: int
+    step: StepFn
+
+    def state_sizes(self, hidden_size: int, output_size: int) -> tuple[int, ...]:
+        return (output_size, hidden_size)[: self.state_count]
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x W^T + b``, the one matrix product every gate is built from."""
+    out = x @ weight.t()
+    return out if bias is None else out + bias
+
+
+def init_uniform_(parameters, hidden_size: int) -> None:
+    """torch.nn's RNN initialisation: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
+    bound = 1.0 / math.sqrt(hidden_size)
+    with torch.no_grad():
+        for p in parameters:
+            p.uniform_(-bound, bound)
+
+
+class RecurrentCell(nn.Module):
+    """Base of the stand-alone cells: owns weights, checks input, calls the step.
+
+    Subclasses set ``spec`` and convert between torch.nn's forward convention
+    (``hx`` is a tensor, or an ``(h, c)`` pair for LSTM) and the state tuple.
+    """
+
+    spec: CellSpec
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        errors.check_positive_int("input_size", input_size)
+        errors.check_positive_int("hidden_size", hidden_size)
+        errors.check_bool("bias", bias)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
+            raise errors.fail("proj_size", f"an int in [0, hidden_size={hidden_size})", repr(proj_size))
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.proj_size = proj_size
+        factory = {"device": device, "dtype": dtype}
+        output_size = proj_size or hidden_size
+        gate_size = self.spec.gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(gate_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(gate_size, output_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gate_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gate_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if proj_size:
+            self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size, **factory))
+        else:
+            self.register_parameter("weight_hr", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_uniform_(self.parameters(), self.hidden_size)
+
+    @property
+    def weights(self) -> CellWeights:
+        return CellWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.weight_hr)
+
+    def initial_state(self, batch_size: int | None = None) -> State:
+        """Zero state; ``batch_size=None`` gives the unbatched form."""
+        batch = () if batch_size is None else (batch_size,)
+        sizes = self.spec.state_sizes(self.hidden_size, self.proj_size or self.hidden_size)
+        return tuple(self.weight_ih.new_zeros(*batch, size) for size in sizes)
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step under the cell contract, ``(x_t, state) -> (y_t, state)``."""
+        return self.spec.step(x_t, state, self.weights)
+
+    def _run(self, input: Tensor, hx: State | None) -> State:
+        if input.dim() not in (1, 2):
+            raise errors.fail("input", "a 1-D (unbatched) or 2-D (batched) tensor", f"{input.dim()}-D shape {tuple(input.shape)}")
+        if input.shape[-1] != self.input_size:
+            raise errors.fail("input", f"last dimension input_size={self.input_size}", f"shape {tuple(input.shape)}")
+        errors.check_like("input", input, self.weight_ih, "the cell's parameters")
+        batch = input.shape[0] if input.dim() == 2 else None
+        if hx is None:
+            state = self.initial_state(batch)
+        else:
+            sizes = self.spec.state_sizes(self.hidden_size, self.proj_size or self.hidden_size)
+            names = ("hx", "cx")
+            for name, tensor, size in zip(names, hx, sizes):
+                expected = (size,) if batch is None else (batch, size)
+                legend = "(hidden,)" if batch is None else "(batch, hidden)"
+                errors.check_shape(name, tensor, expected, legend)
+                errors.check_like(name, tensor, input, "input")
+            state = tuple(hx)
+        _, new_state = self.step(input, state)
+        return new_state
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        return s

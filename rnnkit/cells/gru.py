@@ -1,0 +1,72 @@
+r"""The GRU cell (Cho et al., 2014), in torch.nn's and cuDNN's variant.
+
+Equations, with gates in torch.nn's order r, z, n::
+
+    r_t = σ(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+    z_t = σ(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+    n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn h_{t-1} + b_hn))
+    h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+    y_t = h_t
+
+A deliberate departure from the paper, kept for torch.nn compatibility: Cho et
+al. apply the reset gate before the matrix product, W_hn (r_t ⊙ h_{t-1}); here
+it multiplies the product, r_t ⊙ (W_hn h_{t-1} + b_hn). That is what lets all
+three recurrent gates come from one matrix product per step.
+
+Shapes:
+
+* ``x_t``: (N, H_in); ``h_t``: (N, H)
+* ``weight_ih``: (3H, H_in), ``weight_hh``: (3H, H), biases: (3H,)
+
+Reference loop over ``x`` of shape (L, N, H_in)::
+
+    h = torch.zeros(N, H)
+    for x_t in x.unbind(0):
+        x_r, x_z, x_n = (x_t @ W_ih.T + b_ih).chunk(3, dim=1)
+        h_r, h_z, h_n = (h @ W_hh.T + b_hh).chunk(3, dim=1)
+        r, z = (x_r + h_r).sigmoid(), (x_z + h_z).sigmoid()
+        n = (x_n + r * h_n).tanh()
+        h = (1 - z) * n + z * h
+        outputs.append(h)
+
+Initialisation, as torch.nn.GRU: every weight and bias ~ U(-1/√H, 1/√H).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkit.cells.base import CellSpec, CellWeights, RecurrentCell, State, linear
+
+
+def gru_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
+    (h,) = state
+    x_r, x_z, x_n = linear(x_t, w.weight_ih, w.bias_ih).chunk(3, dim=-1)
+    h_r, h_z, h_n = linear(h, w.weight_hh, w.bias_hh).chunk(3, dim=-1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    h = n + z * (h - n)  # = (1 - z) * n + z * h, one fewer op
+    return h, (h,)
+
+
+GRU = CellSpec(name="gru", gates=3, state_count=1, step=gru_step)
+
+
+class GRUCell(RecurrentCell):
+    """Drop-in for :class:`torch.nn.GRUCell`: ``h' = cell(x, h)``.
+
+    Args:
+        input_size: H_in, the features of ``x``.
+        hidden_size: H, the features of ``h``.
+        bias: learn ``bias_ih`` and ``bias_hh``.
+    """
+
+    spec = GRU
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        return self._run(input, None if hx is None else (hx,))[0]

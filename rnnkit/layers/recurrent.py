@@ -1,0 +1,234 @@
+"""One generic layer that drives any cell through time, direction, lengths and stacking.
+
+:class:`RecurrentLayer` owns everything a cell does not: the loop over time
+(through an engine), the reverse direction, variable lengths, stacked layers
+with dropout between them, and torch.nn's input and state layouts. The cell
+family only supplies its step function and :class:`~rnnkit.cells.CellSpec`.
+
+Shapes, as in torch.nn:
+
+* N: batch size, L: sequence length, D: 2 if bidirectional else 1
+* H_in: input_size, H: hidden_size, H_out: proj_size if set else hidden_size
+* input: (L, N, H_in), (N, L, H_in) if batch_first, or (L, H_in) unbatched
+* output: (L, N, D*H_out) in the input's layout
+* h_0, h_n: (D*num_layers, N, H_out); c_0, c_n (LSTM): (D*num_layers, N, H)
+
+Layer ``k``'s direction ``d`` reads weights named like torch.nn's
+(``weight_ih_l{k}``, ``weight_hh_l{k}_reverse``, ``bias_ih_l{k}``,
+``weight_hr_l{k}``), so state dicts load in both directions.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from rnnkit import engine as engines
+from rnnkit import errors
+from rnnkit.cells.base import CellSpec, CellWeights, State, init_uniform_
+from rnnkit.layers.sequence import to_time_major
+
+
+class RecurrentLayer(nn.Module):
+    """Stacked, optionally bidirectional recurrence of one cell family.
+
+    Use :class:`rnnkit.RNN`, :class:`rnnkit.LSTM` or :class:`rnnkit.GRU`; they
+    fix ``spec`` and take exactly torch.nn's constructor arguments, plus:
+
+    Args:
+        check_finite: raise ``ValueError`` on NaN or Inf in the input or the
+            initial state, naming the batch index and time step.
+        engine: ``"auto"`` or a name from :data:`rnnkit.engine.ENGINES`.
+    """
+
+    def __init__(
+        self,
+        spec: CellSpec,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        check_finite: bool = False,
+        engine: str = "auto",
+    ) -> None:
+        super().__init__()
+        errors.check_positive_int("input_size", input_size)
+        errors.check_positive_int("hidden_size", hidden_size)
+        errors.check_positive_int("num_layers", num_layers)
+        for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional), ("check_finite", check_finite)):
+            errors.check_bool(name, flag)
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise errors.fail("dropout", "a number in [0, 1)", repr(dropout))
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
+            raise errors.fail("proj_size", f"an int in [0, hidden_size={hidden_size})", repr(proj_size))
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout adds dropout after all but the last recurrent layer, so non-zero dropout "
+                f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.spec = spec
+        self.mode = spec.name.upper()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.check_finite = check_finite
+        self.engine = engine
+        self._run_direction = engines.resolve(engine)
+
+        factory = {"device": device, "dtype": dtype}
+        directions = 2 if bidirectional else 1
+        output_size = proj_size or hidden_size
+        gate_size = spec.gates * hidden_size
+        self._flat_weights_names: list[str] = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else output_size * directions
+            for direction in range(directions):
+                shapes = {
+                    "weight_ih": (gate_size, layer_input),
+                    "weight_hh": (gate_size, output_size),
+                    **({"bias_ih": (gate_size,), "bias_hh": (gate_size,)} if bias else {}),
+                    **({"weight_hr": (proj_size, hidden_size)} if proj_size else {}),
+                }
+                for kind, shape in shapes.items():
+                    name = self._param_name(kind, layer, direction)
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                    self._flat_weights_names.append(name)
+        self.reset_parameters()
+
+    # -- parameters ---------------------------------------------------------
+
+    @staticmethod
+    def _param_name(kind: str, layer: int, direction: int) -> str:
+        return f"{kind}_l{layer}{'_reverse' if direction else ''}"
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        init_uniform_(self.parameters(), self.hidden_size)
+
+    def cell_weights(self, layer: int, direction: int) -> CellWeights:
+        def get(kind: str) -> Tensor | None:
+            return getattr(self, self._param_name(kind, layer, direction), None)
+
+        return CellWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"))
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """Parameters grouped per layer and direction, in torch.nn's order."""
+        per_cell = len(self._flat_weights_names) // (self.num_layers * self.num_directions)
+        names = self._flat_weights_names
+        return [[getattr(self, n) for n in names[i : i + per_cell]] for i in range(0, len(names), per_cell)]
+
+    def flatten_parameters(self) -> None:
+        """No-op, kept so that code written for torch.nn (which calls it for cuDNN) runs unchanged."""
+
+    # -- forward ------------------------------------------------------------
+
+    def forward(self, input: Tensor | PackedSequence, hx=None, *, lengths=None):
+        """Run the layer.
+
+        Args:
+            input: see the module docstring for the layouts; or a PackedSequence.
+            hx: initial state, zeros if None: ``h_0`` for RNN and GRU,
+                ``(h_0, c_0)`` for LSTM.
+            lengths: optional valid length of each sequence (list or integer
+                tensor, any device). Outputs past a sequence's length are zero
+                and its final state is taken at its last valid step, in both
+                directions.
+
+        Returns:
+            ``(output, h_n)`` for RNN and GRU, ``(output, (h_n, c_n))`` for LSTM.
+        """
+        x, valid, layout = to_time_major(input, self.batch_first, lengths)
+        self._check_input(x)
+        if self.check_finite:
+            errors.check_finite("input", x, valid)
+        states = self._initial_states(hx, x, layout.unbatched)
+
+        finals: list[State] = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                y, final = self._run_direction(
+                    self.spec, x, states[index], self.cell_weights(layer, direction), valid, reverse=direction == 1
+                )
+                outputs.append(y)
+                finals.append(final)
+            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+
+        final_state = tuple(layout.state(torch.stack(parts)) for parts in zip(*finals))
+        return layout.output(x), (final_state[0] if len(final_state) == 1 else final_state)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.shape[-1] != self.input_size:
+            raise errors.fail("input", f"last dimension input_size={self.input_size}", f"{x.shape[-1]}")
+        errors.check_like("input", x, self.weight_ih_l0, "the layer's parameters")
+
+    def _state_names(self) -> tuple[str, ...]:
+        return ("hx",) if self.spec.state_count == 1 else ("hx[0] (h_0)", "hx[1] (c_0)")
+
+    def _initial_states(self, hx, x: Tensor, unbatched: bool) -> list[State]:
+        """Check ``hx`` and split it into one state tuple per (layer, direction)."""
+        stacked = self.num_layers * self.num_directions
+        batch = x.shape[1]
+        sizes = self.spec.state_sizes(self.hidden_size, self.proj_size or self.hidden_size)
+        if hx is None:
+            return [tuple(x.new_zeros(batch, size) for size in sizes)] * stacked
+        if self.spec.state_count == 1:
+            if not isinstance(hx, Tensor):
+                raise errors.fail("hx", "a Tensor h_0", type(hx).__name__)
+            parts = (hx,)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
+                raise errors.fail("hx", "a tuple (h_0, c_0) of two Tensors", type(hx).__name__)
+            parts = tuple(hx)
+        checked = []
+        for name, tensor, size in zip(self._state_names(), parts, sizes):
+            rank = 2 if unbatched else 3
+            legend = "(num_layers * num_directions, hidden)" if unbatched else "(num_layers * num_directions, batch, hidden)"
+            if tensor.dim() != rank:
+                kind = "unbatched" if unbatched else "batched"
+                raise errors.fail(name, f"a {rank}-D tensor {legend} for {kind} input", f"{tensor.dim()}-D shape {tuple(tensor.shape)}")
+            t = tensor.unsqueeze(1) if unbatched else tensor
+            if not unbatched and t.shape[1] != batch:
+                raise errors.fail(name, f"batch size {batch} to match input", f"{t.shape[1]} (shape {tuple(tensor.shape)})")
+            expected = (stacked, size) if unbatched else (stacked, batch, size)
+            errors.check_shape(name, tensor, expected, legend)
+            errors.check_like(name, tensor, x, "input")
+            if self.check_finite:
+                errors.check_finite(name, t, first_dim="layer*direction index")
+            checked.append(t.unbind(0))
+        return [tuple(per_state) for per_state in zip(*checked)]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0, "bidirectional": False, "proj_size": 0, "engine": "auto"}
+        for key, default in defaults.items():
+            value = getattr(self, key)
+            if value != default:
+                s += f", {key}={value!r}"
+        return s
