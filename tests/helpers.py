@@ -1,0 +1,45 @@
+"""Shared test utilities: tolerances, torch.nn twins, and state/gradient collection."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import rnnkit
+
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+TORCH_LAYER = {rnnkit.RNN: nn.RNN, rnnkit.LSTM: nn.LSTM, rnnkit.GRU: nn.GRU}
+TORCH_CELL = {rnnkit.RNNCell: nn.RNNCell, rnnkit.LSTMCell: nn.LSTMCell, rnnkit.GRUCell: nn.GRUCell}
+
+
+def assert_close(actual, expected, dtype, what: str) -> None:
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(actual, expected, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
+
+
+def as_tuple(state) -> tuple:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def torch_twin(layer: nn.Module) -> nn.Module:
+    """A torch.nn layer with the same configuration and weights as an rnnkit layer."""
+    kwargs = dict(num_layers=layer.num_layers, bias=layer.bias, batch_first=layer.batch_first,
+                  dropout=layer.dropout, bidirectional=layer.bidirectional)  # fmt: skip
+    if isinstance(layer, rnnkit.RNN):
+        kwargs["nonlinearity"] = layer.nonlinearity
+    if isinstance(layer, rnnkit.LSTM):
+        kwargs["proj_size"] = layer.proj_size
+    p = next(layer.parameters())
+    twin = TORCH_LAYER[type(layer)](layer.input_size, layer.hidden_size, **kwargs, dtype=p.dtype)
+    twin.load_state_dict(layer.state_dict())
+    return twin
+
+
+def weighted_sum(tensors, generator: torch.Generator) -> torch.Tensor:
+    """A scalar loss with a random weight per element, so that every gradient entry is checked."""
+    total = 0
+    for t in tensors:
+        w = torch.randn(t.shape, generator=generator, dtype=t.dtype)
+        total = total + (t * w).sum()
+    return total

@@ -1,0 +1,184 @@
+"""Layer behaviour beyond one-call equivalence: streaming, edge cases, state dicts, gradcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+from rnnkit.engine import ENGINES
+from tests.helpers import as_tuple, assert_close, torch_twin, weighted_sum
+
+FAMILIES = [
+    pytest.param(rnnkit.RNN, {}, id="rnn-tanh"),
+    pytest.param(rnnkit.RNN, {"nonlinearity": "relu"}, id="rnn-relu"),
+    pytest.param(rnnkit.LSTM, {}, id="lstm"),
+    pytest.param(rnnkit.LSTM, {"proj_size": 3}, id="lstm-proj"),
+    pytest.param(rnnkit.GRU, {}, id="gru"),
+]
+ENGINE_NAMES = sorted(ENGINES)
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tf", "bf"])
+@pytest.mark.parametrize("family,kwargs", FAMILIES)
+def test_streaming_in_chunks_equals_one_call(family, kwargs, batch_first, engine):
+    torch.manual_seed(11)
+    layer = family(5, 7, num_layers=2, batch_first=batch_first, engine=engine, **kwargs)
+    x = torch.randn(3, 17, 5) if batch_first else torch.randn(17, 3, 5)
+    time_dim = 1 if batch_first else 0
+    full_out, full_state = layer(x)
+
+    state, pieces = None, []
+    for chunk in torch.split(x, [1, 5, 4, 7], dim=time_dim):
+        out, state = layer(chunk, state)
+        pieces.append(out)
+    torch.testing.assert_close(torch.cat(pieces, dim=time_dim), full_out, atol=1e-6, rtol=1e-6)
+    for a, b in zip(as_tuple(state), as_tuple(full_state), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+@pytest.mark.parametrize("family,kwargs", FAMILIES)
+def test_streaming_with_lengths_holds_finished_sequences(family, kwargs, engine):
+    """A sequence that ended in an earlier chunk keeps its state when later chunks are all padding for it."""
+    torch.manual_seed(12)
+    layer = family(4, 6, engine=engine, **kwargs)
+    x = torch.randn(8, 2, 4)
+    full_out, full_state = layer(x, lengths=[8, 3])
+    out1, state = layer(x[:4], lengths=[4, 3])
+    # The second sequence has no step left in chunk 2: run it with the first only and compare its held state.
+    out2, state2 = layer(x[4:, :1], tuple(s[:, :1] for s in as_tuple(state)) if isinstance(state, tuple) else state[:, :1])
+    torch.testing.assert_close(torch.cat([out1[:, :1], out2]), full_out[:, :1], atol=1e-6, rtol=1e-6)
+    for a, b, held in zip(as_tuple(state2), as_tuple(full_state), as_tuple(state), strict=True):
+        torch.testing.assert_close(a[:, 0], b[:, 0], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(held[:, 1], b[:, 1], atol=1e-6, rtol=1e-6)
+    assert torch.count_nonzero(full_out[3:, 1]) == 0
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+@pytest.mark.parametrize("family,kwargs", FAMILIES)
+def test_layer_gradcheck(family, kwargs, engine):
+    torch.manual_seed(0)
+    layer = family(2, 4, num_layers=2, bidirectional=True, dtype=torch.float64, engine=engine, **kwargs)
+    names = [n for n, _ in layer.named_parameters()]
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+
+    def run(x, *tensors):
+        out, final = torch.func.functional_call(layer, dict(zip(names, tensors)), (x,), {"lengths": [4, 2, 1]})
+        return (out, *as_tuple(final))
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+@pytest.mark.parametrize("family,kwargs", FAMILIES)
+def test_batch_size_zero_forward_and_backward(family, kwargs, engine):
+    layer = family(3, 5, num_layers=2, bidirectional=True, engine=engine, **kwargs)
+    x = torch.randn(4, 0, 3, requires_grad=True)
+    out, final = layer(x)
+    assert out.shape == (4, 0, 2 * (layer.proj_size or 5))
+    assert all(s.shape[1] == 0 for s in as_tuple(final))
+    (out.sum() + sum(s.sum() for s in as_tuple(final))).backward()
+    assert x.grad.shape == x.shape
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) == 0 for p in layer.parameters())
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+@pytest.mark.parametrize("family,kwargs", FAMILIES)
+def test_sequence_length_one_matches_torch(family, kwargs, engine):
+    torch.manual_seed(1)
+    layer = family(3, 5, num_layers=2, bidirectional=True, engine=engine, **kwargs)
+    x = torch.randn(1, 4, 3)
+    out, final = layer(x)
+    ref_out, ref_final = torch_twin(layer)(x)
+    assert_close(out, ref_out, torch.float32, "output")
+    for a, b in zip(as_tuple(final), as_tuple(ref_final), strict=True):
+        assert_close(a, b, torch.float32, "final state")
+
+
+@pytest.mark.parametrize("family,kwargs", FAMILIES)
+def test_state_dict_loads_both_ways_with_torch(family, kwargs):
+    torch.manual_seed(2)
+    ours = family(3, 5, num_layers=3, bidirectional=True, **kwargs)
+    theirs = torch_twin(ours)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in theirs.named_parameters()]
+    fresh_torch = type(theirs)(3, 5, num_layers=3, bidirectional=True, **kwargs)
+    fresh_torch.load_state_dict(ours.state_dict())
+    fresh_ours = family(3, 5, num_layers=3, bidirectional=True, **kwargs)
+    fresh_ours.load_state_dict(theirs.state_dict())
+    for a, b in zip(fresh_torch.state_dict().values(), fresh_ours.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert [[tuple(p.shape) for p in group] for group in ours.all_weights] == [[tuple(p.shape) for p in group] for group in theirs.all_weights]
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_lengths_accepts_list_and_any_integer_tensor(engine):
+    torch.manual_seed(3)
+    layer = rnnkit.GRU(3, 4, bidirectional=True, engine=engine)
+    x = torch.randn(6, 3, 3)
+    expected = layer(x, lengths=[6, 2, 4])
+    for lengths in (torch.tensor([6, 2, 4]), torch.tensor([6, 2, 4], dtype=torch.int32), (6, 2, 4)):
+        got = layer(x, lengths=lengths)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_lengths_zero_the_padding_and_ignore_its_values(engine):
+    torch.manual_seed(4)
+    layer = rnnkit.LSTM(3, 4, num_layers=2, bidirectional=True, engine=engine)
+    x = torch.randn(5, 2, 3)
+    noisy = x.clone()
+    noisy[2:, 1] = 1e6  # padding content must not leak into outputs or states
+    out_a, state_a = layer(x, lengths=[5, 2])
+    out_b, state_b = layer(noisy, lengths=[5, 2])
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(state_a, state_b))
+    assert torch.count_nonzero(out_a[2:, 1]) == 0
+    assert torch.count_nonzero(out_a[:2, 1]) > 0
+
+
+def test_dropout_between_layers_in_training_only():
+    torch.manual_seed(5)
+    layer = rnnkit.LSTM(3, 8, num_layers=2, dropout=0.5)
+    x = torch.randn(6, 4, 3)
+    layer.eval()
+    eval_out, _ = layer(x)
+    ref_out, _ = torch_twin(layer).eval()(x)
+    assert_close(eval_out, ref_out, torch.float32, "eval output")
+    layer.train()
+    train_a, _ = layer(x)
+    train_b, _ = layer(x)
+    assert not torch.allclose(train_a, eval_out)
+    assert not torch.allclose(train_a, train_b)
+
+
+def test_dropout_with_one_layer_warns_like_torch():
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        rnnkit.GRU(3, 4, num_layers=1, dropout=0.3)
+
+
+def test_packed_output_keeps_input_order():
+    torch.manual_seed(6)
+    layer = rnnkit.RNN(3, 4)
+    x = torch.randn(5, 3, 3)
+    packed = pack_padded_sequence(x, [2, 5, 3], enforce_sorted=False)
+    out, _ = layer(packed)
+    assert torch.equal(out.batch_sizes, packed.batch_sizes)
+    assert torch.equal(out.sorted_indices, packed.sorted_indices)
+    assert torch.equal(out.unsorted_indices, packed.unsorted_indices)
+
+
+def test_check_finite_ignores_padding_and_passes_clean_input():
+    layer = rnnkit.RNN(3, 4, check_finite=True)
+    x = torch.randn(5, 2, 3)
+    x[3:, 0] = float("nan")
+    out, _ = layer(x, lengths=[3, 5])
+    assert torch.isfinite(out).all()
+
+
+def test_public_api_is_declared():
+    assert set(rnnkit.__all__) >= {"RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"}
+    assert all(hasattr(rnnkit, name) for name in rnnkit.__all__)
