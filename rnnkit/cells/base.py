@@ -23,11 +23,25 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit import errors
 
 State = tuple[Tensor, ...]
+
+
+class LayerNormWeights(NamedTuple):
+    """Parameters of the LayerNorm variants (haste's LayerNormLSTM and LayerNormGRU).
+
+    * ``gain_ih``, ``gain_hh``: (G*H,), gains of the normalised input and recurrent projections
+    * ``gain_cell``, ``bias_cell``: (H,), LSTM only, normalisation of the cell state
+    """
+
+    gain_ih: Tensor
+    gain_hh: Tensor
+    gain_cell: Tensor | None = None
+    bias_cell: Tensor | None = None
 
 
 class CellWeights(NamedTuple):
@@ -40,6 +54,7 @@ class CellWeights(NamedTuple):
     * ``weight_hh``: (G*H, H_out)
     * ``bias_ih``, ``bias_hh``: (G*H,) or None
     * ``weight_hr``: (H_out, H), LSTM projection only, else None
+    * ``layer_norm``: the LayerNorm variants' gains, else None
     """
 
     weight_ih: Tensor
@@ -47,6 +62,7 @@ class CellWeights(NamedTuple):
     bias_ih: Tensor | None
     bias_hh: Tensor | None
     weight_hr: Tensor | None = None
+    layer_norm: LayerNormWeights | None = None
 
 
 StepFn = Callable[[Tensor, State, CellWeights], tuple[Tensor, State]]
@@ -74,6 +90,15 @@ class CellSpec:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``x W^T + b``, the one matrix product every gate is built from."""
     out = x @ weight.t()
+    return out if bias is None else out + bias
+
+
+LAYER_NORM_EPS = 1e-5
+
+
+def normalized_linear(x: Tensor, weight: Tensor, gain: Tensor, bias: Tensor | None) -> Tensor:
+    """``LN(x W^T) * gain + b``: the LayerNorm variants' projection, normalised over all G*H gates."""
+    out = F.layer_norm(x @ weight.t(), (weight.shape[0],), gain, None, LAYER_NORM_EPS)
     return out if bias is None else out + bias
 
 

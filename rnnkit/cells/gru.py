@@ -30,6 +30,15 @@ Reference loop over ``x`` of shape (L, N, H_in)::
         outputs.append(h)
 
 Initialisation, as torch.nn.GRU: every weight and bias ~ U(-1/√H, 1/√H).
+
+LayerNorm variant (``layer_norm=True`` on the layer; Ba et al., 2016, as in
+haste's LayerNormGRU). The input and recurrent projections are each normalised
+over all 3H gates with their own gain, then biased; the gate math is unchanged::
+
+    x_r, x_z, x_n = LN(W_ih x_t) ⊙ γ_ih + b_ih
+    h_r, h_z, h_n = LN(W_hh h_{t-1}) ⊙ γ_hh + b_hh
+
+γ_ih, γ_hh: (3H,), starting at 1. torch.nn has no such option.
 """
 
 from __future__ import annotations
@@ -37,13 +46,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkit.cells.base import CellSpec, CellWeights, RecurrentCell, State, linear
+from rnnkit.cells.base import CellSpec, CellWeights, RecurrentCell, State, linear, normalized_linear
 
 
 def gru_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
-    (h,) = state
-    x_r, x_z, x_n = linear(x_t, w.weight_ih, w.bias_ih).chunk(3, dim=-1)
-    h_r, h_z, h_n = linear(h, w.weight_hh, w.bias_hh).chunk(3, dim=-1)
+    return _gru_gates(linear(x_t, w.weight_ih, w.bias_ih), linear(state[0], w.weight_hh, w.bias_hh), state[0])
+
+
+def layer_norm_gru_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
+    norm = w.layer_norm
+    projected_x = normalized_linear(x_t, w.weight_ih, norm.gain_ih, w.bias_ih)
+    projected_h = normalized_linear(state[0], w.weight_hh, norm.gain_hh, w.bias_hh)
+    return _gru_gates(projected_x, projected_h, state[0])
+
+
+def _gru_gates(projected_x: Tensor, projected_h: Tensor, h: Tensor) -> tuple[Tensor, State]:
+    x_r, x_z, x_n = projected_x.chunk(3, dim=-1)
+    h_r, h_z, h_n = projected_h.chunk(3, dim=-1)
     r = torch.sigmoid(x_r + h_r)
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
@@ -52,6 +71,7 @@ def gru_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
 
 
 GRU = CellSpec(name="gru", gates=3, state_count=1, step=gru_step)
+LAYER_NORM_GRU = CellSpec(name="layer_norm_gru", gates=3, state_count=1, step=layer_norm_gru_step)
 
 
 class GRUCell(RecurrentCell):

@@ -29,28 +29,54 @@ Reference loop over ``x`` of shape (L, N, H_in)::
 
 Initialisation, as torch.nn.LSTM: every weight and bias ~ U(-1/√H, 1/√H).
 torch.nn.LSTMCell has no ``proj_size``; rnnkit's adds it, with torch.nn.LSTM's meaning.
+
+LayerNorm variant (``layer_norm=True`` on the layer; Ba et al., 2016, §3.1, as
+in haste's LayerNormLSTM). The input and recurrent projections are normalised
+separately over all 4H gates, each with its own gain (biases are added after,
+so they play the role of LayerNorm's shift), and the cell state is normalised
+before the output nonlinearity. The carried c_t stays unnormalised::
+
+    gates = LN(W_ih x_t) ⊙ γ_ih + b_ih + LN(W_hh h_{t-1}) ⊙ γ_hh + b_hh
+    c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+    h_t = o_t ⊙ tanh(LN(c_t) ⊙ γ_c + β_c)
+
+γ_ih, γ_hh: (4H,); γ_c, β_c: (H,). Gains start at 1 and β_c at 0.
+torch.nn has no such option; there is no torch.nn twin to test against.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.cells.base import CellSpec, CellWeights, RecurrentCell, State, linear
+from rnnkit.cells.base import LAYER_NORM_EPS, CellSpec, CellWeights, RecurrentCell, State, linear, normalized_linear
 
 
 def lstm_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
     h, c = state
     gates = linear(x_t, w.weight_ih, w.bias_ih) + linear(h, w.weight_hh, w.bias_hh)
+    return _lstm_update(gates, c, w, normalize_cell=lambda c: c)
+
+
+def layer_norm_lstm_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
+    h, c = state
+    norm = w.layer_norm
+    gates = normalized_linear(x_t, w.weight_ih, norm.gain_ih, w.bias_ih) + normalized_linear(h, w.weight_hh, norm.gain_hh, w.bias_hh)
+    return _lstm_update(gates, c, w, lambda c: F.layer_norm(c, c.shape[-1:], norm.gain_cell, norm.bias_cell, LAYER_NORM_EPS))
+
+
+def _lstm_update(gates: Tensor, c: Tensor, w: CellWeights, normalize_cell) -> tuple[Tensor, State]:
     i, f, g, o = gates.chunk(4, dim=-1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
+    h = torch.sigmoid(o) * torch.tanh(normalize_cell(c))
     if w.weight_hr is not None:
         h = h @ w.weight_hr.t()
     return h, (h, c)
 
 
 LSTM = CellSpec(name="lstm", gates=4, state_count=2, step=lstm_step)
+LAYER_NORM_LSTM = CellSpec(name="layer_norm_lstm", gates=4, state_count=2, step=layer_norm_lstm_step)
 
 
 class LSTMCell(RecurrentCell):

@@ -7,8 +7,8 @@ and takes torch.nn's constructor arguments in torch.nn's positional order.
 from __future__ import annotations
 
 from rnnkit import errors
-from rnnkit.cells.gru import GRU as GRU_SPEC
-from rnnkit.cells.lstm import LSTM as LSTM_SPEC
+from rnnkit.cells.gru import GRU as GRU_SPEC, LAYER_NORM_GRU
+from rnnkit.cells.lstm import LAYER_NORM_LSTM, LSTM as LSTM_SPEC
 from rnnkit.cells.rnn import RNN_SPECS
 from rnnkit.layers.recurrent import RecurrentLayer
 
@@ -54,6 +54,7 @@ class LSTM(RecurrentLayer):
     """LSTM, a drop-in for :class:`torch.nn.LSTM`; see :mod:`rnnkit.cells.lstm` for the math.
 
     With ``proj_size > 0`` the hidden state is projected to ``proj_size`` by ``weight_hr_l{k}``.
+    ``layer_norm=True`` selects the LayerNorm LSTM (haste's LayerNormLSTM), which torch.nn lacks.
     """
 
     def __init__(
@@ -69,17 +70,22 @@ class LSTM(RecurrentLayer):
         device=None,
         dtype=None,
         *,
+        layer_norm: bool = False,
         check_finite: bool = False,
         engine: str = "auto",
     ) -> None:
         super().__init__(
-            LSTM_SPEC, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
-            device=device, dtype=dtype, check_finite=check_finite, engine=engine,
+            LAYER_NORM_LSTM if layer_norm is True else LSTM_SPEC,
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
+            device=device, dtype=dtype, layer_norm=layer_norm, check_finite=check_finite, engine=engine,
         )  # fmt: skip
 
 
 class GRU(RecurrentLayer):
-    """GRU, a drop-in for :class:`torch.nn.GRU`; see :mod:`rnnkit.cells.gru` for the math."""
+    """GRU, a drop-in for :class:`torch.nn.GRU`; see :mod:`rnnkit.cells.gru` for the math.
+
+    ``layer_norm=True`` selects the LayerNorm GRU (haste's LayerNormGRU), which torch.nn lacks.
+    """
 
     def __init__(
         self,
@@ -94,11 +100,13 @@ class GRU(RecurrentLayer):
         dtype=None,
         *,
         proj_size=None,
+        layer_norm: bool = False,
         check_finite: bool = False,
         engine: str = "auto",
     ) -> None:
         _reject_projection("GRU", proj_size)
         super().__init__(
-            GRU_SPEC, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device=device, dtype=dtype, check_finite=check_finite, engine=engine,
+            LAYER_NORM_GRU if layer_norm is True else GRU_SPEC,
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            device=device, dtype=dtype, layer_norm=layer_norm, check_finite=check_finite, engine=engine,
         )  # fmt: skip

@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit import engine as engines
 from rnnkit import errors
-from rnnkit.cells.base import CellSpec, CellWeights, State, init_uniform_
+from rnnkit.cells.base import CellSpec, CellWeights, LayerNormWeights, State, init_uniform_
 from rnnkit.layers.sequence import to_time_major
 
 
@@ -41,6 +41,9 @@ class RecurrentLayer(nn.Module):
     fix ``spec`` and take exactly torch.nn's constructor arguments, plus:
 
     Args:
+        layer_norm: use the spec's LayerNorm variant; adds the gains
+            ``ln_gain_ih_l{k}``, ``ln_gain_hh_l{k}`` (and, for LSTM,
+            ``ln_gain_cell_l{k}``, ``ln_bias_cell_l{k}``). LSTM and GRU only.
         check_finite: raise ``ValueError`` on NaN or Inf in the input or the
             initial state, naming the batch index and time step.
         engine: ``"auto"`` or a name from :data:`rnnkit.engine.ENGINES`.
@@ -60,6 +63,7 @@ class RecurrentLayer(nn.Module):
         device=None,
         dtype=None,
         *,
+        layer_norm: bool = False,
         check_finite: bool = False,
         engine: str = "auto",
     ) -> None:
@@ -67,7 +71,7 @@ class RecurrentLayer(nn.Module):
         errors.check_positive_int("input_size", input_size)
         errors.check_positive_int("hidden_size", hidden_size)
         errors.check_positive_int("num_layers", num_layers)
-        for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional), ("check_finite", check_finite)):
+        for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional), ("layer_norm", layer_norm), ("check_finite", check_finite)):
             errors.check_bool(name, flag)
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise errors.fail("dropout", "a number in [0, 1)", repr(dropout))
@@ -90,6 +94,7 @@ class RecurrentLayer(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = proj_size
+        self.layer_norm = layer_norm
         self.check_finite = check_finite
         self.engine = engine
         self._run_direction = engines.resolve(engine)
@@ -107,6 +112,7 @@ class RecurrentLayer(nn.Module):
                     "weight_hh": (gate_size, output_size),
                     **({"bias_ih": (gate_size,), "bias_hh": (gate_size,)} if bias else {}),
                     **({"weight_hr": (proj_size, hidden_size)} if proj_size else {}),
+                    **(self._layer_norm_shapes(gate_size) if layer_norm else {}),
                 }
                 for kind, shape in shapes.items():
                     name = self._param_name(kind, layer, direction)
@@ -124,14 +130,28 @@ class RecurrentLayer(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    def _layer_norm_shapes(self, gate_size: int) -> dict[str, tuple[int]]:
+        shapes = {"ln_gain_ih": (gate_size,), "ln_gain_hh": (gate_size,)}
+        if self.spec.state_count == 2:  # the LSTM's cell state is normalised too
+            shapes.update(ln_gain_cell=(self.hidden_size,), ln_bias_cell=(self.hidden_size,))
+        return shapes
+
     def reset_parameters(self) -> None:
+        """torch.nn's U(-1/sqrt(H), 1/sqrt(H)) for weights and biases; LayerNorm gains 1, shifts 0."""
         init_uniform_(self.parameters(), self.hidden_size)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.startswith("ln_gain"):
+                    p.fill_(1.0)
+                elif name.startswith("ln_bias"):
+                    p.zero_()
 
     def cell_weights(self, layer: int, direction: int) -> CellWeights:
         def get(kind: str) -> Tensor | None:
             return getattr(self, self._param_name(kind, layer, direction), None)
 
-        return CellWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"))
+        norm = LayerNormWeights(get("ln_gain_ih"), get("ln_gain_hh"), get("ln_gain_cell"), get("ln_bias_cell")) if self.layer_norm else None
+        return CellWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"), norm)
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -226,7 +246,7 @@ class RecurrentLayer(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
-        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0, "bidirectional": False, "proj_size": 0, "engine": "auto"}
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0, "bidirectional": False, "proj_size": 0, "layer_norm": False, "engine": "auto"}
         for key, default in defaults.items():
             value = getattr(self, key)
             if value != default:
