@@ -1,0 +1,124 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, nothing pickled.
+
+A checkpoint is one ``.safetensors`` file. Its tensors are stored by name, and
+its JSON metadata (model config, vocabulary, optimizer scalars, RNG state,
+counters) sits in the safetensors header under ``__metadata__``, so that one
+atomic rename replaces both together. The header is itself JSON, and loading
+parses it and copies raw bytes. No code runs, whatever the file holds.
+
+Writes are atomic: the file is written to a temporary name in the same folder,
+flushed and fsynced, renamed over the target with ``os.replace``, and then the
+folder is fsynced. A kill at any moment leaves either the old checkpoint or the
+new one, never a mix.
+
+Integrity: the metadata records a SHA-256 over every tensor's name, dtype,
+shape and bytes. Loading recomputes it, so a truncated or corrupted file fails
+with :class:`CheckpointError` and is never half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+FORMAT = "rnnkit-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not match what it is loaded into."""
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """Atomically write ``tensors`` and JSON-serialisable ``metadata`` to ``path``."""
+    path = Path(path)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    header = {"format": FORMAT, "version": FORMAT_VERSION, "sha256": _digest(tensors), "metadata": metadata}
+    try:
+        encoded = json.dumps(header, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"metadata: expected JSON-serialisable values (finite numbers, str, lists, dicts), got {error}") from None
+    payload = save_safetensors_bytes(tensors, metadata={"rnnkit": encoded})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, payload)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`; return ``(tensors, metadata)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: expected an existing file, got {str(path)!r}")
+    data = path.read_bytes()
+    try:
+        tensors = load_safetensors_bytes(data)
+        header = _read_header(data)
+    except (SafetensorError, ValueError, KeyError, UnicodeDecodeError) as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: expected a safetensors file written by rnnkit, got an unreadable file "
+            f"({type(error).__name__}: {error}); it may be truncated, corrupted or of another format"
+        ) from None
+    if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected format {FORMAT} v{FORMAT_VERSION}, got {header.get('format')} v{header.get('version')}")
+    if _digest(tensors) != header.get("sha256"):
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected tensor data matching its SHA-256, got different bytes; the file is corrupted")
+    return tensors, header["metadata"]
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], stored: dict[str, torch.Tensor], what: str) -> None:
+    """Require ``stored`` to have exactly the names and shapes of ``expected``, naming any difference."""
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{what}: expected the tensors of the configured model, got missing {missing[:5]} and unexpected {unexpected[:5]}")
+    for name, tensor in expected.items():
+        if tuple(stored[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{what}: expected {name} of shape {tuple(tensor.shape)} from the config, got {tuple(stored[name].shape)}")
+
+
+def _read_header(data: bytes) -> dict:
+    header_length = int.from_bytes(data[:8], "little")
+    raw = json.loads(data[8 : 8 + header_length])
+    return json.loads(raw["__metadata__"]["rnnkit"])
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    sha = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        sha.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        sha.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return sha.hexdigest()
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically replace a small text file (config, report, CSV snapshot)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, text.encode())
