@@ -70,10 +70,12 @@ class StreamBatches:
     of one window continues stream b of the previous window exactly, which is
     what makes the carried state correct. Never shuffled, for the same reason.
 
-    ``dropped_tokens`` counts the tail that did not fill a stream.
+    ``dropped_tokens`` counts the tail that did not fill a stream. With
+    ``batch_first=True`` batches are (num_streams, T, ...), for batch-first
+    models such as :mod:`rnnkit.models`; then set ``TrainerConfig(time_dim=1)``.
     """
 
-    def __init__(self, tokens: Tensor, num_streams: int, *, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, tokens: Tensor, num_streams: int, *, batch_first: bool = False, rank: int = 0, world_size: int = 1) -> None:
         errors.check_positive_int("num_streams", num_streams)
         if num_streams % world_size:
             raise errors.fail("num_streams", f"a multiple of world_size={world_size}", num_streams)
@@ -83,13 +85,17 @@ class StreamBatches:
         self.dropped_tokens = len(tokens) - length * num_streams
         streams = tokens[: length * num_streams].reshape(num_streams, length, *tokens.shape[1:]).transpose(0, 1)
         per_rank = num_streams // world_size
-        self.streams = streams[:, rank * per_rank : (rank + 1) * per_rank]
+        self.streams = streams[:, rank * per_rank : (rank + 1) * per_rank]  # time-major (T, B, ...)
+        self.batch_first = batch_first
 
     def __len__(self) -> int:
         return 1
 
     def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        yield self.streams[:-1], self.streams[1:]
+        inputs, targets = self.streams[:-1], self.streams[1:]
+        if self.batch_first:
+            inputs, targets = inputs.transpose(0, 1), targets.transpose(0, 1)
+        yield inputs, targets
 
 
 def _take(inputs, index: Tensor):
