@@ -98,22 +98,15 @@ def _coerce(hint, value, key: str, from_text: bool) -> Any:
             return value.lower() in ("true", "1")
         if isinstance(value, bool):
             return value
-    elif hint is int:
+    elif hint in (int, float):
+        accepted = int if hint is int else (int, float)
         if from_text and isinstance(value, str):
             try:
-                return int(value)
+                return hint(value)
             except ValueError:
                 pass
-        elif isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if from_text and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        elif isinstance(value, accepted) and not isinstance(value, bool):
+            return hint(value)
     elif hint is str:
         if isinstance(value, str):
             return value

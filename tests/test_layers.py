@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
 from rnnkit.engine import ENGINES
-from tests.helpers import as_tuple, assert_close, torch_twin, weighted_sum
+from tests.helpers import as_tuple, assert_close, torch_twin
 
 FAMILIES = [
     pytest.param(rnnkit.RNN, {}, id="rnn-tanh"),

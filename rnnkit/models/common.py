@@ -11,11 +11,11 @@ Conventions of all models in :mod:`rnnkit.models`:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rnnkit
@@ -109,6 +109,21 @@ def valid_mask(lengths: Tensor | None, batch: int, length: int, device) -> Tenso
         return torch.ones(batch, length, dtype=torch.bool, device=device)
     lengths = torch.as_tensor(lengths, device=device)
     return torch.arange(length, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+class ClassifierMixin:
+    """Cross-entropy loss, accuracy and probabilities for a model whose outputs are class logits (N, C)."""
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets)
+
+    def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
+        return {"accuracy": (logits.argmax(-1) == targets).float().mean().item()}
+
+    @torch.no_grad()
+    def predict_proba(self, inputs) -> Tensor:
+        self.eval()
+        return self(inputs)[0].softmax(-1)
 
 
 # -- save and load ----------------------------------------------------------------

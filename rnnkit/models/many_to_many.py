@@ -97,7 +97,7 @@ class LanguageModel(nn.Module):
         if config.rnn.bidirectional:
             raise errors.fail("rnn.bidirectional", "False for a language model (it must not see the future)", True)
         if config.tie_weights and config.embedding_dim != config.rnn.hidden_size:
-            raise errors.fail("tie_weights", f"embedding_dim == hidden_size, so the embedding can be the output layer",
+            raise errors.fail("tie_weights", "embedding_dim == hidden_size, so the embedding can be the output layer",
                               f"embedding_dim={config.embedding_dim}, hidden_size={config.rnn.hidden_size}")  # fmt: skip
         self.config = config
         self.encoder = InputEncoder(InputConfig(vocab_size=config.vocab_size, embedding_dim=config.embedding_dim, padding_idx=None), config.dropout)

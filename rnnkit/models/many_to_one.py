@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.models.common import InputConfig, InputEncoder, RecurrentConfig, make_layer, register, split_inputs, valid_mask
+from rnnkit.models.common import ClassifierMixin, InputConfig, InputEncoder, RecurrentConfig, make_layer, register, split_inputs, valid_mask
 
 
 class Pooling(nn.Module):
@@ -79,19 +79,8 @@ class _ManyToOne(nn.Module):
 
 
 @register
-class SequenceClassifier(_ManyToOne):
+class SequenceClassifier(ClassifierMixin, _ManyToOne):
     """Sequence -> class logits (N, C). Targets: class indices (N,)."""
-
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(logits, targets)
-
-    def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
-        return {"accuracy": (logits.argmax(-1) == targets).float().mean().item()}
-
-    @torch.no_grad()
-    def predict_proba(self, inputs) -> Tensor:
-        self.eval()
-        return self(inputs)[0].softmax(-1)
 
 
 @register

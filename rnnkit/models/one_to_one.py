@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from rnnkit.models.common import InputConfig, InputEncoder, register, split_inputs, valid_mask
+from rnnkit.models.common import ClassifierMixin, InputConfig, InputEncoder, register, split_inputs, valid_mask
 
 
 @dataclass
@@ -28,7 +26,7 @@ class BagOfFeaturesConfig:
 
 
 @register
-class BagOfFeaturesMLP(nn.Module):
+class BagOfFeaturesMLP(ClassifierMixin, nn.Module):
     """Order-free classifier: mean of the embedded inputs through a two-layer MLP."""
 
     config_class = BagOfFeaturesConfig
@@ -47,14 +45,3 @@ class BagOfFeaturesMLP(nn.Module):
         mask = valid_mask(lengths, x.shape[0], x.shape[1], x.device).unsqueeze(-1)
         bag = (self.encoder(x) * mask).sum(1) / mask.sum(1).clamp(min=1)
         return self.mlp(bag), None
-
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(logits, targets)
-
-    def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
-        return {"accuracy": (logits.argmax(-1) == targets).float().mean().item()}
-
-    @torch.no_grad()
-    def predict_proba(self, inputs) -> Tensor:
-        self.eval()
-        return self(inputs)[0].softmax(-1)
