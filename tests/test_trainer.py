@@ -186,6 +186,20 @@ def test_non_finite_loss_can_skip_the_step(caplog):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+class AlwaysNaN(ExplodesAt):
+    def loss(self, logits, targets):
+        return self.inner.loss(logits, targets) * float("nan")
+
+
+def test_skipping_stops_when_training_has_diverged():
+    model = AlwaysNaN(bad_step=0)
+    config = TrainerConfig(max_epochs=100, on_nonfinite="skip", max_consecutive_skips=3, progress=False)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), config)
+    with pytest.raises(NonFiniteLossError, match="4 non-finite steps in a row \\(max_consecutive_skips=3\\): training has diverged"):
+        trainer.fit(TensorBatches(*sign_data(128), 16))
+    assert trainer.position.skipped_steps == 4 and trainer.position.step == 0
+
+
 def test_bf16_autocast_trains_and_keeps_float32_weights():
     torch.manual_seed(5)
     model = TinyLM()

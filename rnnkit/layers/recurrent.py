@@ -97,7 +97,9 @@ class RecurrentLayer(nn.Module):
         self.layer_norm = layer_norm
         self.check_finite = check_finite
         self.engine = engine
-        self._run_direction = engines.resolve(engine)
+        # The engine function this layer calls once per layer and direction. Public on
+        # purpose: tools may swap it for a while (diagnostics add gradient probes so).
+        self.run_direction = engines.resolve(engine)
 
         factory = {"device": device, "dtype": dtype}
         directions = 2 if bidirectional else 1
@@ -191,7 +193,7 @@ class RecurrentLayer(nn.Module):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
-                y, final = self._run_direction(
+                y, final = self.run_direction(
                     self.spec, x, states[index], self.cell_weights(layer, direction), valid, reverse=direction == 1
                 )
                 outputs.append(y)

@@ -2,11 +2,12 @@
 
 from rnnkit.training.callbacks import Callback, CSVLogger, EarlyStopping, LossPlot, ProgressBar
 from rnnkit.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rnnkit.training.diagnostics import GradientFlowRecorder, measure_gradient_flow, probe_hidden_states
 from rnnkit.training.distributed import DistributedContext
 from rnnkit.training.trainer import NonFiniteLossError, Position, Trainer, TrainerConfig, seed_everything
 
 __all__ = [
-    "CSVLogger", "Callback", "CheckpointError", "DistributedContext", "EarlyStopping", "LossPlot",
+    "CSVLogger", "Callback", "CheckpointError", "DistributedContext", "EarlyStopping", "GradientFlowRecorder", "LossPlot",
     "NonFiniteLossError", "Position", "ProgressBar", "Trainer", "TrainerConfig", "load_checkpoint",
-    "save_checkpoint", "seed_everything",
+    "measure_gradient_flow", "probe_hidden_states", "save_checkpoint", "seed_everything",
 ]  # fmt: skip

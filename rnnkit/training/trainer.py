@@ -45,12 +45,13 @@ class TrainerConfig:
     """Everything the trainer does, as one typed config (see :mod:`rnnkit.config`)."""
 
     max_epochs: int = 1
-    max_steps: int | None = None
+    max_steps: int | None = None  # updates attempted, skipped ones included
     seed: int = 0
     # -- gradients
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_consecutive_skips: int = 10  # with "skip": a run this far gone has diverged; stop it
     # -- truncated BPTT: update every k1 steps, backpropagate k2 steps (k2 defaults to k1)
     tbptt_k1: int | None = None
     tbptt_k2: int | None = None
@@ -67,7 +68,7 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_epochs", "max_steps", "tbptt_k1", "tbptt_k2", "eval_every", "early_stopping_patience", "checkpoint_every"):
+        for name in ("max_epochs", "max_steps", "max_consecutive_skips", "tbptt_k1", "tbptt_k2", "eval_every", "early_stopping_patience", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None:
                 errors.check_positive_int(name, value)
@@ -92,6 +93,7 @@ class Position:
     batch: int = 0  # next batch of the epoch to train on
     window: int = 0  # next TBPTT window start within that batch
     skipped_steps: int = 0
+    consecutive_skips: int = 0
     best_val_loss: float | None = None
     carry: object = None  # TBPTT state at `window`, detached
     lagged: object = None  # TBPTT state k2 - k1 steps before `window`, when k2 > k1
@@ -156,6 +158,8 @@ class Trainer:
             if pos.window >= length:
                 pos.batch, pos.window, pos.carry, pos.lagged = pos.batch + 1, 0, None, None
             if record is None:
+                if cfg.max_steps is not None and pos.step + pos.skipped_steps >= cfg.max_steps:
+                    self.should_stop = True  # skipped steps count towards the budget, or a diverged run never ends
                 continue
             record.update(step=pos.step, epoch=pos.epoch, seconds=time.perf_counter() - started, items=_count(targets, cfg, end - start))
             self._emit("on_step_end", record)
@@ -163,7 +167,7 @@ class Trainer:
                 self._evaluate_and_record(val)
             if cfg.checkpoint_every and cfg.run_dir and pos.step % cfg.checkpoint_every == 0 and self.distributed.is_main:
                 self.save(Path(cfg.run_dir) / "checkpoint.safetensors")
-            if cfg.max_steps is not None and pos.step >= cfg.max_steps:
+            if cfg.max_steps is not None and pos.step + pos.skipped_steps >= cfg.max_steps:
                 self.should_stop = True
 
     def _update(self, compute_loss) -> dict | None:
@@ -188,6 +192,7 @@ class Trainer:
         if self.scheduler is not None and cfg.scheduler_interval == "step":
             self.scheduler.step()
         pos.step += 1
+        pos.consecutive_skips = 0
         pos.carry, pos.lagged = carry, lagged
         return {"split": "train", "loss": self.distributed.mean(loss.detach().float()), "grad_norm": grad_norm.item(),
                 "lr": self.optimizer.param_groups[0]["lr"]}  # fmt: skip
@@ -233,6 +238,11 @@ class Trainer:
             raise NonFiniteLossError(message + "; training stopped, no checkpoint was written after it")
         self.optimizer.zero_grad(set_to_none=True)
         pos.skipped_steps += 1
+        pos.consecutive_skips += 1
+        if pos.consecutive_skips > self.config.max_consecutive_skips:
+            self.should_stop = True
+            raise NonFiniteLossError(f"{message}; {pos.consecutive_skips} non-finite steps in a row (max_consecutive_skips="
+                                     f"{self.config.max_consecutive_skips}): training has diverged and was stopped")  # fmt: skip
         pos.carry = pos.lagged = None  # a state computed on the way to NaN is not worth carrying
         log.warning("%s; step skipped (on_nonfinite='skip')", message)
         return None
