@@ -82,6 +82,11 @@ class CellSpec:
     gates: int
     state_count: int
     step: StepFn
+    # Optional split of ``step`` = ``recur(project_input(x_t, w), state, w)``. The input
+    # projection does not depend on the state, so an engine may compute it for all
+    # steps at once (one GEMM) and loop over ``recur`` only.
+    project_input: Callable[[Tensor, CellWeights], Tensor] | None = None
+    recur: StepFn | None = None
 
     def state_sizes(self, hidden_size: int, output_size: int) -> tuple[int, ...]:
         return (output_size, hidden_size)[: self.state_count]

@@ -53,11 +53,17 @@ def gru_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
     return _gru_gates(linear(x_t, w.weight_ih, w.bias_ih), linear(state[0], w.weight_hh, w.bias_hh), state[0])
 
 
-def layer_norm_gru_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
-    norm = w.layer_norm
-    projected_x = normalized_linear(x_t, w.weight_ih, norm.gain_ih, w.bias_ih)
-    projected_h = normalized_linear(state[0], w.weight_hh, norm.gain_hh, w.bias_hh)
+def layer_norm_gru_project_input(x: Tensor, w: CellWeights) -> Tensor:
+    return normalized_linear(x, w.weight_ih, w.layer_norm.gain_ih, w.bias_ih)
+
+
+def layer_norm_gru_recur(projected_x: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
+    projected_h = normalized_linear(state[0], w.weight_hh, w.layer_norm.gain_hh, w.bias_hh)
     return _gru_gates(projected_x, projected_h, state[0])
+
+
+def layer_norm_gru_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
+    return layer_norm_gru_recur(layer_norm_gru_project_input(x_t, w), state, w)
 
 
 def _gru_gates(projected_x: Tensor, projected_h: Tensor, h: Tensor) -> tuple[Tensor, State]:
@@ -71,7 +77,10 @@ def _gru_gates(projected_x: Tensor, projected_h: Tensor, h: Tensor) -> tuple[Ten
 
 
 GRU = CellSpec(name="gru", gates=3, state_count=1, step=gru_step)
-LAYER_NORM_GRU = CellSpec(name="layer_norm_gru", gates=3, state_count=1, step=layer_norm_gru_step)
+LAYER_NORM_GRU = CellSpec(
+    name="layer_norm_gru", gates=3, state_count=1, step=layer_norm_gru_step,
+    project_input=layer_norm_gru_project_input, recur=layer_norm_gru_recur,
+)  # fmt: skip
 
 
 class GRUCell(RecurrentCell):

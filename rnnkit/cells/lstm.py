@@ -59,11 +59,19 @@ def lstm_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]
     return _lstm_update(gates, c, w, normalize_cell=lambda c: c)
 
 
-def layer_norm_lstm_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
+def layer_norm_lstm_project_input(x: Tensor, w: CellWeights) -> Tensor:
+    return normalized_linear(x, w.weight_ih, w.layer_norm.gain_ih, w.bias_ih)
+
+
+def layer_norm_lstm_recur(projected_x: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
     h, c = state
     norm = w.layer_norm
-    gates = normalized_linear(x_t, w.weight_ih, norm.gain_ih, w.bias_ih) + normalized_linear(h, w.weight_hh, norm.gain_hh, w.bias_hh)
+    gates = projected_x + normalized_linear(h, w.weight_hh, norm.gain_hh, w.bias_hh)
     return _lstm_update(gates, c, w, lambda c: F.layer_norm(c, c.shape[-1:], norm.gain_cell, norm.bias_cell, LAYER_NORM_EPS))
+
+
+def layer_norm_lstm_step(x_t: Tensor, state: State, w: CellWeights) -> tuple[Tensor, State]:
+    return layer_norm_lstm_recur(layer_norm_lstm_project_input(x_t, w), state, w)
 
 
 def _lstm_update(gates: Tensor, c: Tensor, w: CellWeights, normalize_cell) -> tuple[Tensor, State]:
@@ -76,7 +84,10 @@ def _lstm_update(gates: Tensor, c: Tensor, w: CellWeights, normalize_cell) -> tu
 
 
 LSTM = CellSpec(name="lstm", gates=4, state_count=2, step=lstm_step)
-LAYER_NORM_LSTM = CellSpec(name="layer_norm_lstm", gates=4, state_count=2, step=layer_norm_lstm_step)
+LAYER_NORM_LSTM = CellSpec(
+    name="layer_norm_lstm", gates=4, state_count=2, step=layer_norm_lstm_step,
+    project_input=layer_norm_lstm_project_input, recur=layer_norm_lstm_recur,
+)  # fmt: skip
 
 
 class LSTMCell(RecurrentCell):

@@ -8,23 +8,58 @@ with the arguments documented in :func:`rnnkit.engine.reference.run_direction`.
 The layer calls it once per layer and direction; it never changes the layer's
 public API or results. ``"reference"`` is the readable per-step loop that
 defines the results; faster engines are checked against it.
+
+* ``"fused"`` (what ``"auto"`` picks): one autograd node per layer and
+  direction with hand-written backward through time (:mod:`rnnkit.engine.fused`).
+  On CPU its time loop is compiled C++, built on first use; without a
+  compiler, with ``RNNKIT_ENGINE_NO_BUILD=1``, or on other devices it runs the
+  same math as a pure-PyTorch loop.
+
+:func:`describe` says which path a layer takes and why.
 """
 
 from __future__ import annotations
 
 from rnnkit import errors
-from rnnkit.engine import reference
+from rnnkit.engine import fused, fused_build, hoisted, reference
 
-ENGINES = {"reference": reference.run_direction}
+ENGINES = {"reference": reference.run_direction, "fused": fused.run_direction}
+DEFAULT = "fused"
 
 
 def resolve(name: str):
     """The ``run_direction`` function for an engine name (``"auto"`` picks the default)."""
     if name == "auto":
-        name = "reference"
+        name = DEFAULT
     if name not in ENGINES:
         raise errors.fail("engine", f"one of {['auto', *ENGINES]}", repr(name))
     return ENGINES[name]
 
 
-__all__ = ["ENGINES", "resolve"]
+def describe(layer=None) -> str:
+    """Which path a layer (or, with no argument, ``engine="auto"`` on CPU) runs, and why.
+
+    For the fused engine on CPU this builds the C++ kernel if it was not built
+    yet, so the answer is the path the next forward will take, e.g.
+    ``"fused C++ (compiled at ...)"`` or ``"fused pure-PyTorch fallback: <reason>"``.
+    """
+    name = "auto" if layer is None else getattr(layer, "engine", "auto")
+    chosen = DEFAULT if name == "auto" else name
+    prefix = f"engine={name!r}: " if name == "auto" else ""
+    if chosen == "reference":
+        return prefix + "reference per-step loop (autograd records every step)"
+    spec = getattr(layer, "spec", None)
+    if spec is not None and (not fused.supports(spec) or getattr(layer, "layer_norm", False)):
+        fallback = "the hoisted loop (input projections in one GEMM, per-step recurrence under autograd)" if hoisted.supports(spec) else "the reference per-step loop"
+        return prefix + f"fused engine has no kernel for {spec.name!r}: runs {fallback}"
+    device = "cpu"
+    if layer is not None:
+        parameter = next(layer.parameters(), None)
+        device = parameter.device.type if parameter is not None else "cpu"
+    if device != "cpu":
+        return prefix + f"fused pure-PyTorch loop (the compiled kernel is CPU-only; parameters are on {device})"
+    fused_build.native_loops()
+    return prefix + fused_build.status()
+
+
+__all__ = ["DEFAULT", "ENGINES", "describe", "resolve"]

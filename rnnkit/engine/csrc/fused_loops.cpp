@@ -1,0 +1,492 @@
+// The compiled loop kernel of rnnkit's fused engine: the per-step recurrence.
+//
+// Same contract as rnnkit/engine/fused_loops.py (read its docstring; the math is in
+// fused.py). Python does the GEMMs that span all steps; this file runs the loop over
+// time, where per-step dispatch overhead is what a Python loop cannot avoid.
+//
+// The whole time loop runs inside one OpenMP region: each thread owns a slice of hidden units,
+// computes the GEMM columns of exactly those units with the register-blocked kernel below
+// (its weight columns packed once per call into contiguous panels), then their gate math.
+// Threads meet at one barrier per step (two with an LSTM projection); there is no per-step
+// dispatch, allocation or fork/join. Measured faster than a library GEMM per step
+// (at::mm_out, MKL) at every batch size tried, 1 to 64.
+// Only headers needed are included: <torch/extension.h> alone takes ~25 s to compile.
+
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+enum Kind : int64_t { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
+
+// Gate functions are forced inline so that the `omp simd` loops calling them vectorise.
+#define RNNKIT_INLINE inline __attribute__((always_inline))
+
+// exp for float32 that the compiler can vectorise (Cephes' polynomial, ~1 ulp);
+// std::exp is a scalar libm call. NaN propagates through `poly`.
+RNNKIT_INLINE float exp_vec(float x) {
+  x = x > 88.0f ? 88.0f : x;
+  x = x < -87.0f ? -87.0f : x;
+  // round to nearest by adding and removing 1.5 * 2^23 (std::nearbyint would be a libm call)
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return poly * scale;
+}
+RNNKIT_INLINE float sigmoid(float x) { return 1.0f / (1.0f + exp_vec(-x)); }
+RNNKIT_INLINE float tanh_(float x) { return 2.0f / (1.0f + exp_vec(-2.0f * x)) - 1.0f; }
+// float64 is the precision path (gradcheck, 1e-10 tests): libm, not speed.
+RNNKIT_INLINE double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+RNNKIT_INLINE double tanh_(double x) { return std::tanh(x); }
+
+// C[r, c0:c1] (+)= A[r, :K] . B[:K, c0:c1] for every row r, B row-major. A register-blocked
+// micro-kernel: a tile of kRows rows x kVecs vectors of accumulators lives in registers for the
+// whole K loop, each B vector loaded once per k serves kRows rows, each A value is broadcast.
+// GCC/Clang vector extensions keep it portable (64-byte vectors; emulated where narrower).
+// (aligned(sizeof element): loads and stores need not be 64-byte aligned)
+typedef float VecF __attribute__((vector_size(64), aligned(4)));
+typedef double VecD __attribute__((vector_size(64), aligned(8)));
+template <typename T> struct VecOf;
+template <> struct VecOf<float> { using type = VecF; };
+template <> struct VecOf<double> { using type = VecD; };
+template <typename T>
+using Vec = typename VecOf<T>::type;
+
+template <typename T, int kRows, int kVecs>
+inline void gemm_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K, bool accumulate) {
+  constexpr int kLanes = 64 / sizeof(T);
+  Vec<T> acc[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v)
+      acc[r][v] = accumulate ? *reinterpret_cast<const Vec<T>*>(C + r * ldc + v * kLanes) : Vec<T>{};
+  for (int64_t k = 0; k < K; ++k) {
+    Vec<T> b[kVecs];
+    for (int v = 0; v < kVecs; ++v) b[v] = *reinterpret_cast<const Vec<T>*>(B + k * ldb + v * kLanes);
+    for (int r = 0; r < kRows; ++r) {
+      const T a = A[r * lda + k];
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v) *reinterpret_cast<Vec<T>*>(C + r * ldc + v * kLanes) = acc[r][v];
+}
+
+template <typename T, int kRows, int kVecs = 4>
+inline void gemm_row_block(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K, int64_t c0,
+                           int64_t c1, bool accumulate) {
+  constexpr int64_t kLanes = 64 / sizeof(T);
+  int64_t j = c0;
+  for (; j + kVecs * kLanes <= c1; j += kVecs * kLanes) gemm_tile<T, kRows, kVecs>(A, lda, B + j, ldb, C + j, ldc, K, accumulate);
+  for (; j + kLanes <= c1; j += kLanes) gemm_tile<T, kRows, 1>(A, lda, B + j, ldb, C + j, ldc, K, accumulate);
+  for (; j < c1; ++j)
+    for (int r = 0; r < kRows; ++r) {
+      T sum = accumulate ? C[r * ldc + j] : T(0);
+      for (int64_t k = 0; k < K; ++k) sum += A[r * lda + k] * B[k * ldb + j];
+      C[r * ldc + j] = sum;
+    }
+}
+
+// Columns [c0, c1) of a K x M matrix B (element (k, c) at base[k * row_stride + c * col_stride]),
+// copied into panels of at most kPanel columns, each K x width and contiguous: the kernel then
+// streams memory linearly, and a panel stays in cache while every row block of A passes over it.
+// Panels start on 64-byte boundaries so that full-width vector loads never straddle cache lines.
+template <typename T>
+struct Panels {
+  static constexpr int64_t kPanel = 256 / sizeof(T);
+  static constexpr int64_t kAlign = 64 / sizeof(T);
+  struct Panel {
+    int64_t column, width, offset;
+  };
+  int64_t K = 0;
+  std::vector<Panel> panels;
+  at::Tensor storage;  // the CPU allocator aligns to 64 bytes
+
+  // `ranges` are [c0, c1) column ranges of B, all with K rows.
+  Panels(const T* base, int64_t row_stride, int64_t col_stride, int64_t rows, const std::vector<std::pair<int64_t, int64_t>>& ranges,
+         const at::TensorOptions& options)
+      : K(rows) {
+    int64_t size = 0;
+    for (const auto& [c0, c1] : ranges)
+      for (int64_t c = c0; c < c1; c += kPanel) {
+        const int64_t width = std::min(kPanel, c1 - c);
+        panels.push_back({c, width, size});
+        size += (K * width + kAlign - 1) / kAlign * kAlign;
+      }
+    storage = at::empty({size}, options);
+    T* data = storage.data_ptr<T>();
+    for (const auto& panel : panels)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < panel.width; ++j)
+          data[panel.offset + k * panel.width + j] = base[k * row_stride + (panel.column + j) * col_stride];
+  }
+  Panels() = default;
+  const T* data() const { return storage.defined() ? storage.const_data_ptr<T>() : nullptr; }
+};
+
+// C[:rows, panel columns] (+)= A[:rows, :K] . B for every panel of B.
+template <typename T>
+void gemm_panels(const T* A, int64_t lda, const Panels<T>& B, T* C, int64_t ldc, int64_t rows, bool accumulate) {
+  for (const auto& panel : B.panels) {
+    const T* b = B.data() + panel.offset;
+    T* c = C + panel.column;
+    int64_t r = 0;
+    for (; r + 8 <= rows; r += 8)
+      gemm_row_block<T, 8, 2>(A + r * lda, lda, b, panel.width, c + r * ldc, ldc, B.K, 0, panel.width, accumulate);
+    for (; r + 4 <= rows; r += 4)
+      gemm_row_block<T, 4>(A + r * lda, lda, b, panel.width, c + r * ldc, ldc, B.K, 0, panel.width, accumulate);
+    for (; r < rows; ++r)
+      gemm_row_block<T, 1>(A + r * lda, lda, b, panel.width, c + r * ldc, ldc, B.K, 0, panel.width, accumulate);
+  }
+}
+
+// Everything a step needs, as raw pointers into contiguous buffers.
+template <typename T>
+struct Loop {
+  int64_t kind, L, N, H, Hout, G;
+  bool reverse, proj;
+  const bool* valid;                 // (L, N) or null
+  T *gates, *y, *hs, *cs, *hn, *hraw;  // forward buffers (see the Python contract)
+  const T *w_hh, *b_hn, *w_hr;
+  T* scratch;                        // forward: h W_hh^T (N, G*H); backward: dr (N, H)
+  // backward
+  const T* dy;  // any strides (an expanded gradient of a sum is not copied): see dy_stride
+  T *dgx, *dgh_n, *dh, *dc, *dproj;  // dgh_n: GRU's recurrent-side n gradient δn⊙r (L, N, H)
+  int64_t dy_stride[3] = {0, 0, 0};  // (t, n, q)
+
+  bool ok(int64_t t, int64_t n) const { return valid == nullptr || valid[t * N + n]; }
+  int64_t before(int64_t t) const { return t + reverse; }
+  int64_t after(int64_t t) const { return t + 1 - reverse; }
+
+  // ---- forward ----
+  // The thread's columns of h_{t-1} W_hh^T; `recurrent` holds them packed.
+  void forward_gemm(int64_t t, const Panels<T>& recurrent) const {
+    gemm_panels(hs + before(t) * N * Hout, Hout, recurrent, scratch, G * H, N, false);
+  }
+
+  void forward_gates(int64_t t, int64_t u0, int64_t u1) const {
+    for (int64_t n = 0; n < N; ++n) {
+      T* gate = gates + (t * N + n) * G * H;
+      const T* rec = scratch + n * G * H;
+      const T* h_prev = hs + (before(t) * N + n) * Hout;
+      T* h_new = proj ? hraw + (t * N + n) * H : hs + (after(t) * N + n) * Hout;
+      T* y_row = y + (t * N + n) * Hout;
+      const bool keep = ok(t, n);
+      if (kind == LSTM) {
+        const T* c_prev = cs + (before(t) * N + n) * H;
+        T* c_new = cs + (after(t) * N + n) * H;
+        if (!keep) {
+          for (int64_t u = u0; u < u1; ++u) c_new[u] = c_prev[u];
+          if (proj)  // r_t is unused but enters the dW_hr GEMM (times zero): keep it finite
+            for (int64_t u = u0; u < u1; ++u) h_new[u] = T(0);
+          else
+            for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0);
+          continue;
+        }
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) {
+          const T i = sigmoid(gate[u] + rec[u]);
+          const T f = sigmoid(gate[H + u] + rec[H + u]);
+          const T g = tanh_(gate[2 * H + u] + rec[2 * H + u]);
+          const T o = sigmoid(gate[3 * H + u] + rec[3 * H + u]);
+          const T c = f * c_prev[u] + i * g;
+          const T h = o * tanh_(c);
+          gate[u] = i, gate[H + u] = f, gate[2 * H + u] = g, gate[3 * H + u] = o;
+          c_new[u] = c;
+          h_new[u] = h;
+          if (!proj) y_row[u] = h;
+        }
+      } else if (kind == GRU) {
+        if (!keep) {
+          for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0);
+          continue;
+        }
+        T* hn_row = hn + (t * N + n) * H;
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) {
+          const T r = sigmoid(gate[u] + rec[u]);
+          const T z = sigmoid(gate[H + u] + rec[H + u]);
+          const T hn_u = rec[2 * H + u] + (b_hn ? b_hn[u] : T(0));
+          const T nv = tanh_(gate[2 * H + u] + r * hn_u);
+          const T h = nv + z * (h_prev[u] - nv);
+          gate[u] = r, gate[H + u] = z, gate[2 * H + u] = nv;
+          hn_row[u] = hn_u;
+          h_new[u] = h;
+          y_row[u] = h;
+        }
+      } else {
+        if (!keep) {
+          for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0);
+          continue;
+        }
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) {
+          const T a = gate[u] + rec[u];
+          const T h = kind == RNN_TANH ? tanh_(a) : (a > T(0) ? a : T(0));
+          h_new[u] = h;
+          y_row[u] = h;
+        }
+      }
+    }
+  }
+
+  // LSTM projection h_t = r_t W_hr^T for output columns [p0, p1); padding keeps h_{t-1}.
+  void forward_projection(int64_t t, int64_t p0, int64_t p1, const Panels<T>& projection) const {
+    T* h_new = hs + after(t) * N * Hout;
+    const T* h_prev = hs + before(t) * N * Hout;
+    gemm_panels(hraw + t * N * H, H, projection, h_new, Hout, N, false);
+    for (int64_t n = 0; n < N; ++n) {
+      T* y_row = y + (t * N + n) * Hout;
+      const bool keep = ok(t, n);
+      for (int64_t p = p0; p < p1; ++p) {
+        if (!keep) h_new[n * Hout + p] = h_prev[n * Hout + p];
+        y_row[p] = keep ? h_new[n * Hout + p] : T(0);
+      }
+    }
+  }
+
+  // ---- backward ----
+  // dh += dy_t on output columns [q0, q1); with projection, also record dh_t for dW_hr.
+  void backward_collect(int64_t t, int64_t q0, int64_t q1) const {
+    for (int64_t n = 0; n < N; ++n) {
+      const bool keep = ok(t, n);
+      T* dh_row = dh + n * Hout;
+      const T* dy_row = dy + t * dy_stride[0] + n * dy_stride[1];
+      if (keep)
+        for (int64_t q = q0; q < q1; ++q) dh_row[q] += dy_row[q * dy_stride[2]];
+      if (proj)
+        for (int64_t q = q0; q < q1; ++q) dproj[(t * N + n) * Hout + q] = keep ? dh_row[q] : T(0);
+    }
+  }
+
+  // dr_t = dh_t W_hr for hidden columns [u0, u1) (projection only).
+  void backward_projection(const Panels<T>& projection) const { gemm_panels(dh, Hout, projection, scratch, H, N, false); }
+
+  // Gate gradients of hidden units [u0, u1). Without projection it also replaces dh with
+  // the part of dh_{t-1} that bypasses W_hh (GRU: dh⊙z; padding: all of dh).
+  void backward_gates(int64_t t, int64_t u0, int64_t u1) const {
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t row = (t * N + n) * G * H;
+      T* dgx_row = dgx + row;
+      T* dh_row = dh + n * Hout;
+      if (!ok(t, n)) {
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t u = u0; u < u1; ++u) dgx_row[g * H + u] = T(0);
+        if (kind == GRU)
+          for (int64_t u = u0; u < u1; ++u) dgh_n[(t * N + n) * H + u] = T(0);
+        continue;  // dh and dc pass through unchanged
+      }
+      const T* gate = gates + row;
+      const T* dr = proj ? scratch + n * H : dh_row;
+      if (kind == LSTM) {
+        const T* c_new = cs + (after(t) * N + n) * H;
+        const T* c_prev = cs + (before(t) * N + n) * H;
+        T* dc_row = dc + n * H;
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) {
+          const T i = gate[u], f = gate[H + u], g = gate[2 * H + u], o = gate[3 * H + u];
+          const T tc = tanh_(c_new[u]);
+          const T d_c = dc_row[u] + dr[u] * o * (T(1) - tc * tc);
+          dgx_row[u] = d_c * g * i * (T(1) - i);
+          dgx_row[H + u] = d_c * c_prev[u] * f * (T(1) - f);
+          dgx_row[2 * H + u] = d_c * i * (T(1) - g * g);
+          dgx_row[3 * H + u] = dr[u] * tc * o * (T(1) - o);
+          dc_row[u] = d_c * f;
+          if (!proj) dh_row[u] = T(0);
+        }
+      } else if (kind == GRU) {
+        const T* h_prev = hs + (before(t) * N + n) * Hout;
+        const T* hn_row = hn + (t * N + n) * H;
+        T* dgh_n_row = dgh_n + (t * N + n) * H;
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) {
+          const T r = gate[u], z = gate[H + u], nv = gate[2 * H + u], d = dh_row[u];
+          const T d_n = d * (T(1) - z) * (T(1) - nv * nv);
+          const T d_z = d * (h_prev[u] - nv) * z * (T(1) - z);
+          const T d_r = d_n * hn_row[u] * r * (T(1) - r);
+          dgx_row[u] = d_r;
+          dgx_row[H + u] = d_z;
+          dgx_row[2 * H + u] = d_n;
+          dgh_n_row[u] = d_n * r;
+          dh_row[u] = d * z;
+        }
+      } else {
+        const T* h = hs + (after(t) * N + n) * Hout;
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) {
+          const T d = dh_row[u];
+          dgx_row[u] = kind == RNN_TANH ? d * (T(1) - h[u] * h[u]) : (h[u] > T(0) ? d : T(0));
+          dh_row[u] = T(0);
+        }
+      }
+    }
+  }
+
+  // With projection the bypass of dh_{t-1} is only padding's pass-through: valid rows restart at zero.
+  void backward_projected_bypass(int64_t t, int64_t q0, int64_t q1) const {
+    for (int64_t n = 0; n < N; ++n)
+      if (ok(t, n))
+        for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] = T(0);
+  }
+
+  // dh_{t-1}[:, q0:q1] = (bypass part, already in dh) + dG^h_t W_hh; GRU's dG^h is [δr δz] from
+  // dgx (the rows of W_hh for r and z) and δn⊙r from dgh_n (the rows for n).
+  // `recurrent` packs the W_hh rows that dgx multiplies (all but GRU's n rows, in `gru_n`).
+  void backward_gemm(int64_t t, int64_t q0, int64_t q1, const Panels<T>& recurrent, const Panels<T>& gru_n) const {
+    if (proj) backward_projected_bypass(t, q0, q1);
+    gemm_panels(dgx + t * N * G * H, G * H, recurrent, dh, Hout, N, true);
+    if (kind == GRU) gemm_panels(dgh_n + t * N * H, H, gru_n, dh, Hout, N, true);
+  }
+};
+
+// Splits [0, size) into `parts` ranges aligned to a vector width, so threads never share a cache line.
+inline std::pair<int64_t, int64_t> slice(int64_t size, int parts, int index) {
+  const int64_t chunk = ((size + parts - 1) / parts + 15) / 16 * 16;
+  return {std::min(size, chunk * index), std::min(size, chunk * (index + 1))};
+}
+
+at::Tensor empty_like_or_none(const at::Tensor& like, at::IntArrayRef shape, bool needed) {
+  return at::empty(needed ? shape : at::IntArrayRef{0}, like.options());
+}
+
+at::Tensor ptr_source(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+
+template <typename T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.const_data_ptr<T>() : nullptr;
+}
+
+int thread_count(int64_t H) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 32))); }
+
+template <typename T>
+void drive_forward(const Loop<T>& loop, const at::TensorOptions& options) {
+  const int64_t L = loop.L, H = loop.H, Hout = loop.Hout, G = loop.G;
+#pragma omp parallel num_threads(thread_count(H))
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    const auto [u0, u1] = slice(H, nt, tid);
+    const auto [p0, p1] = slice(Hout, nt, tid);
+    // B(k, c) = W_hh[c, k]: the columns of W_hh^T for this thread's units, in every gate
+    std::vector<std::pair<int64_t, int64_t>> columns;
+    for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
+    const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, columns, options);
+    const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, 1, H, H, {{p0, p1}}, options) : Panels<T>();
+    for (int64_t s = 0; s < L; ++s) {
+      const int64_t t = loop.reverse ? L - 1 - s : s;
+      loop.forward_gemm(t, recurrent);
+      loop.forward_gates(t, u0, u1);
+#pragma omp barrier
+      if (loop.proj) {
+        loop.forward_projection(t, p0, p1, projection);
+#pragma omp barrier
+      }
+    }
+  }
+}
+
+template <typename T>
+void drive_backward(const Loop<T>& loop, const at::TensorOptions& options) {
+  const int64_t L = loop.L, H = loop.H, Hout = loop.Hout, G = loop.G;
+#pragma omp parallel num_threads(thread_count(H))
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    const auto [u0, u1] = slice(H, nt, tid);
+    const auto [q0, q1] = slice(Hout, nt, tid);
+    // B = W_hh (rows: gates, columns: h_out), split at GRU's n rows; B = W_hr
+    const int64_t shared_rows = loop.kind == GRU ? 2 * H : G * H;
+    const Panels<T> recurrent(loop.w_hh, Hout, 1, shared_rows, {{q0, q1}}, options);
+    const Panels<T> gru_n = loop.kind == GRU ? Panels<T>(loop.w_hh + 2 * H * Hout, Hout, 1, H, {{q0, q1}}, options) : Panels<T>();
+    const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, H, 1, Hout, {{u0, u1}}, options) : Panels<T>();
+    for (int64_t s = 0; s < L; ++s) {
+      const int64_t t = loop.reverse ? s : L - 1 - s;
+      loop.backward_collect(t, q0, q1);
+      if (loop.proj) {
+#pragma omp barrier
+        loop.backward_projection(projection);
+      }
+      loop.backward_gates(t, u0, u1);
+#pragma omp barrier
+      loop.backward_gemm(t, q0, q1, recurrent, gru_n);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_loop(
+    int64_t kind, at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, std::optional<at::Tensor> b_hn,
+    std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse) {
+  const int64_t L = xp.size(0), N = xp.size(1), GH = xp.size(2), Hout = h0.size(1);
+  const bool proj = w_hr.has_value();
+  const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
+  at::Tensor y = at::empty({L, N, Hout}, xp.options());
+  at::Tensor hs = at::empty({L + 1, N, Hout}, xp.options());
+  hs.select(0, reverse ? L : 0).copy_(h0);
+  at::Tensor cs = empty_like_or_none(xp, {L + 1, N, H}, kind == LSTM);
+  if (kind == LSTM) cs.select(0, reverse ? L : 0).copy_(c0);
+  at::Tensor hn = empty_like_or_none(xp, {L, N, H}, kind == GRU);
+  at::Tensor hraw = empty_like_or_none(xp, {L, N, H}, proj);
+  at::Tensor scratch = at::empty({N, GH}, xp.options());
+  at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn);
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_fused_forward", [&] {
+    Loop<scalar_t> loop{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid_t),
+                        xp.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
+                        cs.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>(), hraw.data_ptr<scalar_t>(),
+                        w_hh.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(b_hn_t),
+                        proj ? w_hr->const_data_ptr<scalar_t>() : nullptr,
+                        scratch.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+    drive_forward(loop, xp.options());
+  });
+  return {y, hs, cs, hn, hraw};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_loop(
+    int64_t kind, at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor hn, at::Tensor hraw, at::Tensor w_hh,
+    std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse, at::Tensor dy, at::Tensor dh_n,
+    at::Tensor dc_n) {
+  const int64_t L = dy.size(0), N = dy.size(1), GH = w_hh.size(0), Hout = hs.size(2);  // RNN passes no gates
+  const bool proj = w_hr.has_value();
+  const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
+  at::Tensor dgx = at::empty({L, N, GH}, gates.options());
+  at::Tensor dgh_n = empty_like_or_none(gates, {L, N, H}, kind == GRU);
+  at::Tensor dproj = empty_like_or_none(gates, {L, N, Hout}, proj);
+  at::Tensor dh = dh_n.clone();
+  at::Tensor dc = kind == LSTM ? dc_n.clone() : at::empty({0}, gates.options());
+  at::Tensor scratch = at::empty({N, H}, gates.options());
+  at::Tensor valid_t = ptr_source(valid);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_fused_backward", [&] {
+    Loop<scalar_t> loop{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid_t),
+                        gates.data_ptr<scalar_t>(), nullptr, hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
+                        hn.data_ptr<scalar_t>(), hraw.data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(), nullptr,
+                        proj ? w_hr->const_data_ptr<scalar_t>() : nullptr, scratch.data_ptr<scalar_t>(),
+                        dy.const_data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh_n.data_ptr<scalar_t>(),
+                        dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dproj.data_ptr<scalar_t>()};
+    for (int d = 0; d < 3; ++d) loop.dy_stride[d] = dy.stride(d);
+    drive_backward(loop, gates.options());
+  });
+  return {dgx, dgh_n, dh, dc, dproj};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnnkit_fused, m) {
+  m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &forward_loop);
+  m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &backward_loop);
+}

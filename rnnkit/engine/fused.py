@@ -1,0 +1,204 @@
+r"""The fused engine: one autograd node per layer and direction, with hand-written BPTT.
+
+Where the reference engine records every step's ops for autograd, this engine
+runs a whole sequence as a single :class:`torch.autograd.Function`:
+
+* forward: the input projections of all steps are **one GEMM** up front,
+  ``XP = X W_ih^T + b`` (with ``b = b_ih + b_hh``, except GRU's ``b_hn`` which
+  sits inside the reset gate); then per step only the recurrent GEMM
+  ``h_{t-1} W_hh^T`` and the fused gate math, run by a loop kernel
+  (compiled C++, or the pure-PyTorch fallback, :mod:`rnnkit.engine.fused_loops`);
+* backward: the loop kernel walks time backwards producing the gate gradients
+  ``dG_t`` of every step; then the gradients of ``W_ih``, ``W_hh``, ``W_hr``,
+  the biases and the input are each **one GEMM or sum over all steps**.
+
+Legend (per layer and direction): L steps, N batch, H hidden, H_out output
+size (``proj_size`` or H), G gates; ``X`` (L*N, H_in), ``XP``/``dG`` (L*N, G*H),
+``H_prev`` (L*N, H_out) the state entering each step; ⊙ elementwise;
+``σ' = σ(1-σ)``, ``tanh' = 1-tanh²``; ``dh_t`` is the total gradient reaching
+``h_t`` (from ``y_t`` and from step t+1); ``δ`` marks gate pre-activation grads.
+
+Backward through time, per family (all products row-wise over the batch)::
+
+    RNN   h_t = φ(a_t), a_t = xp_t + h_{t-1} W_hh^T
+          δa_t = dh_t ⊙ φ'(a_t)               (tanh: 1-h_t², relu: [h_t > 0])
+          dh_{t-1} = δa_t W_hh
+
+    LSTM  c_t = f⊙c_{t-1} + i⊙g,  r_t = o⊙tanh(c_t),  h_t = r_t (W_hr^T if projected)
+          dr_t = dh_t (W_hr if projected, and dW_hr += dh_t^T r_t)
+          dc   = dc_t + dr_t ⊙ o ⊙ tanh'(c_t)
+          δi = dc⊙g⊙σ'(i), δf = dc⊙c_{t-1}⊙σ'(f), δg = dc⊙i⊙tanh'(g), δo = dr_t⊙tanh(c_t)⊙σ'(o)
+          dc_{t-1} = dc ⊙ f,   dh_{t-1} = [δi δf δg δo] W_hh
+
+    GRU   n = tanh(xn + r⊙hn), hn = h_{t-1} W_hn^T + b_hn, h_t = n + z⊙(h_{t-1} - n)
+          δn = dh_t⊙(1-z)⊙tanh'(n),  δz = dh_t⊙(h_{t-1}-n)⊙σ'(z),  δr = δn⊙hn⊙σ'(r)
+          dG^x_t = [δr δz δn] (input side),  dG^h_t = [δr δz δn⊙r] (recurrent side)
+          dh_{t-1} = dh_t⊙z + dG^h_t W_hh
+
+Then, with every step stacked (dG^h = dG^x = dG except for GRU)::
+
+    dX = dG^x W_ih,  dW_ih = dG^x^T X,  db_ih = Σ dG^x,
+    dW_hh = dG^h^T H_prev,  db_hh = Σ dG^h,  dW_hr = dH^T R   (R: the r_t, dH: the dh_t)
+
+Padding (``valid[t, n]`` False) makes a step the identity on the state: the
+kernel zeroes its ``dG`` rows, passes ``dh``/``dc`` through unchanged and drops
+the gradient of its (zero) output.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from rnnkit.cells.base import CellSpec, CellWeights, State
+from rnnkit.engine import fused_build, fused_loops, hoisted, reference
+from rnnkit.engine.fused_loops import GRU, KINDS, LSTM
+
+
+def _matmul(a: Tensor, b: Tensor) -> Tensor:
+    return a @ b
+
+
+def _mkldnn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "none", [], "")
+
+
+def _addmm_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
+
+
+_LINEAR_CHOICE: dict[tuple, object] = {}
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x W^T + b`` with the faster of two GEMMs, timed once per shape class.
+
+    On AMD CPUs MKL (behind torch.mm/addmm) takes its AVX2 path while oneDNN
+    uses AVX-512; which wins depends on the shape, so measure instead of guess.
+    oneDNN takes float32 only. Rows are bucketed by power of two so that varying
+    sequence lengths do not re-time.
+    """
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.is_available() or x.shape[0] == 0:
+        return _addmm_linear(x, weight, bias)
+    key = (x.shape[0].bit_length(), x.shape[1], weight.shape[0], bias is None)
+    choice = _LINEAR_CHOICE.get(key)
+    if choice is None:
+        timings = {}
+        for candidate in (_addmm_linear, _mkldnn_linear):
+            candidate(x, weight, bias)  # warm-up: oneDNN creates its primitive on first use
+            start = time.perf_counter()
+            for _ in range(2):
+                candidate(x, weight, bias)
+            timings[candidate] = time.perf_counter() - start
+        choice = _LINEAR_CHOICE[key] = min(timings, key=timings.get)
+    return choice(x, weight, bias)
+
+
+class FusedRecurrence(torch.autograd.Function):
+    """One layer and direction of any family; ``loops`` is the loop-kernel module to use."""
+
+    @staticmethod
+    def forward(ctx, kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+        length, batch, _ = x.shape
+        gate_size = w_hh.shape[0]
+        hidden = w_ih.shape[0] // (4 if kind == LSTM else 3 if kind == GRU else 1)
+        bias, b_hn = _folded_bias(kind, b_ih, b_hh, hidden)
+        x2d = x.reshape(length * batch, x.shape[2])
+        xp = _linear(x2d, w_ih, bias).view(length, batch, gate_size)
+        if c0 is None:
+            c0 = x.new_empty(0)
+        y, hs, cs, hn, hraw = loops.forward_loop(kind, xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), b_hn, None if w_hr is None else w_hr.contiguous(), valid, reverse)
+        final = (length, 0)[reverse]
+        ctx.kind, ctx.loops, ctx.reverse, ctx.has_bias, ctx.lstm = kind, loops, reverse, b_ih is not None, kind == LSTM
+        gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
+        ctx.save_for_backward(valid, x, w_ih, w_hh, w_hr, gates, hs, cs, hn, hraw)
+        if kind == LSTM:
+            return y, hs[final].clone(), cs[final].clone()
+        return y, hs[final].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n=None):
+        with torch.autocast(ctx.saved_tensors[1].device.type, enabled=False):  # gradients in the forward's precision
+            return FusedRecurrence._backward(ctx, dy, dh_n, dc_n)
+
+    @staticmethod
+    def _backward(ctx, dy, dh_n, dc_n):
+        valid, x, w_ih, w_hh, w_hr, gates, hs, cs, hn, hraw = ctx.saved_tensors
+        kind, reverse = ctx.kind, ctx.reverse
+        length, batch, _ = x.shape
+        if dc_n is None:
+            dc_n = x.new_empty(0)
+        dgx, dgh_n, dh0, dc0, dproj = ctx.loops.backward_loop(
+            kind, gates, hs, cs, hn, hraw, w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(), valid, reverse,
+            dy, dh_n.contiguous(), dc_n.contiguous(),
+        )  # fmt: skip
+        steps = length * batch
+        dgx2d = dgx.view(steps, dgx.shape[2])
+        need = ctx.needs_input_grad
+        dx = _linear(dgx2d, w_ih.t(), None).view_as(x) if need[4] else None
+        dw_ih = _matmul(dgx2d.t(), x.reshape(steps, x.shape[2])) if need[5] else None
+        h_prev = hs[reverse : length + reverse].view(steps, hs.shape[2])
+        # GRU's recurrent-side gradient is [δr δz] (shared with dgx) then δn⊙r (dgh_n).
+        recurrent_parts = [dgx2d] if kind != GRU else [dgx2d[:, : 2 * dgh_n.shape[2]], dgh_n.view(steps, dgh_n.shape[2])]
+        dw_hh = torch.cat([_matmul(part.t(), h_prev) for part in recurrent_parts]) if need[6] else None
+        db_ih = db_hh = None
+        if ctx.has_bias:
+            db_ih = dgx2d.sum(0)
+            db_hh = db_ih.clone() if kind != GRU else torch.cat([part.sum(0) for part in recurrent_parts])
+        dw_hr = _matmul(dproj.view(steps, dproj.shape[2]).t(), hraw.view(steps, hraw.shape[2])) if w_hr is not None and need[9] else None
+        return None, None, None, None, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if ctx.lstm else None
+
+
+def _folded_bias(kind: int, b_ih: Tensor | None, b_hh: Tensor | None, hidden: int):
+    """The bias added to the input projections, and GRU's ``b_hn`` that must stay in the loop."""
+    if b_ih is None:
+        return None, None
+    if kind != GRU:
+        return b_ih + b_hh, None
+    folded = torch.cat((b_ih[: 2 * hidden] + b_hh[: 2 * hidden], b_ih[2 * hidden :]))
+    return folded, b_hh[2 * hidden :].contiguous()
+
+
+def loops_for(x: Tensor):
+    """The loop kernel for a tensor: compiled C++ for float32/float64 CPU tensors when it built, else pure PyTorch."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        native = fused_build.native_loops()
+        if native is not None:
+            return native
+    return fused_loops
+
+
+def supports(spec: CellSpec, weights: CellWeights | None = None) -> bool:
+    """Whether the fused kernels cover a cell family (the LayerNorm variants run the hoisted loop)."""
+    return spec.name in KINDS and (weights is None or getattr(weights, "layer_norm", None) is None)
+
+
+def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
+    """Same contract and results as :func:`rnnkit.engine.reference.run_direction`.
+
+    Under autocast the recurrence runs in float32 (as ``torch.amp.custom_fwd(cast_inputs=torch.float32)``
+    would): its state is carried through every step, where low precision compounds.
+    """
+    if not supports(spec, weights):
+        runner = hoisted if hoisted.supports(spec) else reference
+        return runner.run_direction(spec, x, state, weights, valid, reverse)
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            x, state = _to_float32(x), tuple(_to_float32(s) for s in state)
+            return run_direction(spec, x, state, weights, valid, reverse)
+    kind = KINDS[spec.name]
+    h0 = state[0]
+    c0 = state[1] if kind == LSTM else None
+    y, *final = FusedRecurrence.apply(
+        kind, loops_for(x), reverse, valid, x.contiguous(), weights.weight_ih, weights.weight_hh,
+        weights.bias_ih, weights.bias_hh, weights.weight_hr, h0, c0,
+    )  # fmt: skip
+    return y, tuple(final)
+
+
+def _to_float32(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

@@ -1,0 +1,111 @@
+"""Building and loading the fused engine's compiled loop kernel (``csrc/fused_loops.cpp``).
+
+The kernel is JIT-compiled with :func:`torch.utils.cpp_extension.load` the first
+time a CPU layer runs on the fused engine, once per process, and cached on
+disk: later processes only load the shared library (it is rebuilt when the
+source, the flags or the torch headers change). It includes only
+``<torch/library.h>`` and a few ATen operator headers, so a cold build takes
+~8 s on 2 cores (not the ~30 s of ``<torch/extension.h>``) and a cached load
+~0.1 s. It needs a C++ compiler and ``ninja`` (the ``ninja`` PyPI package
+will do). Flags: ``-O3 -march=native`` (it runs on the machine that built
+it), ``-fopenmp``, and ``-fno-math-errno -fno-trapping-math`` (as PyTorch
+itself is built) so that the gate math vectorises.
+
+Where it goes: ``$RNNKIT_BUILD_DIR`` if set, else ``$TORCH_EXTENSIONS_DIR/rnnkit``
+if set, else ``~/.cache/rnnkit/<torch version>``.
+
+Set ``RNNKIT_ENGINE_NO_BUILD=1`` to skip the build and use the pure-PyTorch
+loop kernel. Any failure (no compiler, no ninja, a compile error) also falls
+back to it; :func:`status` says which path is in use and why.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+import warnings
+
+import torch
+
+from rnnkit.engine import fused_loops
+
+SOURCE = pathlib.Path(__file__).with_name("csrc") / "fused_loops.cpp"
+NO_BUILD_ENV = "RNNKIT_ENGINE_NO_BUILD"
+
+_state: dict = {"tried": False, "loops": None, "reason": "not built yet (builds on first use)", "path": None, "seconds": None}
+
+
+def build_dir() -> pathlib.Path:
+    if os.environ.get("RNNKIT_BUILD_DIR"):
+        return pathlib.Path(os.environ["RNNKIT_BUILD_DIR"])
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return pathlib.Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "rnnkit"
+    return pathlib.Path.home() / ".cache" / "rnnkit" / torch.__version__.replace("+", "_")
+
+
+class NativeLoops:
+    """The compiled loop kernel behind the contract of :mod:`rnnkit.engine.fused_loops`."""
+
+    def __init__(self, ops) -> None:
+        self._ops = ops
+
+    def forward_loop(self, kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
+        return self._ops.forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse)
+
+    def backward_loop(self, kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n):
+        return self._ops.backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, _contiguous(valid), reverse, dy, dh_n, dc_n)
+
+
+def _contiguous(valid):
+    return None if valid is None else valid.contiguous()
+
+
+def native_loops() -> NativeLoops | None:
+    """The compiled kernel, building it on the first call; None when unavailable (see :func:`status`)."""
+    if not _state["tried"]:
+        _state["tried"] = True
+        _build()
+    return _state["loops"]
+
+
+def _build() -> None:
+    if os.environ.get(NO_BUILD_ENV, "") not in ("", "0"):
+        _state["reason"] = f"{NO_BUILD_ENV}={os.environ[NO_BUILD_ENV]} is set"
+        return
+    start = time.perf_counter()
+    try:
+        from torch.utils import cpp_extension
+
+        directory = build_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        # cpp_extension warns about things that do not matter here (e.g. a compiler
+        # version check); the project runs with warnings as errors, so keep them out.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = cpp_extension.load(
+                name="rnnkit_fused_loops",
+                sources=[str(SOURCE)],
+                extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(directory),
+                is_python_module=False,
+                verbose=False,
+            )
+        ops = torch.ops.rnnkit_fused
+        ops.forward_loop  # noqa: B018 - raises if the library did not register its ops
+    except Exception as error:  # noqa: BLE001 - any failure means: use the fallback, and say why
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        _state["reason"] = f"C++ build failed ({type(error).__name__}: {first_line[:300]})"
+        return
+    _state.update(loops=NativeLoops(ops), path=str(path), seconds=time.perf_counter() - start, reason=None)
+
+
+def status() -> str:
+    """One line: which loop kernel CPU tensors get, and why."""
+    if _state["loops"] is not None:
+        return f"fused C++ (compiled at {_state['path']}, loaded in {_state['seconds']:.1f} s)"
+    return f"fused pure-PyTorch fallback: {_state['reason']}"
+
+
+__all__ = ["NativeLoops", "build_dir", "native_loops", "status", "fused_loops"]

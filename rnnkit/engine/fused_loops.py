@@ -1,0 +1,140 @@
+"""The per-step recurrence of the fused engine, in pure PyTorch (the fallback).
+
+:mod:`rnnkit.engine.fused` does every product that spans all time steps as one
+GEMM and hands the recurrence itself (one small GEMM and the gate math per
+step) to a *loop kernel*. There are two loop kernels with one contract: the
+compiled one in ``csrc/fused_loops.cpp`` and this one, which runs wherever
+PyTorch runs (CUDA included) and is used when the C++ build is unavailable.
+
+Contract (time-indexed buffers; ``before = t + reverse``, ``after = t + 1 - reverse``
+index the state history, so that a step always reads ``hs[before]`` and writes
+``hs[after]`` whichever direction the loop runs)::
+
+    forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse)
+        -> y (L,N,H_out), hs (L+1,N,H_out), cs (L+1,N,H), hn (L,N,H), hraw (L,N,H)
+    backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n)
+        -> dgx (L,N,G*H), dgh_n (L,N,H), dh0 (N,H_out), dc0 (N,H), dproj (L,N,H_out)
+
+``xp`` holds the input projections on entry and is overwritten with the gate
+activations the backward pass needs (``gates``; RNN needs none and passes an
+empty tensor); ``dy`` may have any strides; ``dgh_n`` is GRU's
+recurrent-side gradient of the n gate, ``δn⊙r`` (its r and z parts equal
+``dgx``'s); unused results are empty tensors. The equations are in :mod:`rnnkit.engine.fused`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
+KINDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "lstm": LSTM, "gru": GRU}
+
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty(0)
+
+
+def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
+    length, batch, _ = xp.shape
+    out_size = h0.shape[1]
+    hidden = w_hh.shape[0] // {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}[kind]
+    y = xp.new_empty(length, batch, out_size)
+    hs = xp.new_empty(length + 1, batch, out_size)
+    hs[length if reverse else 0] = h0
+    cs = xp.new_empty(length + 1, batch, hidden) if kind == LSTM else _empty(xp)
+    if kind == LSTM:
+        cs[length if reverse else 0] = c0
+    hn = xp.new_empty(length, batch, hidden) if kind == GRU else _empty(xp)
+    hraw = xp.new_empty(length, batch, hidden) if w_hr is not None else _empty(xp)
+    w_hh_t = w_hh.t()
+    order = range(length - 1, -1, -1) if reverse else range(length)
+    for t in order:
+        before, after = t + reverse, t + 1 - reverse
+        h_prev = hs[before]
+        recurrent = h_prev @ w_hh_t
+        gates = xp[t]
+        if kind == LSTM:
+            i, f, g, o = (gates + recurrent).chunk(4, dim=1)
+            i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+            c_new = f * cs[before] + i * g
+            h_new = o * c_new.tanh()
+            gates.copy_(torch.cat((i, f, g, o), dim=1))
+            if w_hr is not None:
+                hraw[t] = h_new
+                h_new = h_new @ w_hr.t()
+        elif kind == GRU:
+            x_r, x_z, x_n = gates.chunk(3, dim=1)
+            h_r, h_z, h_n = recurrent.chunk(3, dim=1)
+            r, z = (x_r + h_r).sigmoid(), (x_z + h_z).sigmoid()
+            hn[t] = h_n if b_hn is None else h_n + b_hn
+            n = (x_n + r * hn[t]).tanh()
+            h_new = n + z * (h_prev - n)
+            gates.copy_(torch.cat((r, z, n), dim=1))
+        else:
+            pre = gates + recurrent
+            h_new = pre.tanh() if kind == RNN_TANH else pre.relu()
+        if valid is not None:
+            keep = valid[t].unsqueeze(1)
+            y[t] = torch.where(keep, h_new, 0.0)
+            h_new = torch.where(keep, h_new, h_prev)
+            if kind == LSTM:
+                c_new = torch.where(keep, c_new, cs[before])
+        else:
+            y[t] = h_new
+        hs[after] = h_new
+        if kind == LSTM:
+            cs[after] = c_new
+    return y, hs, cs, hn, hraw
+
+
+def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n):
+    length, batch, _ = dy.shape
+    gate_size = w_hh.shape[0]
+    dgx = dy.new_empty(length, batch, gate_size)  # RNN passes no gates: its backward reads hs
+    dgh_n = dy.new_empty(length, batch, gate_size // 3) if kind == GRU else _empty(dy)
+    dproj = dy.new_empty(dy.shape) if w_hr is not None else _empty(dy)
+    dh = dh_n.clone()
+    dc = dc_n.clone() if kind == LSTM else _empty(dy)
+    order = range(length) if reverse else range(length - 1, -1, -1)
+    for t in order:
+        before, after = t + reverse, t + 1 - reverse
+        keep = valid[t].unsqueeze(1) if valid is not None else None
+        dh = dh + (dy[t] if keep is None else torch.where(keep, dy[t], 0.0))
+        direct = None  # the part of dh_{t-1} that does not go through W_hh
+        if kind == LSTM:
+            dh_raw = dh
+            if w_hr is not None:
+                dproj[t] = dh if keep is None else torch.where(keep, dh, 0.0)
+                dh_raw = dh @ w_hr
+            i, f, g, o = gates[t].chunk(4, dim=1)
+            tanh_c = cs[after].tanh()
+            dc_total = dc + dh_raw * o * (1 - tanh_c * tanh_c)
+            grads = (dc_total * g * i * (1 - i), dc_total * cs[before] * f * (1 - f), dc_total * i * (1 - g * g), dh_raw * tanh_c * o * (1 - o))
+            dgx[t] = torch.cat(grads, dim=1)
+            dc_prev = dc_total * f
+            dc = dc_prev if keep is None else torch.where(keep, dc_prev, dc)
+        elif kind == GRU:
+            r, z, n = gates[t].chunk(3, dim=1)
+            d_n_pre = dh * (1 - z) * (1 - n * n)
+            d_z_pre = dh * (hs[before] - n) * z * (1 - z)
+            d_r_pre = d_n_pre * hn[t] * r * (1 - r)
+            dgx[t] = torch.cat((d_r_pre, d_z_pre, d_n_pre), dim=1)
+            dgh_n[t] = d_n_pre * r
+            direct = dh * z
+        else:
+            h = hs[after]
+            dgx[t] = dh * (1 - h * h) if kind == RNN_TANH else dh * (h > 0)
+        if keep is not None:
+            dgx[t] = torch.where(keep, dgx[t], 0.0)
+            if kind == GRU:
+                dgh_n[t] = torch.where(keep, dgh_n[t], 0.0)
+        if kind == GRU:
+            shared = 2 * dgh_n.shape[2]
+            dh_prev = dgx[t][:, :shared] @ w_hh[:shared] + dgh_n[t] @ w_hh[shared:]
+        else:
+            dh_prev = dgx[t] @ w_hh
+        if direct is not None:
+            dh_prev = dh_prev + direct
+        dh = dh_prev if keep is None else torch.where(keep, dh_prev, dh)
+    return dgx, dgh_n, dh, dc, dproj

@@ -1,0 +1,244 @@
+"""The fused engine against the reference engine, on the compiled C++ path and the pure-PyTorch fallback.
+
+Every comparison runs the same layer (same weights, same input, same RNG seed
+for dropout) on ``engine="reference"`` and ``engine="fused"`` and compares the
+outputs, final states and the gradients of the input, the initial state and
+every parameter, under a loss that depends on both outputs and final states.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkit
+from rnnkit import engine
+from rnnkit.engine import fused, fused_build, fused_loops
+
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+FAMILIES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+
+
+@pytest.fixture(params=["cpp", "fallback"])
+def path(request, monkeypatch):
+    """Run a test on the compiled loop kernel, then on the pure-PyTorch one."""
+    if request.param == "cpp":
+        if fused_build.native_loops() is None:
+            pytest.skip(fused_build.status())
+    else:
+        monkeypatch.setattr(fused, "loops_for", lambda x: fused_loops)
+    return request.param
+
+
+def make_pair(family: str, input_size: int, hidden_size: int, dtype, **kwargs):
+    if family == "lstm":
+        cls = rnnkit.LSTM
+    elif family == "gru":
+        cls = rnnkit.GRU
+        kwargs.pop("proj_size", None)
+    else:
+        cls = rnnkit.RNN
+        kwargs.pop("proj_size", None)
+        kwargs["nonlinearity"] = family.split("_")[1]
+    reference = cls(input_size, hidden_size, engine="reference", dtype=dtype, **kwargs)
+    candidate = cls(input_size, hidden_size, engine="fused", dtype=dtype, **kwargs)
+    candidate.load_state_dict(reference.state_dict())
+    return reference, candidate
+
+
+def run_and_differentiate(layer, x, hx, lengths, packed: bool, seed: int):
+    """Outputs, final states and gradients of a loss that reads both outputs and final states."""
+    torch.manual_seed(seed)  # the same dropout masks for both engines
+    inputs = [t for t in (x, *(hx if isinstance(hx, tuple) else (hx,))) if t is not None]
+    if packed:
+        output, state = layer(pack_padded_sequence(x, lengths, batch_first=layer.batch_first, enforce_sorted=False), hx)
+        output = pad_packed_sequence(output, batch_first=layer.batch_first)[0]
+    else:
+        output, state = layer(x, hx, lengths=lengths)
+    states = state if isinstance(state, tuple) else (state,)
+    weights = torch.linspace(-1, 1, output.numel(), dtype=output.dtype).view_as(output)
+    loss = (output * weights).sum() + sum((s * s).sum() for s in states)
+    grads = torch.autograd.grad(loss, inputs + list(layer.parameters()))
+    return [output, *states, *grads]
+
+
+def assert_close_lists(expected, actual, dtype):
+    assert len(expected) == len(actual)
+    for index, (e, a) in enumerate(zip(expected, actual)):
+        torch.testing.assert_close(a, e, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype], msg=lambda m: f"item {index}: {m}")
+
+
+def random_config(rng: random.Random, family: str):
+    hidden = rng.choice([5, 16, 40, 70])
+    config = {
+        "num_layers": rng.randint(1, 3),
+        "bidirectional": rng.random() < 0.5,
+        "batch_first": rng.random() < 0.5,
+        "bias": rng.random() < 0.75,
+        "proj_size": rng.choice([0, 0, 3]) if family == "lstm" else 0,
+    }
+    if config["num_layers"] > 1 and rng.random() < 0.4:
+        config["dropout"] = 0.3
+    shape = {
+        "length": rng.randint(1, 6),
+        "batch": rng.choice([1, 2, 3, 13]),  # 13 = 8 + 4 + 1: every row tile of the GEMM kernel
+        "input": rng.randint(1, 7),
+        "hidden": hidden,
+    }
+    inputs = {"lengths": rng.random() < 0.5, "packed": rng.random() < 0.3, "hx": rng.random() < 0.5}
+    return config, shape, inputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_random_configs_match_reference(path, family, dtype):
+    rng = random.Random(f"{family}-{dtype}-{path}")
+    for case in range(6):
+        config, shape, inputs = random_config(rng, family)
+        torch.manual_seed(case)
+        reference, candidate = make_pair(family, shape["input"], shape["hidden"], dtype, **config)
+        length, batch = shape["length"], shape["batch"]
+        x = torch.randn((batch, length, shape["input"]) if config["batch_first"] else (length, batch, shape["input"]), dtype=dtype, requires_grad=True)
+        lengths = None
+        if inputs["lengths"] or inputs["packed"]:
+            lengths = torch.randint(1, length + 1, (batch,))
+            lengths[0] = length
+        hx = None
+        if inputs["hx"]:
+            stacked = config["num_layers"] * (2 if config["bidirectional"] else 1)
+            h0 = torch.randn(stacked, batch, config["proj_size"] or shape["hidden"], dtype=dtype, requires_grad=True)
+            hx = (h0, torch.randn(stacked, batch, shape["hidden"], dtype=dtype, requires_grad=True)) if family == "lstm" else h0
+        packed = inputs["packed"]
+        expected = run_and_differentiate(reference, x, hx, lengths, packed, seed=case)
+        actual = run_and_differentiate(candidate, x, hx, lengths, packed, seed=case)
+        assert_close_lists(expected, actual, dtype)
+
+
+@pytest.fixture
+def two_threads():
+    """The C++ loop splits hidden units across threads (conftest runs tests on one)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_threads_split_hidden_units(path, two_threads, family):
+    # H = 70 and proj 37 split unevenly into 16-aligned slices; batch 13 uses every row tile
+    reference, candidate = make_pair(family, 5, 70, torch.float64, bidirectional=True, proj_size=37)
+    x = torch.randn(6, 13, 5, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 2, 5, 1, 6, 3, 4, 6, 1, 2, 5, 6, 3])
+    expected = run_and_differentiate(reference, x, None, lengths, False, seed=0)
+    actual = run_and_differentiate(candidate, x, None, lengths, False, seed=0)
+    assert_close_lists(expected, actual, torch.float64)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_empty_batch(path, family):
+    reference, candidate = make_pair(family, 3, 4, torch.float32, bidirectional=True)
+    x = torch.randn(5, 0, 3, requires_grad=True)
+    expected = run_and_differentiate(reference, x, None, None, False, seed=0)
+    actual = run_and_differentiate(candidate, x, None, None, False, seed=0)
+    assert_close_lists(expected, actual, torch.float32)
+
+
+def fused_function_inputs(family: str, proj: bool, bias: bool, masked: bool):
+    """Small float64 inputs of FusedRecurrence.apply, every differentiable one requiring grad."""
+    gates = {"lstm": 4, "gru": 3}.get(family, 1)
+    length, batch, features, hidden = 4, 3, 2, 3
+    out = 2 if proj else hidden
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    valid = None
+    if masked:
+        valid = torch.arange(length).unsqueeze(1) < torch.tensor([4, 2, 1]).unsqueeze(0)
+    return (
+        valid, leaf(length, batch, features), leaf(gates * hidden, features), leaf(gates * hidden, out),
+        leaf(gates * hidden) if bias else None, leaf(gates * hidden) if bias else None,
+        leaf(out, hidden) if proj else None, leaf(batch, out), leaf(batch, hidden) if family == "lstm" else None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "family, proj, bias, masked, reverse",
+    [
+        ("rnn_tanh", False, True, True, False),
+        ("rnn_relu", False, True, False, True),
+        ("lstm", False, True, True, True),
+        ("lstm", True, False, True, False),
+        ("gru", False, True, True, True),
+        ("gru", False, False, False, False),
+    ],
+)
+def test_gradcheck(path, family, proj, bias, masked, reverse):
+    kind = fused_loops.KINDS[family]
+    valid, *tensors = fused_function_inputs(family, proj, bias, masked)
+    loops = fused.loops_for(tensors[0])
+
+    def function(*args):
+        return fused.FusedRecurrence.apply(kind, loops, reverse, valid, *args)
+
+    assert torch.autograd.gradcheck(function, tuple(tensors), eps=1e-6, atol=1e-7)
+
+
+def test_double_backward_is_refused():
+    valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = fused_function_inputs("gru", False, True, False)
+    y, h_n = fused.FusedRecurrence.apply(fused_loops.GRU, fused_loops, False, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+    (grad,) = torch.autograd.grad((y * y).sum(), w_hh, create_graph=True)
+    with pytest.raises(RuntimeError, match="marked with @once_differentiable"):
+        grad.sum().backward()
+
+
+def test_auto_picks_fused_and_describe_says_why():
+    layer = rnnkit.LSTM(3, 4)
+    assert engine.resolve("auto") is fused.run_direction
+    text = engine.describe(layer)
+    assert text.startswith("engine='auto': fused ")
+    assert ("C++" in text) == (fused_build.native_loops() is not None)
+    assert engine.describe(rnnkit.GRU(3, 4, engine="reference")).startswith("reference")
+
+
+def test_no_build_env_forces_the_fallback():
+    code = "import rnnkit, rnnkit.engine as e; print(e.describe(rnnkit.GRU(2, 3)))"
+    env = {"RNNKIT_ENGINE_NO_BUILD": "1", "PATH": ""}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    assert "fused pure-PyTorch fallback: RNNKIT_ENGINE_NO_BUILD=1 is set" in result.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fallback_runs_on_cuda():
+    reference, candidate = make_pair("gru", 3, 8, torch.float64, num_layers=2, bidirectional=True)
+    reference.cuda(), candidate.cuda()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    expected = run_and_differentiate(reference, x, None, [5, 3], False, seed=0)
+    actual = run_and_differentiate(candidate, x, None, [5, 3], False, seed=0)
+    assert_close_lists(expected, actual, torch.float64)
+
+
+def test_autocast_runs_the_recurrence_in_float32(path):
+    torch.manual_seed(3)
+    layer = rnnkit.LSTM(4, 8, num_layers=2, engine="fused")
+    x = torch.randn(5, 2, 4)
+    expected, _ = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual, (h_n, _) = layer(x)
+    assert actual.dtype == h_n.dtype == torch.float32
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_specs_and_dtypes_still_run():
+    torch.manual_seed(4)
+    reference, candidate = make_pair("gru", 3, 8, torch.bfloat16)  # no C++ kernel for bfloat16: the Python loop
+    x = torch.randn(4, 2, 3, dtype=torch.bfloat16)
+    torch.testing.assert_close(candidate(x)[0], reference(x)[0], atol=2e-2, rtol=2e-2)
+    norm = rnnkit.LSTM(3, 8, layer_norm=True, engine="fused")  # no fused kernel: the hoisted loop
+    assert "runs the hoisted loop" in engine.describe(norm)
+    assert norm(torch.randn(4, 2, 3))[0].shape == (4, 2, 8)
