@@ -77,6 +77,7 @@ def _build() -> None:
     try:
         from torch.utils import cpp_extension
 
+        _put_pip_ninja_on_path()
         directory = build_dir()
         directory.mkdir(parents=True, exist_ok=True)
         # cpp_extension warns about things that do not matter here (e.g. a compiler
@@ -99,6 +100,16 @@ def _build() -> None:
         _state["reason"] = f"C++ build failed ({type(error).__name__}: {first_line[:300]})"
         return
     _state.update(loops=NativeLoops(ops), path=str(path), seconds=time.perf_counter() - start, reason=None)
+
+
+def _put_pip_ninja_on_path() -> None:
+    """cpp_extension runs ``ninja`` from PATH; a venv's pip-installed ninja is not there unless activated."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def status() -> str:
