@@ -182,3 +182,16 @@ def test_check_finite_ignores_padding_and_passes_clean_input():
 def test_public_api_is_declared():
     assert set(rnnkit.__all__) >= {"RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"}
     assert all(hasattr(rnnkit, name) for name in rnnkit.__all__)
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+@pytest.mark.parametrize("family,kwargs", [f for f in FAMILIES if f.values[0] is not rnnkit.LSTM])
+def test_output_may_be_modified_in_place_before_backward_like_torch(family, kwargs, engine):
+    """torch.nn's RNN and GRU allow ``out += residual``-style edits before backward; so must rnnkit's."""
+    layer = family(3, 5, engine=engine, **kwargs)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    out, _ = layer(x)
+    out.mul_(2.0)
+    out.sum().backward()
+    expected = torch.autograd.grad(2.0 * layer(x)[0].sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected)
