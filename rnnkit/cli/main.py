@@ -12,7 +12,10 @@ import sys
 
 from rnnkit import __version__
 
-SUBCOMMANDS = ["rnnkit.cli.diagnose"]
+SUBCOMMANDS = [
+    "rnnkit.cli.train", "rnnkit.cli.eval", "rnnkit.cli.predict", "rnnkit.cli.generate", "rnnkit.cli.demo",
+    "rnnkit.cli.diagnose",
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,34 @@
+"""``rnnkit generate RUN``: sample text from a trained character-level language model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rnnkit import tasks
+from rnnkit.cli import _shared
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("generate", help="sample text from a trained language model",
+                                   description=__doc__.split(":", 1)[1].strip(), formatter_class=_shared.formatter,
+                                   epilog='example:\n  rnnkit generate runs/charlm --prime "ROMEO:" --temperature 0.8 --length 500')  # fmt: skip
+    parser.add_argument("run", metavar="RUN", help="a run folder written by `rnnkit train charlm`")
+    parser.add_argument("--prime", default="\n", help="text to start from (default: a newline)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="below 1: safer text; above 1: wilder (default 0.8)")
+    parser.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _shared.add_threads(parser)
+    parser.set_defaults(handler=handle)
+
+
+@_shared.reports_errors("generate")
+def handle(args) -> int:
+    _shared.set_threads(args)
+    task, config = tasks.load_run(args.run)
+    module = task.load()
+    if not hasattr(module, "generate"):
+        raise tasks.DataError(f"run {args.run}: expected a language-model run (charlm), got {task.name}; try `rnnkit predict`")
+    if args.length < 1:
+        raise tasks.DataError(f"--length: expected a positive number of characters, got {args.length}")
+    print(module.generate(config, Path(args.run), args.prime, args.temperature, args.length, args.seed))
+    return 0

@@ -1,0 +1,39 @@
+"""``rnnkit predict RUN TEXT``: a trained run's prediction for one input.
+
+Sentiment prints the label and its probability; forecasting reads recent
+values (numbers separated by spaces or commas, at least the model's window
+plus one) and prints the next ones. TEXT ``-`` reads standard input."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rnnkit import tasks
+from rnnkit.cli import _shared
+
+EPILOG = """examples:
+  rnnkit predict runs/sentiment "This is not a good movie"
+  rnnkit predict runs/co2 - < recent_weeks.txt"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="predict a label or the next values with a trained run",
+                                   description=__doc__.split(":", 1)[1].strip(), epilog=EPILOG,
+                                   formatter_class=_shared.formatter)  # fmt: skip
+    parser.add_argument("run", metavar="RUN", help="a run folder written by `rnnkit train`")
+    parser.add_argument("text", metavar="TEXT", help="a sentence, or values; - reads standard input")
+    _shared.add_threads(parser)
+    parser.set_defaults(handler=handle)
+
+
+@_shared.reports_errors("predict")
+def handle(args) -> int:
+    _shared.set_threads(args)
+    task, config = tasks.load_run(args.run)
+    module = task.load()
+    if not hasattr(module, "predict"):
+        raise tasks.DataError(f"run {args.run}: expected a task that predicts (sentiment, co2, stocks), got {task.name}; try `rnnkit generate`")
+    text = sys.stdin.read() if args.text == "-" else args.text
+    print(module.predict(config, Path(args.run), text))
+    return 0

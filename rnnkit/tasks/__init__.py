@@ -1,0 +1,92 @@
+"""Applications: each task trains an rnnkit model on real data and reports it beside honest baselines.
+
+The library never imports this package. One module per task, each readable
+top to bottom (typed config -> load data -> build model -> train -> evaluate
+-> report); :mod:`rnnkit.tasks.common` holds what they share. A task module
+provides:
+
+* ``Config``: a typed dataclass nesting the data, model, trainer and optimizer
+  settings; the command line's ``key=value`` overrides address its fields;
+* ``SIZES``: overrides for the ``"demo"`` and ``"fast"`` sizes (the
+  dataclass defaults are the full size);
+* ``train(config, run_dir, say) -> Report`` and ``evaluate(config, run_dir) -> Report``;
+* optionally ``PRESETS``: named lists of overrides that pick a dataset inside
+  the module (``co2`` and ``stocks`` share :mod:`rnnkit.tasks.forecasting`);
+* optionally ``predict(config, run_dir, text) -> str`` and
+  ``generate(config, run_dir, prime, temperature, length, seed) -> str``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnnkit import config as configs
+from rnnkit.tasks.common import DataError, Report, load_config, save_config
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    module: str
+    summary: str
+    preset: str | None = None  # a key of the module's PRESETS
+
+    def load(self):
+        return importlib.import_module(self.module)
+
+    def config(self, size: str = "default", overrides: list[str] = (), data: str | None = None):
+        """The task's config: preset, then ``size``, then ``overrides`` (``"a.b=value"``), then the data file.
+
+        Any invalid value, including one its dataclass rejects, is a :class:`~rnnkit.config.ConfigError`.
+        """
+        module = self.load()
+        if size not in SIZES:
+            raise configs.ConfigError(f"size: expected one of {list(SIZES)}, got {size!r}")
+        preset = module.PRESETS[self.preset] if self.preset else []
+        extra = [f"data.path={data}"] if data is not None else []
+        try:
+            return configs.apply_overrides(module.Config(), [*preset, *module.SIZES.get(size, []), *overrides, *extra])
+        except configs.ConfigError:
+            raise
+        except ValueError as error:  # a check in a dataclass's __post_init__
+            raise configs.ConfigError(str(error)) from None
+
+    def train(self, config, run_dir: str | Path, say=print) -> Report:
+        """Write config.json, train and evaluate, then write REPORT.md and results.json; return the report."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir, self.name, config)
+        report = self.load().train(config, run_dir, say)
+        report.save(run_dir)
+        return report
+
+
+TASKS = {
+    task.name: task
+    for task in [
+        Task("sentiment", "rnnkit.tasks.sentiment", "sentence sentiment, many-to-one (Pang & Lee's Rotten Tomatoes sentences)"),
+        Task("co2", "rnnkit.tasks.forecasting", "weekly CO2 forecasting, one and many steps ahead (Mauna Loa, statsmodels)", "co2"),
+        Task("stocks", "rnnkit.tasks.forecasting", "daily stock-price forecasting (Microsoft, pmdarima)", "msft"),
+        Task("charlm", "rnnkit.tasks.charlm", "character-level text generation, truncated BPTT (Shakespeare)"),
+    ]
+}
+
+SIZES = ("default", "demo", "fast")
+
+
+def get(name: str) -> Task:
+    if name not in TASKS:
+        raise DataError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name]
+
+
+def load_run(run_dir: str | Path):
+    """``(task, config)`` of a run folder written by ``rnnkit train``."""
+    name, data = load_config(Path(run_dir))
+    task = get(name)
+    return task, configs.from_dict(task.load().Config, data)
+
+
+__all__ = ["SIZES", "TASKS", "DataError", "Report", "Task", "get", "load_run"]

