@@ -93,9 +93,8 @@ class CellSpec:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x W^T + b``, the one matrix product every gate is built from."""
-    out = x @ weight.t()
-    return out if bias is None else out + bias
+    """``x W^T + b``, the one matrix product every gate is built from (one fused GEMM with its bias)."""
+    return F.linear(x, weight, bias)
 
 
 LAYER_NORM_EPS = 1e-5
