@@ -28,6 +28,22 @@ def set_threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def open_run(args, capability: str | None = None, expected: str = "", hint: str = ""):
+    """Set the threads, read RUN's task and config, and import the task module.
+
+    With ``capability`` (a function name such as ``"predict"``), a task without it
+    is refused: ``expected`` says which runs have it and ``hint`` what to use instead.
+    """
+    from rnnkit import tasks
+
+    set_threads(args)
+    task, config = tasks.load_run(args.run)
+    module = task.load()
+    if capability is not None and not hasattr(module, capability):
+        raise tasks.DataError(f"run {args.run}: expected {expected}, got {task.name}; {hint}")
+    return task, config, module
+
+
 def reports_errors(command: str):
     """Decorate a handler: ConfigError exits 2, other ValueErrors (DataError, CheckpointError) exit 1, with one line each."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rnnkit import tasks
 from rnnkit.cli import _shared
 
 
@@ -19,8 +18,7 @@ def register(subparsers) -> None:
 
 @_shared.reports_errors("eval")
 def handle(args) -> int:
-    _shared.set_threads(args)
-    task, config = tasks.load_run(args.run)
-    report = task.load().evaluate(config, Path(args.run))
+    task, config, module = _shared.open_run(args)
+    report = module.evaluate(config, Path(args.run))
     print(report.console())
     return 0

@@ -23,11 +23,7 @@ def register(subparsers) -> None:
 
 @_shared.reports_errors("generate")
 def handle(args) -> int:
-    _shared.set_threads(args)
-    task, config = tasks.load_run(args.run)
-    module = task.load()
-    if not hasattr(module, "generate"):
-        raise tasks.DataError(f"run {args.run}: expected a language-model run (charlm), got {task.name}; try `rnnkit predict`")
+    task, config, module = _shared.open_run(args, "generate", "a language-model run (charlm)", "try `rnnkit predict`")
     if args.length < 1:
         raise tasks.DataError(f"--length: expected a positive number of characters, got {args.length}")
     print(module.generate(config, Path(args.run), args.prime, args.temperature, args.length, args.seed))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rnnkit import tasks
 from rnnkit.cli import _shared
 
 EPILOG = """examples:
@@ -29,11 +28,7 @@ def register(subparsers) -> None:
 
 @_shared.reports_errors("predict")
 def handle(args) -> int:
-    _shared.set_threads(args)
-    task, config = tasks.load_run(args.run)
-    module = task.load()
-    if not hasattr(module, "predict"):
-        raise tasks.DataError(f"run {args.run}: expected a task that predicts (sentiment, co2, stocks), got {task.name}; try `rnnkit generate`")
+    task, config, module = _shared.open_run(args, "predict", "a task that predicts (sentiment, co2, stocks)", "try `rnnkit generate`")
     text = sys.stdin.read() if args.text == "-" else args.text
     print(module.predict(config, Path(args.run), text))
     return 0
