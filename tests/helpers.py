@@ -43,3 +43,16 @@ def weighted_sum(tensors, generator: torch.Generator) -> torch.Tensor:
         w = torch.randn(t.shape, generator=generator, dtype=t.dtype)
         total = total + (t * w).sum()
     return total
+
+
+def layer_gradcheck(layer: nn.Module, lengths: list[int]) -> bool:
+    """torch.autograd.gradcheck of a float64 layer over a (L, N, H_in) input and every parameter."""
+    names = [n for n, _ in layer.named_parameters()]
+    x = torch.randn(max(lengths), len(lengths), layer.input_size, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+
+    def run(x, *tensors):
+        out, final = torch.func.functional_call(layer, dict(zip(names, tensors)), (x,), {"lengths": lengths})
+        return (out, *as_tuple(final))
+
+    return torch.autograd.gradcheck(run, (x, *params))

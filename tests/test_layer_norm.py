@@ -12,7 +12,7 @@ import torch
 
 import rnnkit
 from rnnkit.engine import ENGINES
-from tests.helpers import as_tuple, assert_close
+from tests.helpers import as_tuple, assert_close, layer_gradcheck
 
 ENGINE_NAMES = sorted(ENGINES)
 EPS = 1e-5
@@ -109,15 +109,7 @@ def test_output_is_invariant_to_weight_scale(family, engine):
 def test_gradcheck(family, kwargs, engine):
     layer = family(2, 4, num_layers=2, bidirectional=True, layer_norm=True, dtype=torch.float64, engine=engine, **kwargs)
     _randomize_norm_parameters(layer)
-    names = [n for n, _ in layer.named_parameters()]
-    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
-    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
-
-    def run(x, *tensors):
-        out, final = torch.func.functional_call(layer, dict(zip(names, tensors)), (x,), {"lengths": [4, 1, 3]})
-        return (out, *as_tuple(final))
-
-    assert torch.autograd.gradcheck(run, (x, *params))
+    assert layer_gradcheck(layer, lengths=[4, 1, 3])
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)

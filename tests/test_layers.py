@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
 from rnnkit.engine import ENGINES
-from tests.helpers import as_tuple, assert_close, torch_twin
+from tests.helpers import as_tuple, assert_close, layer_gradcheck, torch_twin
 
 FAMILIES = [
     pytest.param(rnnkit.RNN, {}, id="rnn-tanh"),
@@ -62,15 +62,7 @@ def test_streaming_with_lengths_holds_finished_sequences(family, kwargs, engine)
 def test_layer_gradcheck(family, kwargs, engine):
     torch.manual_seed(0)
     layer = family(2, 4, num_layers=2, bidirectional=True, dtype=torch.float64, engine=engine, **kwargs)
-    names = [n for n, _ in layer.named_parameters()]
-    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
-    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
-
-    def run(x, *tensors):
-        out, final = torch.func.functional_call(layer, dict(zip(names, tensors)), (x,), {"lengths": [4, 2, 1]})
-        return (out, *as_tuple(final))
-
-    assert torch.autograd.gradcheck(run, (x, *params))
+    assert layer_gradcheck(layer, lengths=[4, 2, 1])
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
