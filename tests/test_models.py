@@ -150,6 +150,16 @@ def test_language_model_with_tied_weights_learns_by_truncated_bptt():
     assert trainer.evaluate(StreamBatches(periodic_tokens(800, seed=1), 4, batch_first=True))["accuracy"] >= 0.85  # 90% is predictable
 
 
+@pytest.mark.parametrize("pad_id", [None, 0])
+def test_language_model_accuracy_ignores_the_targets_its_loss_ignores(pad_id):
+    model = M.LanguageModel(M.LanguageModelConfig(5, 4, M.RecurrentConfig(hidden_size=4), pad_id=pad_id))
+    logits = torch.zeros(1, 4, 5)
+    logits[0, :, 3] = 1.0  # predicts 3 everywhere
+    ignored = -100 if pad_id is None else 0
+    targets = torch.tensor([[3, 1, ignored, ignored]])
+    assert model.metrics(logits, targets)["accuracy"] == 0.5
+
+
 # -- one-to-many -------------------------------------------------------------------
 
 def _counting(n, seed):

@@ -9,7 +9,7 @@ from rnnkit import tasks
 from rnnkit.cli import _shared
 from rnnkit.training.checkpoint import atomic_write_text
 
-DEMO = ["sentiment", "co2", "stocks", "charlm"]
+DEMO = ["sentiment", "co2", "stocks", "charlm", "translation", "captioning", "music", "speech"]
 
 
 def register(subparsers) -> None:

@@ -1,4 +1,4 @@
-"""``rnnkit generate RUN``: sample text from a trained character-level language model."""
+"""``rnnkit generate RUN``: sample from a trained language model: text (charlm), or note events written as a MIDI file and a piano roll (music)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from rnnkit.cli import _shared
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="sample text from a trained language model",
+    parser = subparsers.add_parser("generate", help="sample text or music from a trained language model",
                                    description=__doc__.split(":", 1)[1].strip(), formatter_class=_shared.formatter,
-                                   epilog='example:\n  rnnkit generate runs/charlm --prime "ROMEO:" --temperature 0.8 --length 500')  # fmt: skip
-    parser.add_argument("run", metavar="RUN", help="a run folder written by `rnnkit train charlm`")
-    parser.add_argument("--prime", default="\n", help="text to start from (default: a newline)")
+                                   epilog='examples:\n  rnnkit generate runs/charlm --prime "ROMEO:" --temperature 0.8 --length 500\n'
+                                          '  rnnkit generate runs/music --prime "E5:1 D5:0.5" --length 64')  # fmt: skip
+    parser.add_argument("run", metavar="RUN", help="a run folder written by `rnnkit train charlm` or `rnnkit train music`")
+    parser.add_argument("--prime", default="\n",
+                        help='text to start from (charlm), or note events such as "E5:1 D5:0.5" (music); default: a newline (music: none)')
     parser.add_argument("--temperature", type=float, default=0.8, help="below 1: safer text; above 1: wilder (default 0.8)")
-    parser.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
+    parser.add_argument("--length", type=int, default=500, help="characters (charlm) or note events (music) to generate (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _shared.add_threads(parser)
     parser.set_defaults(handler=handle)
@@ -23,8 +25,8 @@ def register(subparsers) -> None:
 
 @_shared.reports_errors("generate")
 def handle(args) -> int:
-    task, config, module = _shared.open_run(args, "generate", "a language-model run (charlm)", "try `rnnkit predict`")
+    task, config, module = _shared.open_run(args, "generate", "a language-model run (charlm, music)", "try `rnnkit predict`")
     if args.length < 1:
-        raise tasks.DataError(f"--length: expected a positive number of characters, got {args.length}")
+        raise tasks.DataError(f"--length: expected a positive number of tokens to generate, got {args.length}")
     print(module.generate(config, Path(args.run), args.prime, args.temperature, args.length, args.seed))
     return 0

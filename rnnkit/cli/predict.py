@@ -2,7 +2,10 @@
 
 Sentiment prints the label and its probability; forecasting reads recent
 values (numbers separated by spaces or commas, at least the model's window
-plus one) and prints the next ones. TEXT ``-`` reads standard input."""
+plus one) and prints the next ones; translation prints the beam-search
+translation of a sentence; captioning captions an image file, or a strip of
+held-out digits given as "419"; speech transcribes a WAV file, or digit words
+that it synthesises with a held-out voice. TEXT ``-`` reads standard input."""
 
 from __future__ import annotations
 
@@ -13,7 +16,10 @@ from rnnkit.cli import _shared
 
 EPILOG = """examples:
   rnnkit predict runs/sentiment "This is not a good movie"
-  rnnkit predict runs/co2 - < recent_weeks.txt"""
+  rnnkit predict runs/co2 - < recent_weeks.txt
+  rnnkit predict runs/translation "And God said, Let there be light"
+  rnnkit predict runs/captioning 419
+  rnnkit predict runs/speech recording.wav"""
 
 
 def register(subparsers) -> None:
@@ -28,7 +34,7 @@ def register(subparsers) -> None:
 
 @_shared.reports_errors("predict")
 def handle(args) -> int:
-    task, config, module = _shared.open_run(args, "predict", "a task that predicts (sentiment, co2, stocks)", "try `rnnkit generate`")
+    task, config, module = _shared.open_run(args, "predict", "a task that predicts (sentiment, co2, stocks, translation, captioning, speech)", "try `rnnkit generate`")
     text = sys.stdin.read() if args.text == "-" else args.text
     print(module.predict(config, Path(args.run), text))
     return 0

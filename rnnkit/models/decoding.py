@@ -1,4 +1,4 @@
-"""Decoding: greedy search, sampling (temperature, top-k, top-p), beam search, streaming.
+"""Decoding: greedy search, sampling (temperature, top-k, top-p), beam search, streaming; CTC decoders.
 
 Every generative model exposes the same small interface, so one implementation
 of each algorithm serves them all:
@@ -18,10 +18,14 @@ with EOS at no cost, so it keeps its score and its slot. At the end each is
 scored by ``sum_log_prob / length ** length_penalty`` (Wu et al., 2016, use a
 smoother penalty; this one is the common plain form), and the best is returned.
 With ``beam_size=1`` it reduces exactly to greedy search.
+
+CTC models (:mod:`rnnkit.models.ctc`) emit all their frames at once instead:
+:func:`ctc_greedy` and :func:`ctc_prefix_beam_search` read those frames.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -129,3 +133,87 @@ def select_rows(state, index: Tensor, batch_dim: int = 0):
     if isinstance(state, Tensor):
         return state.index_select(batch_dim, index)
     return type(state)(select_rows(s, index, batch_dim) for s in state)
+
+
+# -- CTC: per-frame distributions over labels and a blank ------------------------------
+#
+# A CTC model emits, for each of T frames, log-probabilities over C symbols
+# where one (``blank``) means "no label". A path of T symbols maps to a label
+# sequence by B: merge repeats, then drop blanks ("aa-ab" and "a-abb" both give
+# "aab"). p(l | x) sums over every path with B(path) = l; see rnnkit.models.ctc.
+
+
+def ctc_greedy(log_probs: Tensor, lengths: Tensor | None = None, blank: int = 0) -> list[list[int]]:
+    """Best-path decoding: B(the most probable symbol per frame).
+
+    ``log_probs`` (N, T, C); only the first ``lengths[i]`` frames of row i count.
+    Not the most probable label sequence in general (that sums over paths), but
+    close when the model is confident, and cheap.
+    """
+    best = log_probs.argmax(-1).tolist()
+    counts = [len(row) for row in best] if lengths is None else torch.as_tensor(lengths).tolist()
+    return [_collapse(row[:n], blank) for row, n in zip(best, counts)]
+
+
+def _collapse(path: list[int], blank: int) -> list[int]:
+    return [s for i, s in enumerate(path) if s != blank and (i == 0 or s != path[i - 1])]
+
+
+def ctc_prefix_beam_search(log_probs: Tensor, beam_size: int, blank: int = 0, prune: float | None = None) -> list[tuple[list[int], float]]:
+    """CTC prefix beam search, no language model (Graves, 2012, chapter 7; Hannun et al., 2014, algorithm 1).
+
+    ``log_probs`` (T, C) for one utterance. Each kept prefix l carries two
+    log-probabilities over the frames read so far: of the paths that map to l
+    and end in a blank, p_b(l), and of those that end in l's last label,
+    p_nb(l). At each frame every prefix either stays (a blank, or a repeat of
+    its last label with no blank between) or grows by one label c; growing by
+    its own last label needs a blank between, so it draws on p_b only:
+
+        p_b'(l)    += y(blank) (p_b(l) + p_nb(l))
+        p_nb'(l)   += y(last)  p_nb(l)
+        p_nb'(l+c) += y(c) (p_b(l) + p_nb(l))    c != last
+        p_nb'(l+c) += y(c) p_b(l)                c == last
+
+    The ``beam_size`` prefixes with the largest p_b + p_nb survive. With a
+    beam as large as the number of distinct prefixes the result is exact: the
+    label sequence of highest total probability. ``prune`` skips, at each frame,
+    labels whose probability is below it (never the frame's best label).
+
+    Returns up to ``beam_size`` pairs ``(labels, log p(labels))``, best first.
+    """
+    errors.check_positive_int("beam_size", beam_size)
+    if log_probs.dim() != 2:
+        raise errors.fail("log_probs", "shape (T, C) for one utterance", tuple(log_probs.shape))
+    floor = math.log(prune) if prune else -math.inf
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
+    for frame in log_probs.double().tolist():
+        top = max(range(len(frame)), key=frame.__getitem__)
+        labels = [c for c, p in enumerate(frame) if c != blank and (p >= floor or c == top)]
+        grown: dict[tuple[int, ...], list[float]] = {}
+        for prefix, (p_b, p_nb) in beams.items():
+            total = _logadd(p_b, p_nb)
+            _accumulate(grown, prefix, 0, frame[blank] + total)
+            last = prefix[-1] if prefix else None
+            for c in labels:
+                if c == last:
+                    _accumulate(grown, prefix, 1, frame[c] + p_nb)
+                    _accumulate(grown, prefix + (c,), 1, frame[c] + p_b)
+                else:
+                    _accumulate(grown, prefix + (c,), 1, frame[c] + total)
+        ranked = sorted(grown.items(), key=lambda item: _logadd(*item[1]), reverse=True)[:beam_size]
+        beams = {prefix: (p_b, p_nb) for prefix, (p_b, p_nb) in ranked}
+    return [(list(prefix), _logadd(p_b, p_nb)) for prefix, (p_b, p_nb) in beams.items()]
+
+
+def _accumulate(table: dict, prefix: tuple[int, ...], which: int, value: float) -> None:
+    """table[prefix][which] (0: p_b, 1: p_nb) += exp(value), in log space."""
+    if value == -math.inf:
+        return  # e.g. a repeat drawn from an empty p_b: no path, so no prefix
+    entry = table.setdefault(prefix, [-math.inf, -math.inf])
+    entry[which] = _logadd(entry[which], value)
+
+
+def _logadd(a: float, b: float) -> float:
+    if a < b:
+        a, b = b, a
+    return a if b == -math.inf else a + math.log1p(math.exp(b - a))

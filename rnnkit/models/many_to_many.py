@@ -112,11 +112,16 @@ class LanguageModel(nn.Module):
         return self.head(self.dropout(outputs)), state
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        ignore = IGNORE_INDEX if self.config.pad_id is None else self.config.pad_id
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=self._ignored)
 
     def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
-        return {"accuracy": (logits.argmax(-1) == targets).float().mean().item()}
+        valid = targets != self._ignored  # as in the loss: padding is neither right nor wrong
+        correct = (logits.argmax(-1) == targets) & valid
+        return {"accuracy": correct.sum().item() / max(valid.sum().item(), 1)}
+
+    @property
+    def _ignored(self) -> int:
+        return IGNORE_INDEX if self.config.pad_id is None else self.config.pad_id
 
     # -- generation: prime once, then one step per token ------------------------
 

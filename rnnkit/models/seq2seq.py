@@ -104,6 +104,12 @@ class Seq2Seq(nn.Module):
         return DecoderState(rnn_state, feed, memory, self.attend.prepare(memory), mask)
 
     def decode_step(self, tokens: Tensor, state: DecoderState, return_attention: bool = False):
+        attentional, new_state, weights = self._attend_step(tokens, state)
+        logits = self.head(self.dropout(attentional))
+        return (logits, new_state, weights) if return_attention else (logits, new_state)
+
+    def _attend_step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState, Tensor]:
+        """One decoder step up to the attentional state a_t (N, H), before the output layer."""
         embedded = self.dropout(self.target_embedding(tokens))
         top = (state.rnn[0] if isinstance(state.rnn, tuple) else state.rnn)[-1]
         if self.config.attention == "bahdanau":
@@ -113,24 +119,27 @@ class Seq2Seq(nn.Module):
             out, rnn_state = self.decoder(torch.cat([embedded, state.feed], -1).unsqueeze(1), state.rnn)
             context, weights = self.attend(out[:, 0], state.keys, state.memory, state.mask)
         attentional = torch.tanh(self.combine(torch.cat([context, out[:, 0]], -1)))
-        logits = self.head(self.dropout(attentional))
-        new_state = state._replace(rnn=rnn_state, feed=attentional)
-        return (logits, new_state, weights) if return_attention else (logits, new_state)
+        return attentional, state._replace(rnn=rnn_state, feed=attentional), weights
 
     def forward(self, inputs, state=None):
         source, lengths, target_in = inputs
         state = self.encode(source, lengths)
-        token, logits, weights = target_in[:, 0], [], []
+        sampling = self.training and self.teacher_forcing < 1
+        token, outputs, weights = target_in[:, 0], [], []
         for t in range(target_in.shape[1]):
-            step_logits, state, step_weights = self.decode_step(token, state, return_attention=True)
-            logits.append(step_logits)
+            attentional, state, step_weights = self._attend_step(token, state)
+            # Scheduled sampling needs each step's logits; teacher forcing needs them only at the end.
+            outputs.append(self.head(self.dropout(attentional)) if sampling else attentional)
             weights.append(step_weights)
             if t + 1 < target_in.shape[1]:
                 token = target_in[:, t + 1]
-                if self.training and self.teacher_forcing < 1:
+                if sampling:
                     own = torch.rand(token.shape, device=token.device) >= self.teacher_forcing
-                    token = torch.where(own, step_logits.argmax(-1), token)
-        return Seq2SeqOutput(torch.stack(logits, 1), torch.stack(weights, 1)), None
+                    token = torch.where(own, outputs[-1].argmax(-1), token)
+        outputs = torch.stack(outputs, 1)
+        # One output GEMM over all steps: with a large vocabulary it is most of the decoder's work.
+        logits = outputs if sampling else self.head(self.dropout(outputs))
+        return Seq2SeqOutput(logits, torch.stack(weights, 1)), None
 
     def loss(self, outputs: Seq2SeqOutput, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs.logits.flatten(0, 1), targets.flatten(), ignore_index=self.config.pad_id)

@@ -70,6 +70,10 @@ TASKS = {
         Task("co2", "rnnkit.tasks.forecasting", "weekly CO2 forecasting, one and many steps ahead (Mauna Loa, statsmodels)", "co2"),
         Task("stocks", "rnnkit.tasks.forecasting", "daily stock-price forecasting (Microsoft, pmdarima)", "msft"),
         Task("charlm", "rnnkit.tasks.charlm", "character-level text generation, truncated BPTT (Shakespeare)"),
+        Task("translation", "rnnkit.tasks.translation", "English to French translation, encoder-decoder with attention (Bible verses)"),
+        Task("captioning", "rnnkit.tasks.captioning", "captions for strips of handwritten digits, one-to-many (scikit-learn's digits)"),
+        Task("music", "rnnkit.tasks.music", "melody generation over note events (Bach chorales, music21's corpus)"),
+        Task("speech", "rnnkit.tasks.speech", "spoken digit strings to text, BiLSTM + CTC (espeak-ng voices, TIDIGITS)"),
     ]
 }
 

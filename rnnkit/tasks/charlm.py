@@ -53,7 +53,7 @@ import torch
 from rnnkit.data import StreamBatches
 from rnnkit.models import LanguageModel, LanguageModelConfig, RecurrentConfig, load_model, save_model
 from rnnkit.tasks import common
-from rnnkit.tasks.common import DataError, OptimConfig, Report
+from rnnkit.tasks.common import DataError, MarkovModel, OptimConfig, Report
 from rnnkit.training import TrainerConfig, seed_everything
 
 # -- config --------------------------------------------------------------------------
@@ -144,53 +144,6 @@ def encode(text: str, vocabulary: list[str]) -> torch.Tensor:
 
 
 # -- the Markov baselines --------------------------------------------------------------------
-
-
-class MarkovModel:
-    """Order-k character counts, vectorised with NumPy: each context of length n is a base-V integer."""
-
-    def __init__(self, ids: np.ndarray, order: int, vocab_size: int) -> None:
-        self.order, self.vocab = order, vocab_size
-        self.tables = [self._count(ids, n) for n in range(order + 1)]
-
-    def _count(self, ids: np.ndarray, n: int):
-        context = _contexts(ids, n, self.vocab)[n:]
-        joint = context * self.vocab + ids[n:]
-        keys, counts = np.unique(joint, return_counts=True)
-        contexts, totals = np.unique(context, return_counts=True)
-        _, types = np.unique(keys // self.vocab, return_counts=True)  # distinct next characters per context, same order
-        return keys, counts, contexts, totals, types
-
-    def bits(self, ids: np.ndarray, order: int, smoothing: str) -> float:
-        """Mean -log2 p(x_i | the ``order`` characters before) over positions 1..N-1."""
-        positions = np.arange(1, len(ids))
-        x = ids[positions]
-        p = np.full(len(x), 1.0 / self.vocab)
-        for n in range(order + 1):
-            keys, counts, contexts, totals, types = self.tables[n]
-            context = _contexts(ids, n, self.vocab)[positions]
-            c_joint = _lookup(keys, counts, context * self.vocab + x)
-            c_context, t_context = _lookup(contexts, totals, context), _lookup(contexts, types, context)
-            valid = positions >= n
-            if n == 0 or smoothing == "add-one":
-                estimate = (c_joint + 1) / (c_context + self.vocab)
-            else:  # Witten-Bell: interpolate with the lower order; an unseen context keeps it
-                estimate = np.where(c_context > 0, (c_joint + t_context * p) / np.maximum(c_context + t_context, 1), p)
-            p = np.where(valid, estimate, p)
-        return float(-np.log2(p).mean())
-
-
-def _contexts(ids: np.ndarray, n: int, vocab: int) -> np.ndarray:
-    """For each position i, the n characters before it as one integer (0 where i < n)."""
-    context = np.zeros(len(ids), dtype=np.int64)
-    for j in range(1, n + 1):
-        context[j:] += ids[:-j] * vocab ** (j - 1)
-    return context
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
-    index = np.clip(np.searchsorted(keys, query), 0, len(keys) - 1)
-    return np.where(keys[index] == query, values[index], 0).astype(np.float64)
 
 
 def markov_baselines(train_ids, val_ids, test_ids, config: Config, vocab_size: int) -> dict[str, float]:

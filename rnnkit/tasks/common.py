@@ -26,6 +26,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rnnkit import config as configs
@@ -153,6 +154,79 @@ def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: Optim
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     model.eval()
     return runner
+
+
+# -- order-k Markov baselines ----------------------------------------------------------
+
+
+class MarkovModel:
+    r"""Order-k counts over token ids 0..V-1 (characters, note events), vectorised with NumPy.
+
+    Each context of length n is one base-V integer. Smoothing, for the k tokens
+    c before x: add-one, :math:`p(x \mid c) = (n(c, x) + 1) / (n(c) + V)`; or
+    interpolated Witten-Bell (Witten & Bell, 1991; Chen & Goodman, 1999,
+    section 2.6), :math:`p_k(x \mid c) = (n(c, x) + T(c)\, p_{k-1}(x \mid c')) / (n(c) + T(c))`,
+    where T(c) counts the distinct tokens seen after c and c' drops the oldest
+    token of c, down to an add-one unigram; an unseen context keeps the lower order.
+
+    ``counted`` marks the positions whose token is counted as a target (default:
+    all), so that padding between separate sequences adds no counts. A position
+    i < n has no order-n context and counts in the lower orders only.
+    """
+
+    def __init__(self, ids: np.ndarray, order: int, vocab_size: int, counted: np.ndarray | None = None) -> None:
+        self.order, self.vocab = order, vocab_size
+        counted = np.ones(len(ids), dtype=bool) if counted is None else np.asarray(counted, dtype=bool)
+        self.tables = [self._count(ids, n, counted) for n in range(order + 1)]
+
+    def _count(self, ids: np.ndarray, n: int, counted: np.ndarray):
+        keep = counted & (np.arange(len(ids)) >= n)
+        context = _contexts(ids, n, self.vocab)[keep]
+        joint = context * self.vocab + ids[keep]
+        keys, counts = np.unique(joint, return_counts=True)
+        contexts, totals = np.unique(context, return_counts=True)
+        _, types = np.unique(keys // self.vocab, return_counts=True)  # distinct next tokens per context, same order
+        return keys, counts, contexts, totals, types
+
+    def probabilities(self, ids: np.ndarray, order: int, smoothing: str, positions: np.ndarray | None = None,
+                      candidate: int | None = None) -> np.ndarray:  # fmt: skip
+        """p(x_i | the ``order`` tokens before i) at ``positions`` (default 1..N-1); x_i is ids[i], or ``candidate`` everywhere."""
+        positions = np.arange(1, len(ids)) if positions is None else np.asarray(positions)
+        x = ids[positions] if candidate is None else np.full(len(positions), candidate, dtype=np.int64)
+        p = np.full(len(x), 1.0 / self.vocab)
+        for n in range(order + 1):
+            keys, counts, contexts, totals, types = self.tables[n]
+            context = _contexts(ids, n, self.vocab)[positions]
+            c_joint = _lookup(keys, counts, context * self.vocab + x)
+            c_context, t_context = _lookup(contexts, totals, context), _lookup(contexts, types, context)
+            if n == 0 or smoothing == "add-one":
+                estimate = (c_joint + 1) / (c_context + self.vocab)
+            else:  # Witten-Bell: interpolate with the lower order; an unseen context keeps it
+                estimate = np.where(c_context > 0, (c_joint + t_context * p) / np.maximum(c_context + t_context, 1), p)
+            p = np.where(positions >= n, estimate, p)
+        return p
+
+    def bits(self, ids: np.ndarray, order: int, smoothing: str) -> float:
+        """Mean -log2 p(x_i | the ``order`` tokens before) over positions 1..N-1."""
+        return float(-np.log2(self.probabilities(ids, order, smoothing)).mean())
+
+    def predict(self, ids: np.ndarray, order: int, smoothing: str, positions: np.ndarray) -> np.ndarray:
+        """The most probable token at each of ``positions`` (ties: the lowest id)."""
+        scores = [self.probabilities(ids, order, smoothing, positions, candidate=x) for x in range(self.vocab)]
+        return np.argmax(np.stack(scores), axis=0)
+
+
+def _contexts(ids: np.ndarray, n: int, vocab: int) -> np.ndarray:
+    """For each position i, the n tokens before it as one integer (0 where i < n)."""
+    context = np.zeros(len(ids), dtype=np.int64)
+    for j in range(1, n + 1):
+        context[j:] += ids[:-j] * vocab ** (j - 1)
+    return context
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    index = np.clip(np.searchsorted(keys, query), 0, len(keys) - 1)
+    return np.where(keys[index] == query, values[index], 0).astype(np.float64)
 
 
 # -- run folders ------------------------------------------------------------------------

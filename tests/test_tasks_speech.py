@@ -1,0 +1,256 @@
+"""Speech: the front end against a NumPy reference, the synthesiser, the TIDIGITS and WAV readers, WER, and training end to end."""
+
+from __future__ import annotations
+
+import math
+import struct
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from rnnkit import tasks
+from rnnkit.tasks import speech
+from rnnkit.tasks.common import DataError
+
+SPHINX_DEFAULTS = speech.FeatureConfig(frame_seconds=0.025625, num_filters=40, low_hz=133.33334, high_hz=6855.4976,
+                                       remove_dc=False, transform="legacy")  # fmt: skip
+
+
+def sphinx_reference(x: np.ndarray, rate: int, f: speech.FeatureConfig) -> np.ndarray:
+    """sphinxbase's fe_sigproc.c, frame by frame and filter by filter, in float64."""
+    frame, shift = int(f.frame_seconds * rate + 0.5), int(f.shift_seconds * rate + 0.5)
+    n_fft = 1 << (frame - 1).bit_length()
+    mel = lambda hz: 2595 * math.log10(1 + hz / 700)  # noqa: E731
+    melinv = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
+    width, step = (mel(f.high_hz) - mel(f.low_hz)) / (f.num_filters + 1), rate / n_fft
+    filters = np.zeros((f.num_filters, n_fft // 2 + 1))
+    for i in range(f.num_filters):
+        lo, mid, hi = (int(melinv(mel(f.low_hz) + (i + j) * width) / step + 0.5) * step for j in range(3))
+        for j in range(n_fft // 2):  # the Nyquist bin is never in a filter
+            hz = j * step
+            if lo <= hz <= hi:
+                filters[i, j] = min((hz - lo) / (mid - lo), (hi - hz) / (hi - mid)) * 2 / (hi - lo)
+    window = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(frame) / (frame - 1))
+    out = []
+    for t in range(1 + (len(x) - frame) // shift):
+        s = x[t * shift : t * shift + frame].astype(np.float64)
+        prior = x[t * shift - 1] if t else 0.0
+        s = s - f.preemphasis * np.concatenate([[prior], s[:-1]])
+        if f.remove_dc:
+            s = s - s.mean()
+        spectrum = np.abs(np.fft.rfft(s * window, n_fft)) ** 2
+        logs = np.log(filters @ spectrum)
+        n = f.num_filters
+        cep = []
+        for i in range(f.num_cepstra):
+            cos = np.cos(np.pi * i * (np.arange(n) + 0.5) / n)
+            if f.transform == "legacy":
+                cep.append((0.5 * logs[0] * cos[0] + (logs[1:] * cos[1:]).sum()) / n)
+            else:
+                cep.append((logs * cos).sum() * math.sqrt((1 if i == 0 else 2) / n))
+        out.append(cep)
+    return np.array(out)
+
+
+def chirp(rate: int, seconds: float = 0.3, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    noise = np.random.default_rng(seed).standard_normal(t.size)
+    return (3000 * np.sin(2 * np.pi * (200 + 3000 * t) * t) + 30 * noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("features", [speech.FeatureConfig(), SPHINX_DEFAULTS], ids=["tidigits-feat.params", "sphinx-defaults"])
+def test_mfcc_matches_sphinx_front_end_written_out_in_numpy(features):
+    x = chirp(16000)
+    ours = speech.mfcc(x, 16000, features).numpy()
+    expected = sphinx_reference(x, 16000, features)
+    assert ours.shape == expected.shape == (1 + (4800 - round(features.frame_seconds * 16000)) // 160, 13)
+    assert np.abs(ours - expected).max() < 1e-4  # float32 against float64
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050])
+@pytest.mark.parametrize("tone", [440.0, 1000.0, 3100.0])
+def test_a_pure_tone_peaks_in_the_mel_filter_centred_nearest_it_at_any_sample_rate(rate, tone):
+    features = speech.FeatureConfig()
+    t = np.arange(rate // 2) / rate
+    energies = speech.log_mel((8000 * np.sin(2 * np.pi * tone * t)).astype(np.float32), rate, features)
+    centres = speech.mel_to_hz(np.linspace(speech.hz_to_mel(1.0), speech.hz_to_mel(4000.0), 22))[1:-1]
+    assert energies.shape == (1 + (rate // 2 - round(0.025 * rate)) // round(0.01 * rate), 20)
+    assert set(energies.argmax(-1).tolist()) == {int(np.abs(centres - tone).argmin())}
+
+
+def test_filters_have_unit_area_and_the_dct_is_orthonormal():
+    features = speech.FeatureConfig()
+    bank = speech.mel_filterbank(features, 16000)
+    assert bank.shape == (20, 257) and bank[:, -1].abs().sum() == 0
+    assert torch.allclose(bank.sum(1) * 16000 / 512, torch.ones(20), atol=0.12)  # triangles of unit area, sampled every 31.25 Hz
+    full = speech.dct_matrix(speech.FeatureConfig(num_cepstra=20)).double()
+    assert torch.allclose(full @ full.T, torch.eye(20, dtype=torch.float64), atol=1e-6)
+
+
+def test_resampling_keeps_a_tone_where_it_was():
+    t = np.arange(22050) / 22050
+    y = speech.resample(np.sin(2 * np.pi * 440 * t).astype(np.float32), 22050, 16000)
+    assert y.shape == (16000,) and np.abs(np.fft.rfft(y)).argmax() == 440  # 1 Hz bins over one second
+    assert abs(y.std() - math.sqrt(0.5)) < 0.01
+
+
+def test_normalisation_gives_each_coefficient_zero_mean_and_unit_variance():
+    x = torch.randn(50, 13) * torch.arange(1, 14) + 7
+    assert torch.allclose(speech.normalize(x, "mean").mean(0), torch.zeros(13), atol=1e-4)
+    assert torch.allclose(speech.normalize(x, "mean_variance").std(0), torch.ones(13), atol=1e-4)
+    assert torch.equal(speech.normalize(x, "none"), x)
+
+
+@pytest.mark.parametrize("references,hypotheses,expected", [
+    ([["one", "two", "three"]], [["one", "two", "three"]], 0.0),
+    ([["one", "two", "three"]], [["one", "three"]], 1 / 3),  # a deletion
+    ([["one", "two", "three"]], [["one", "two", "two", "three"]], 1 / 3),  # an insertion
+    ([["one", "two", "three"]], [["one", "oh", "three"]], 1 / 3),  # a substitution
+    ([["one", "two"]], [[]], 1.0),
+    ([["one"], ["two", "three", "four"]], [["nine", "nine"], ["two", "three", "four"]], 2 / 4),  # pooled over the set
+])  # fmt: skip
+def test_word_error_rate(references, hypotheses, expected):
+    assert speech.word_error_rate(references, hypotheses) == pytest.approx(expected)
+
+
+def test_word_error_rate_needs_one_hypothesis_per_reference():
+    with pytest.raises(ValueError, match=r"hypotheses: expected one per reference \(2\), got 1"):
+        speech.word_error_rate([["one"], ["two"]], [["one"]])
+
+
+def test_synthesiser_speaks_longer_for_more_words_differently_per_voice_and_repeatably():
+    male, female = speech.Voice("en-us+m3"), speech.Voice("en-gb-scotland+f2", rate=200, pitch=70)
+    with speech.Espeak() as tts:
+        one, three, other = tts.say(["one"], male), tts.say(["one", "two", "three"], male), tts.say(["one"], female)
+    assert tts.sample_rate == 22050 and one.dtype == np.int16
+    assert one.std() > 500 and three.std() > 500  # not silence
+    assert 0.2 * 22050 < len(one) < len(three) < 3 * 22050
+    spectrum = lambda audio: speech.log_mel(audio.astype(np.float32), 22050, speech.FeatureConfig()).mean(0)  # noqa: E731
+    assert (spectrum(one) - spectrum(other)).abs().max() > 1.0  # another voice, another average spectrum (e^1 apart)
+    with speech.Espeak() as tts:  # a fresh library: the same block gives the same samples
+        assert np.array_equal(tts.say(["one"], male), one)
+        with pytest.raises(DataError, match=r"voice: expected an espeak-ng voice such as 'en-us\+m3', got 'xx\+yy'"):
+            tts.say(["one"], speech.Voice("xx+yy"))
+
+
+def test_plans_hold_the_test_voices_out_of_training_and_repeat_exactly():
+    data = speech.DataConfig()
+    train, test = speech.plan(data, "train", 300), speech.plan(data, "test", 100)
+    assert {u.voice.name.split("+")[1] for u in train} <= set(data.train_variants)
+    assert {u.voice.name.split("+")[1] for u in test} <= set(data.test_variants)
+    assert {len(u.words) for u in train} == set(range(1, 8)) and speech.plan(data, "test", 100) == test
+    with pytest.raises(ValueError, match=r"data.test_variants: expected voices that training never hears, got \['m3'\]"):
+        speech.DataConfig(train_variants=["m1", "m3"])
+
+
+# -- TIDIGITS: Sphinx feature files and transcripts --------------------------------------------------
+
+
+def mfc_bytes(frames: np.ndarray, order: str = ">", count: int | None = None) -> bytes:
+    values = frames.astype(order + "f4").tobytes()
+    return struct.pack(order + "i", frames.size if count is None else count) + values
+
+
+def write_corpus(folder, files: dict[str, bytes], transcripts: str) -> None:
+    folder.mkdir(exist_ok=True)
+    for name, raw in files.items():
+        (folder / f"{name}.mfc").write_bytes(raw)
+    (folder / "tidigits.lsn").write_text(transcripts)
+
+
+def test_tidigits_reader_takes_either_byte_order(tmp_path):
+    frames = np.arange(3 * 13, dtype=np.float32).reshape(3, 13) / 7
+    write_corpus(tmp_path, {"man.ah.12a": mfc_bytes(frames), "woman.ak.oa": mfc_bytes(frames[:1], "<")},
+                 "one two (man.ah.12a)\n\nOH (woman.ak.oa)\n")  # fmt: skip
+    (name, words, x), (name2, words2, x2) = speech.load_tidigits(tmp_path)
+    assert (name, words, name2, words2) == ("man.ah.12a", ["one", "two"], "woman.ak.oa", ["oh"])
+    assert torch.equal(x, torch.from_numpy(frames)) and torch.equal(x2, torch.from_numpy(frames[:1]))
+
+
+GOOD = np.ones((2, 13), dtype=np.float32)
+
+
+@pytest.mark.parametrize("raw,transcripts,message", [
+    (b"\x00\x00", "one (u)", r"u.mfc: expected a Sphinx feature file \(an int32 count, then float32 values\), found 2 bytes"),
+    (mfc_bytes(GOOD)[:-8], "one (u)", r"u.mfc: expected the header's count of floats to match the 24 floats after it, found 26 \(big-endian\)"),
+    (mfc_bytes(np.ones((1, 14), np.float32)), "one (u)", r"u.mfc: expected a positive multiple of 13 floats .*, found 14"),
+    (mfc_bytes(np.zeros((0, 13), np.float32)), "one (u)", r"u.mfc: expected a positive multiple of 13 floats .*, found 0"),
+    (mfc_bytes(np.array([[1.0] * 13, [np.nan] * 13], np.float32)), "one (u)", r"u.mfc: expected finite cepstra, found NaN or infinity in frame 1"),
+    (mfc_bytes(GOOD), "one (v)", r"tidigits.lsn: expected a transcript for every .mfc file, found none for \['u'\]"),
+    (mfc_bytes(GOOD), "one (u)\nten (v)", r"tidigits.lsn, line 2: expected digit words from \[.*\], found 'ten'"),
+    (mfc_bytes(GOOD), "one two u", r"tidigits.lsn, line 1: expected 'words \(utterance id\)', found 'one two u'"),
+    (mfc_bytes(GOOD), "", r"tidigits.lsn: expected transcripts, .*found an empty file"),
+    (mfc_bytes(GOOD), "one (u)\ntwo (w)", r"w.mfc: expected an existing file, found nothing"),
+])  # fmt: skip
+def test_tidigits_reader_rejects_bad_files_naming_them(tmp_path, raw, transcripts, message):
+    write_corpus(tmp_path, {"u": raw}, transcripts)
+    with pytest.raises(DataError, match=message):
+        speech.load_tidigits(tmp_path)
+
+
+def test_tidigits_reader_on_the_real_files():
+    folder = speech.find_tidigits(speech.DataConfig())
+    if folder is None:
+        pytest.skip("TIDIGITS not in the data cache or /usr/share/pocketsphinx: run `make data`")
+    corpus = {name: (words, x) for name, words, x in speech.load_tidigits(folder)}
+    assert len(corpus) == 31 and sum(len(w) for w, _ in corpus.values()) == 107
+    words, x = corpus["man.ah.2934za"]
+    assert words == ["two", "nine", "three", "four", "zero"] and x.shape == (229, 13)
+    assert 20 < x[:, 0].mean() < 40  # c0 of a 20-filter orthonormal DCT: sqrt(20) times the mean log energy
+
+
+# -- WAV files ----------------------------------------------------------------------------------------
+
+
+def write_wav(path, samples: np.ndarray, rate: int, channels: int = 1, width: int = 2) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+
+
+def test_wav_reader_takes_16_bit_mono_at_any_rate_and_rejects_the_rest(tmp_path):
+    samples = (np.arange(800) % 50 * 100).astype("<i2")
+    write_wav(tmp_path / "ok.wav", samples, 8000)
+    audio, rate = speech.read_wav(tmp_path / "ok.wav")
+    assert rate == 8000 and np.array_equal(audio, samples.astype(np.float32))
+    write_wav(tmp_path / "stereo.wav", np.repeat(samples, 2), 8000, channels=2)
+    with pytest.raises(DataError, match=r"stereo.wav: expected a 16-bit PCM mono WAV file, found 16-bit samples in 2 channel\(s\)"):
+        speech.read_wav(tmp_path / "stereo.wav")
+    write_wav(tmp_path / "byte.wav", samples.astype(np.uint8), 8000, width=1)
+    with pytest.raises(DataError, match=r"byte.wav: expected a 16-bit PCM mono WAV file, found 8-bit samples in 1 channel"):
+        speech.read_wav(tmp_path / "byte.wav")
+    with pytest.raises(DataError, match=r"missing.wav: expected an existing file, found nothing"):
+        speech.read_wav(tmp_path / "missing.wav")
+    (tmp_path / "text.wav").write_text("not audio")
+    with pytest.raises(DataError, match=r"text.wav: expected a 16-bit PCM mono WAV file, found Error: file does not start with RIFF id"):
+        speech.read_wav(tmp_path / "text.wav")
+
+
+# -- end to end -----------------------------------------------------------------------------------------
+
+
+def test_trains_end_to_end_and_beats_the_empty_transcript(tmp_path, monkeypatch):
+    task = tasks.get("speech")
+    config = task.config("fast")  # 400 utterances of one or two words, 12 quick epochs
+    run = tmp_path / "run"
+    report = task.train(config, run, say=lambda message: None)
+    rnn, mlp, empty, frequent = report.rows.values()
+    # the stated check: most held-out words right, far below the empty transcript's 1.0 (and the MLP's, as it happens)
+    assert rnn["voices WER beam"] < 0.6 and empty["voices WER beam"] == 1.0
+    for name in ("config.json", "model.safetensors", "baseline/model.safetensors", "metrics.csv", "REPORT.md", "results.json"):
+        assert (run / name).is_file(), name
+    assert speech.evaluate(config, run).rows == report.rows  # reloaded, re-synthesised: the same numbers
+    monkeypatch.setattr(speech, "find_tidigits", lambda data: None)
+    without = speech.evaluate(config, run)
+    assert without.columns == ["voices WER greedy", "voices WER beam"] and any("TIDIGITS: not found" in n for n in without.notes)
+    heard = speech.predict(config, run, "one two")
+    assert heard.endswith("spoken by the held-out voice en-us+m3)") and "(WER " in heard
+    with speech.Espeak() as tts:
+        write_wav(tmp_path / "five_nine.wav", tts.say(["five", "nine"], speech.Voice("en-us+m3")), tts.sample_rate)
+    assert speech.predict(config, run, str(tmp_path / "five_nine.wav")) == "five nine"
+    with pytest.raises(DataError, match=r"text: expected a WAV file or digit words from \['zero', 'oh', .*\], got 'ten'"):
+        speech.predict(config, run, "ten")
