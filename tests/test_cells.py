@@ -50,6 +50,44 @@ def test_cell_matches_torch(cls, kwargs, dtype, with_hx, batched, bias):
         assert_close(a, b, dtype, "gradient")
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cls,kwargs", CELLS)
+def test_inference_step_matches_the_reference_step_and_torch(cls, kwargs, dtype, batched, bias):
+    # Under no_grad a cell takes the compiled one-step kernel when it is built; the reference is its own step().
+    torch.manual_seed(4)
+    cell = cls(5, 7, bias=bias, dtype=dtype, **kwargs)
+    twin = _twin(cell, kwargs, dtype)
+    batch = (3,) if batched else ()
+    x = torch.randn(*batch, 5, dtype=dtype) * 3  # large enough to reach the gates' saturated tails
+    state = tuple(torch.randn(*batch, 7, dtype=dtype) for _ in range(cell.spec.state_count))
+    hx = state[0] if len(state) == 1 else state
+    with torch.no_grad():
+        compiled = cell._compiled_step(x, state)
+        ours, theirs = as_tuple(cell(x, hx)), as_tuple(twin(x, hx))
+        reference = cell.step(x, state)[1]
+    if rnnkit.engine.fused_build.native_loops() is not None:
+        assert compiled is not None  # the fast path did run
+    for a, b, c in zip(ours, theirs, reference, strict=True):
+        assert a.shape == b.shape == c.shape
+        assert_close(a, c, dtype, "new state vs step()")
+        assert_close(a, b, dtype, "new state vs torch.nn")
+
+
+def test_inference_step_is_not_taken_where_gradients_are_needed():
+    cell = rnnkit.GRUCell(5, 7)
+    x, h = torch.randn(2, 5), torch.randn(2, 7)
+    assert cell._compiled_step(x, (h,)) is None  # the parameters require grad
+    h_next = cell(x, h)
+    assert h_next.grad_fn is not None
+    with torch.no_grad():
+        assert cell(x, h).grad_fn is None
+    projected = rnnkit.LSTMCell(5, 7, proj_size=3)
+    with torch.no_grad():
+        assert projected._compiled_step(x, (torch.randn(2, 3), torch.randn(2, 7))) is None  # no kernel for projections
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_lstm_cell_projection_matches_one_step_of_torch_lstm(dtype):
     # torch.nn.LSTMCell has no proj_size; one step of torch.nn.LSTM with proj_size is the reference.

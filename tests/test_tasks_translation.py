@@ -125,6 +125,12 @@ def test_trains_end_to_end_beats_word_by_word_on_word_order_and_predicts(tmp_pat
     assert (tmp_path / "run" / "attention.png").stat().st_size > 1000
     assert json.loads((tmp_path / "run" / "results.json").read_text())["rows"] == json.loads(json.dumps(rows))
     assert translation.predict(config, tmp_path / "run", "w1 w2 w3").split() == ["m3", "m2", "m1"]
+    trained, extra = translation.load_model(tmp_path / "run" / "model.safetensors")
+    vocabularies = [extra["source_vocabulary"], extra["target_vocabulary"]]
+    source, lengths = translation.encode(["w1 w2 w3 w4"], vocabularies[0], eos=False)
+    rows = [[vocabularies[1].index(w) for w in ("m4", "m3", "m2", "m1")]]
+    # Reversal: the attention of output word t falls on source word L - 1 - t.
+    assert translation.attended_source_words(trained, ["w1 w2 w3 w4"], source, lengths, rows) == [["w4", "w3", "w2", "w1"]]
     again = translation.evaluate(config, tmp_path / "run")
     assert again.rows[next(iter(again.rows))]["BLEU"] == pytest.approx(model)
     with pytest.raises(DataError, match=r"TEXT: expected a sentence to translate, got ' '"):
@@ -141,3 +147,16 @@ def test_translations_do_not_depend_on_batching():
     assert translation.translate(model, sentences, vocabularies, beam_size=1, batch_size=1) == greedy
     beam = translation.translate(model, sentences, vocabularies, beam_size=3)
     assert translation.translate(model, sentences, vocabularies, beam_size=3, batch_size=2) == beam and len(beam) == 3
+
+
+def test_unknown_output_words_become_the_dictionary_translation_of_the_attended_source_word():
+    vocabularies = [translation.build_vocabulary(["a b"], 1), translation.build_vocabulary(["x y"], 1)]
+    config = translation.Config(model=translation.ModelConfig(embedding_dim=8, rnn=translation.RecurrentConfig(cell="gru", hidden_size=8)))
+    model = translation.build_model(config, vocabularies).eval()
+    with torch.no_grad():
+        model.head.bias[vocabularies[1].index(translation.UNK)] = 100.0  # the model writes nothing but <unk>
+    assert set(translation.translate(model, ["a zebra"], vocabularies, beam_size=2)[0].split()) == {"<unk>"}
+    words = translation.translate(model, ["a zebra"], vocabularies, beam_size=2, lexicon={"a": "un", "zebra": "zèbre"})[0].split()
+    assert len(words) == 2 * 2 + 10 and set(words) <= {"un", "zèbre"}
+    unlisted = translation.translate(model, ["a zebra"], vocabularies, beam_size=1, lexicon={})[0].split()
+    assert set(unlisted) <= {"a", "zebra"}  # no translation known: the source word is copied

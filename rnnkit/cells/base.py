@@ -114,6 +114,13 @@ def init_uniform_(parameters, hidden_size: int) -> None:
             p.uniform_(-bound, bound)
 
 
+def _compiled_kernel():
+    """``(kind codes by family name, the compiled kernel or None)``; imported here because the engine imports the cells."""
+    from rnnkit.engine import fused_build, fused_loops
+
+    return fused_loops.KINDS, fused_build.native_loops()
+
+
 class RecurrentCell(nn.Module):
     """Base of the stand-alone cells: owns weights, checks input, calls the step.
 
@@ -194,8 +201,34 @@ class RecurrentCell(nn.Module):
                 errors.check_shape(name, tensor, expected, legend)
                 errors.check_like(name, tensor, input, "input")
             state = tuple(hx)
-        _, new_state = self.step(input, state)
-        return new_state
+        fast = self._compiled_step(input, state)
+        return fast if fast is not None else self.step(input, state)[1]
+
+    def _compiled_step(self, x: Tensor, state: State) -> State | None:
+        """The new state from the fused engine's compiled one-step kernel, or None where it does not apply.
+
+        It applies to inference only (nothing needs a gradient), on float32/float64
+        CPU tensors, for the plain families without ``proj_size``, and when the
+        kernel is built (see :func:`rnnkit.engine.describe`). Same math as
+        :meth:`step`, one call instead of about eight dispatched ops: streaming,
+        one step at a time, is where that overhead is the whole cost.
+        """
+        parameters = self._parameters  # not four nn.Module.__getattr__ calls: this path is all overhead
+        weights = (parameters["weight_ih"], parameters["weight_hh"], parameters["bias_ih"], parameters["bias_hh"])
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *state, *weights)):
+            return None
+        if self.proj_size or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return None
+        kinds, native = _compiled_kernel()
+        if native is None or self.spec.name not in kinds:
+            return None
+        kind = kinds[self.spec.name]
+        batched = x.dim() == 2
+        x, state = (x, state) if batched else (x.unsqueeze(0), tuple(s.unsqueeze(0) for s in state))
+        c = state[-1]  # LSTM's c; any tensor for the others (the kernel does not read it)
+        h, c = native.cell_step(kind, x, state[0], c, *weights)
+        new_state = (h, c) if len(state) == 2 else (h,)
+        return new_state if batched else tuple(s.squeeze(0) for s in new_state)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

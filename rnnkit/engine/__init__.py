@@ -15,6 +15,12 @@ defines the results; faster engines are checked against it.
   compiler, with ``RNNKIT_ENGINE_NO_BUILD=1``, or on other devices it runs the
   same math as a pure-PyTorch loop.
 
+The stand-alone cells (``rnnkit.RNNCell``, ``LSTMCell``, ``GRUCell``) have no
+engine argument: with autograd they run their readable ``step``; for inference
+(nothing requires a gradient) on float32/float64 CPU tensors, without
+``proj_size``, they call the same compiled library's one-step kernel, when it
+is built. That is what makes streaming, one step per call, cheap.
+
 :func:`describe` says which path a layer takes and why.
 """
 

@@ -56,6 +56,10 @@ class NativeLoops:
     def backward_loop(self, kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n):
         return self._ops.backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, _contiguous(valid), reverse, dy, dh_n, dc_n)
 
+    def cell_step(self, kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        """One inference step of a cell: ``(h', c')`` from x (N, H_in) and the state (c' is empty unless LSTM)."""
+        return self._ops.cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh)
+
 
 def _contiguous(valid):
     return None if valid is None else valid.contiguous()
@@ -94,7 +98,7 @@ def _build() -> None:
                 verbose=False,
             )
         ops = torch.ops.rnnkit_fused
-        ops.forward_loop  # noqa: B018 - raises if the library did not register its ops
+        ops.forward_loop, ops.cell_step  # noqa: B018 - raises if the library did not register its ops
     except Exception as error:  # noqa: BLE001 - any failure means: use the fallback, and say why
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         _state["reason"] = f"C++ build failed ({type(error).__name__}: {first_line[:300]})"

@@ -119,6 +119,28 @@ def read_csv(text: str, source: str, required: list[str], header: list[str] | No
     return out
 
 
+# -- splits and vocabularies -------------------------------------------------------------
+
+
+def random_split(items: list, val_fraction: float, test_fraction: float, seed: int, what: str) -> tuple[list, list, list]:
+    """A seeded random split of ``items`` into train, validation and test; ``what`` names them in the error."""
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test, n_val = round(len(items) * test_fraction), round(len(items) * val_fraction)
+    if len(items) - n_test - n_val < 2 or min(n_test, n_val) < 1:
+        raise DataError(f"data: expected enough {what} for train, validation and test splits, found {len(items)}")
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    return [items[i] for i in train], [items[i] for i in val], [items[i] for i in test]
+
+
+def word_vocabulary(token_lists, min_count: int, specials: list[str]) -> list[str]:
+    """``specials``, then every word seen at least ``min_count`` times, sorted."""
+    counts: dict[str, int] = {}
+    for tokens in token_lists:
+        for word in tokens:
+            counts[word] = counts.get(word, 0) + 1
+    return list(specials) + sorted(w for w, c in counts.items() if c >= min_count)
+
+
 # -- config ---------------------------------------------------------------------------
 
 

@@ -131,20 +131,11 @@ def tokenize(text: str) -> list[str]:
 
 def split(corpus: list, data: DataConfig) -> tuple[list, list, list]:
     """A seeded random split into train, validation and test."""
-    order = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(data.split_seed)).tolist()
-    n_test, n_val = round(len(corpus) * data.test_fraction), round(len(corpus) * data.val_fraction)
-    if len(corpus) - n_test - n_val < 2 or min(n_test, n_val) < 1:
-        raise DataError(f"data: expected enough sentences for train, validation and test splits, found {len(corpus)}")
-    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    return [corpus[i] for i in train], [corpus[i] for i in val], [corpus[i] for i in test]
+    return common.random_split(corpus, data.val_fraction, data.test_fraction, data.split_seed, "sentences")
 
 
 def build_vocabulary(sentences: list[str], min_count: int) -> list[str]:
-    counts: dict[str, int] = {}
-    for sentence in sentences:
-        for word in tokenize(sentence):
-            counts[word] = counts.get(word, 0) + 1
-    return [PAD, UNK] + sorted(w for w, c in counts.items() if c >= min_count)
+    return common.word_vocabulary(map(tokenize, sentences), min_count, [PAD, UNK])
 
 
 def encode(sentences: list[str], vocabulary: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
 #include <torch/library.h>
 #include <omp.h>
 
@@ -484,9 +485,77 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   return {dgx, dgh_n, dh, dc, dproj};
 }
 
+// One step of a cell, for inference (no autograd): library GEMMs for the projections, then the
+// gate math in one pass, writing only the new state. A stand-alone step has no time loop to
+// amortise packing the weights over, so it uses at::linear/addmm_ rather than the kernel above.
+// RNN and LSTM accumulate both products into one buffer (b_hh is added in the gate pass); GRU
+// keeps W_hh h + b_hh apart, since its reset gate scales the n part of it.
+template <typename T>
+void cell_gates(int64_t kind, int64_t N, int64_t H, const T* gx, const T* gh, const T* b_hh, const T* h, const T* c, T* h_out,
+                T* c_out) {
+  const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1;
+  for (int64_t n = 0; n < N; ++n) {
+    const T* x = gx + n * G * H;
+    T* ho = h_out + n * H;
+    if (kind == GRU) {
+      const T* r = gh + n * G * H;
+      const T* hp = h + n * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T rr = sigmoid(x[j] + r[j]), z = sigmoid(x[H + j] + r[H + j]);
+        const T nn = tanh_(x[2 * H + j] + rr * r[2 * H + j]);
+        ho[j] = nn + z * (hp[j] - nn);
+      }
+      continue;
+    }
+    auto at = [&](int64_t k) { return x[k] + (b_hh ? b_hh[k] : T(0)); };
+    if (kind == LSTM) {
+      const T* cp = c + n * H;
+      T* co = c_out + n * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T i = sigmoid(at(j)), f = sigmoid(at(H + j)), g = tanh_(at(2 * H + j)), o = sigmoid(at(3 * H + j));
+        co[j] = f * cp[j] + i * g;
+        ho[j] = o * tanh_(co[j]);
+      }
+    } else if (kind == RNN_TANH) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) ho[j] = tanh_(at(j));
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) ho[j] = std::max(at(j), T(0));
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> cell_step(int64_t kind, at::Tensor x, at::Tensor h, at::Tensor c, at::Tensor w_ih, at::Tensor w_hh,
+                                             std::optional<at::Tensor> b_ih, std::optional<at::Tensor> b_hh) {
+  const int64_t N = x.size(0), H = h.size(1);
+  at::Tensor gx = at::linear(x, w_ih, b_ih);
+  at::Tensor gh, b_hh_t;
+  if (kind == GRU) {
+    gh = at::linear(h, w_hh, b_hh).contiguous();
+  } else {
+    gx.addmm_(h, w_hh.t());
+    if (b_hh.has_value()) b_hh_t = b_hh->contiguous();
+  }
+  gx = gx.contiguous();
+  at::Tensor h_prev = h.contiguous(), c_prev = kind == LSTM ? c.contiguous() : c;
+  at::Tensor h_out = at::empty({N, H}, x.options());
+  at::Tensor c_out = at::empty({kind == LSTM ? N : 0, H}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_cell_step", [&] {
+    cell_gates<scalar_t>(kind, N, H, gx.const_data_ptr<scalar_t>(), gh.defined() ? gh.const_data_ptr<scalar_t>() : nullptr,
+                         b_hh_t.defined() ? b_hh_t.const_data_ptr<scalar_t>() : nullptr, h_prev.const_data_ptr<scalar_t>(),
+                         kind == LSTM ? c_prev.const_data_ptr<scalar_t>() : nullptr, h_out.data_ptr<scalar_t>(),
+                         kind == LSTM ? c_out.data_ptr<scalar_t>() : nullptr);
+  });
+  return {h_out, c_out};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &forward_loop);
+  m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)", &cell_step);
   m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &backward_loop);
 }
