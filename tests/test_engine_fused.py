@@ -189,6 +189,35 @@ def test_gradcheck(path, family, proj, bias, masked, reverse):
     assert torch.autograd.gradcheck(function, tuple(tensors), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_single_steps_for_inference_match_reference(path, family, dtype, monkeypatch):
+    # Length-1 inputs under no_grad take the one-step kernel on the compiled path; state carried across calls.
+    calls = []
+    one_step = fused_build.NativeLoops.cell_step
+    monkeypatch.setattr(fused_build.NativeLoops, "cell_step", lambda self, *args: calls.append(1) or one_step(self, *args))
+    reference, fast = make_pair(family, 5, 7, dtype, num_layers=2, bidirectional=True, batch_first=True)
+    torch.manual_seed(6)
+    steps = torch.randn(4, 3, 1, 5, dtype=dtype) * 3
+    states = {}
+    with torch.no_grad():
+        for step in steps:
+            outputs = {}
+            for name, layer in (("reference", reference), ("fast", fast)):
+                outputs[name], states[name] = layer(step, states.get(name))
+            torch.testing.assert_close(outputs["fast"], outputs["reference"], atol=TOLERANCE[dtype], rtol=0)
+            for a, b in zip(*(as_tuple(states[n]) for n in ("fast", "reference")), strict=True):
+                torch.testing.assert_close(a, b, atol=TOLERANCE[dtype], rtol=0)
+        assert len(calls) == (4 * 2 * 2 if path == "cpp" else 0)  # steps x layers x directions
+        before = [t.clone() for t in as_tuple(states["fast"])]
+        outputs["fast"].zero_()  # the returned state is not a view of the output
+        assert all(torch.equal(a, b) for a, b in zip(before, as_tuple(states["fast"])))
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
 def test_double_backward_is_refused():
     valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = fused_function_inputs("gru", False, True, False)
     y, h_n = fused.FusedRecurrence.apply(fused_loops.GRU, fused_loops, False, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)

@@ -193,11 +193,22 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
     kind = KINDS[spec.name]
     h0 = state[0]
     c0 = state[1] if kind == LSTM else None
+    if x.shape[0] == 1 and valid is None and weights.weight_hr is None and _inference_only(x, state, weights):
+        native = loops_for(x)
+        if isinstance(native, fused_build.NativeLoops):  # a single step: the cells' one-step kernel, no time loop
+            h, c = native.cell_step(kind, x[0], h0, h0 if c0 is None else c0, *weights[:4])
+            return h.unsqueeze(0), ((h.clone(), c) if kind == LSTM else (h.clone(),))  # the state apart from the output
     y, *final = FusedRecurrence.apply(
         kind, loops_for(x), reverse, valid, x.contiguous(), weights.weight_ih, weights.weight_hh,
         weights.bias_ih, weights.bias_hh, weights.weight_hr, h0, c0,
     )  # fmt: skip
     return y, tuple(final)
+
+
+def _inference_only(x: Tensor, state: State, weights: CellWeights) -> bool:
+    if not torch.is_grad_enabled():
+        return True
+    return not any(t is not None and t.requires_grad for t in (x, *state, *weights[:4]))
 
 
 def _to_float32(t: Tensor) -> Tensor:
