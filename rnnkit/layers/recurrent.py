@@ -149,8 +149,13 @@ class RecurrentLayer(nn.Module):
                     p.zero_()
 
     def cell_weights(self, layer: int, direction: int) -> CellWeights:
+        parameters, suffix = self._parameters, self._param_name("", layer, direction)
+
         def get(kind: str) -> Tensor | None:
-            return getattr(self, self._param_name(kind, layer, direction), None)
+            # The registry first (no nn.Module.__getattr__ per weight: single steps are all overhead), then
+            # attributes, for code that swaps a parameter for a plain tensor (weight dropout, as in AWD-LSTM).
+            weight = parameters.get(kind + suffix)
+            return weight if weight is not None else getattr(self, kind + suffix, None)
 
         norm = LayerNormWeights(get("ln_gain_ih"), get("ln_gain_hh"), get("ln_gain_cell"), get("ln_bias_cell")) if self.layer_norm else None
         return CellWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"), norm)
