@@ -18,6 +18,7 @@ without touching either.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -114,11 +115,18 @@ def init_uniform_(parameters, hidden_size: int) -> None:
             p.uniform_(-bound, bound)
 
 
-def _compiled_kernel():
-    """``(kind codes by family name, the compiled kernel or None)``; imported here because the engine imports the cells."""
-    from rnnkit.engine import fused_build, fused_loops
+def registered_or_attribute(module: nn.Module, parameters: dict, name: str):
+    """A parameter from the registry (no nn.Module.__getattr__: a single step is mostly overhead), else the
+    attribute, for code that swaps a parameter for a plain tensor (weight dropout, as in AWD-LSTM)."""
+    value = parameters.get(name)
+    return value if value is not None else getattr(module, name, None)
 
-    return fused_loops.KINDS, fused_build.native_loops()
+
+@functools.cache
+def _single_step():
+    from rnnkit.engine import fused  # here, not at the top: the engine imports the cells
+
+    return fused.single_step
 
 
 class RecurrentCell(nn.Module):
@@ -171,7 +179,10 @@ class RecurrentCell(nn.Module):
 
     @property
     def weights(self) -> CellWeights:
-        return CellWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.weight_hr)
+        parameters = self._parameters  # not five nn.Module.__getattr__ calls: a single step is mostly overhead
+        get = registered_or_attribute
+        return CellWeights(get(self, parameters, "weight_ih"), get(self, parameters, "weight_hh"), get(self, parameters, "bias_ih"),
+                           get(self, parameters, "bias_hh"), get(self, parameters, "weight_hr"))  # fmt: skip
 
     def initial_state(self, batch_size: int | None = None) -> State:
         """Zero state; ``batch_size=None`` gives the unbatched form."""
@@ -205,30 +216,13 @@ class RecurrentCell(nn.Module):
         return fast if fast is not None else self.step(input, state)[1]
 
     def _compiled_step(self, x: Tensor, state: State) -> State | None:
-        """The new state from the fused engine's compiled one-step kernel, or None where it does not apply.
-
-        It applies to inference only (nothing needs a gradient), on float32/float64
-        CPU tensors, for the plain families without ``proj_size``, and when the
-        kernel is built (see :func:`rnnkit.engine.describe`). Same math as
-        :meth:`step`, one call instead of about eight dispatched ops: streaming,
-        one step at a time, is where that overhead is the whole cost.
-        """
-        parameters = self._parameters  # not four nn.Module.__getattr__ calls: this path is all overhead
-        weights = (parameters["weight_ih"], parameters["weight_hh"], parameters["bias_ih"], parameters["bias_hh"])
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *state, *weights)):
-            return None
-        if self.proj_size or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-            return None
-        kinds, native = _compiled_kernel()
-        if native is None or self.spec.name not in kinds:
-            return None
-        kind = kinds[self.spec.name]
-        batched = x.dim() == 2
-        x, state = (x, state) if batched else (x.unsqueeze(0), tuple(s.unsqueeze(0) for s in state))
-        c = state[-1]  # LSTM's c; any tensor for the others (the kernel does not read it)
-        h, c = native.cell_step(kind, x, state[0], c, *weights)
-        new_state = (h, c) if len(state) == 2 else (h,)
-        return new_state if batched else tuple(s.squeeze(0) for s in new_state)
+        """The new state from the fused engine's one-step kernel, or None where it does not apply
+        (see :func:`rnnkit.engine.fused.single_step`)."""
+        single_step = _single_step()
+        if x.dim() == 2:
+            return single_step(self.spec, x, state, self.weights)
+        stepped = single_step(self.spec, x.unsqueeze(0), tuple(s.unsqueeze(0) for s in state), self.weights)
+        return None if stepped is None else tuple(s.squeeze(0) for s in stepped)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -193,11 +193,8 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
     kind = KINDS[spec.name]
     h0 = state[0]
     c0 = state[1] if kind == LSTM else None
-    if x.shape[0] == 1 and valid is None and weights.weight_hr is None and _inference_only(x, state, weights):
-        native = loops_for(x)
-        if isinstance(native, fused_build.NativeLoops):  # a single step: the cells' one-step kernel, no time loop
-            h, c = native.cell_step(kind, x[0], h0, h0 if c0 is None else c0, *weights[:4])
-            return h.unsqueeze(0), ((h.clone(), c) if kind == LSTM else (h.clone(),))  # the state apart from the output
+    if x.shape[0] == 1 and valid is None and (stepped := single_step(spec, x[0], state, weights)) is not None:
+        return stepped[0].unsqueeze(0), (stepped[0].clone(), *stepped[1:])  # the state apart from the output
     y, *final = FusedRecurrence.apply(
         kind, loops_for(x), reverse, valid, x.contiguous(), weights.weight_ih, weights.weight_hh,
         weights.bias_ih, weights.bias_hh, weights.weight_hr, h0, c0,
@@ -205,10 +202,24 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
     return y, tuple(final)
 
 
-def _inference_only(x: Tensor, state: State, weights: CellWeights) -> bool:
-    if not torch.is_grad_enabled():
-        return True
-    return not any(t is not None and t.requires_grad for t in (x, *state, *weights[:4]))
+def single_step(spec: CellSpec, x: Tensor, state: State, weights: CellWeights) -> State | None:
+    """The new state after one step of x (N, H_in) through the compiled one-step kernel, or None where it does not apply.
+
+    It applies to inference only (nothing needs a gradient), on float32/float64
+    CPU tensors, for the plain families without a projection, and when the
+    kernel is built. Same math as the cell's step, one call instead of about
+    eight dispatched ops: for one step at a time, that overhead is the whole cost.
+    """
+    if spec.name not in KINDS or weights.weight_hr is not None or weights.layer_norm is not None:
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *state, *weights[:4])):
+        return None
+    native = loops_for(x)
+    if not isinstance(native, fused_build.NativeLoops):
+        return None
+    kind = KINDS[spec.name]
+    h, c = native.cell_step(kind, x, state[0], state[-1], *weights[:4])  # state[-1]: c, read only by the LSTM
+    return (h, c) if kind == LSTM else (h,)
 
 
 def _to_float32(t: Tensor) -> Tensor:

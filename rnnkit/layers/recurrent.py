@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit import engine as engines
 from rnnkit import errors
-from rnnkit.cells.base import CellSpec, CellWeights, LayerNormWeights, State, init_uniform_
+from rnnkit.cells.base import CellSpec, CellWeights, LayerNormWeights, State, init_uniform_, registered_or_attribute
 from rnnkit.layers.sequence import to_time_major
 
 
@@ -152,10 +152,7 @@ class RecurrentLayer(nn.Module):
         parameters, suffix = self._parameters, self._param_name("", layer, direction)
 
         def get(kind: str) -> Tensor | None:
-            # The registry first (no nn.Module.__getattr__ per weight: single steps are all overhead), then
-            # attributes, for code that swaps a parameter for a plain tensor (weight dropout, as in AWD-LSTM).
-            weight = parameters.get(kind + suffix)
-            return weight if weight is not None else getattr(self, kind + suffix, None)
+            return registered_or_attribute(self, parameters, kind + suffix)
 
         norm = LayerNormWeights(get("ln_gain_ih"), get("ln_gain_hh"), get("ln_gain_cell"), get("ln_bias_cell")) if self.layer_norm else None
         return CellWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"), norm)

@@ -281,6 +281,13 @@ def translate(model: Seq2Seq, sentences: list[str], vocabularies, beam_size: int
     it): Luong et al. (2015), "Addressing the rare word problem in neural
     machine translation", with the attention as the alignment.
     """
+    decoded = decode(model, sentences, vocabularies, beam_size, length_penalty, lexicon is not None, batch_size)
+    return render(decoded, lexicon)
+
+
+def decode(model: Seq2Seq, sentences: list[str], vocabularies, beam_size: int, length_penalty: float = 1.0,
+           align: bool = False, batch_size: int = 128) -> list[tuple[list[str], list[str] | None]]:  # fmt: skip
+    """Per sentence, the output words and (with ``align``) the source word each one attends to most."""
     out = []
     max_length = 2 * max(len(tokenize(s)) for s in sentences) + 10  # one limit for all, so batching cannot change a result
     for start in range(0, len(sentences), batch_size):
@@ -288,13 +295,16 @@ def translate(model: Seq2Seq, sentences: list[str], vocabularies, beam_size: int
         source, lengths = encode(batch, vocabularies[0], eos=False)
         tokens = model.translate(source, lengths, max_length, beam_size=beam_size, length_penalty=length_penalty)
         rows = [row[: row.index(2)] if 2 in row else row for row in tokens.tolist()]
-        aligned = attended_source_words(model, batch, source, lengths, rows) if lexicon is not None else None
-        for n, row in enumerate(rows):
-            words = [vocabularies[1][i] for i in row]
-            if aligned is not None:
-                words = [lexicon.get(aligned[n][t], aligned[n][t]) if w == UNK else w for t, w in enumerate(words)]
-            out.append(detokenize(words))
+        aligned = attended_source_words(model, batch, source, lengths, rows) if align else [None] * len(rows)
+        out += [([vocabularies[1][i] for i in row], source_words) for row, source_words in zip(rows, aligned)]
     return out
+
+
+def render(decoded: list[tuple[list[str], list[str] | None]], lexicon: dict[str, str] | None = None) -> list[str]:
+    """Detokenised text of :func:`decode`'s output, <unk> replaced through ``lexicon`` when given."""
+    if lexicon is None:
+        return [detokenize(words) for words, _ in decoded]
+    return [detokenize([lexicon.get(a, a) if w == UNK else w for w, a in zip(words, aligned)]) for words, aligned in decoded]
 
 
 @torch.no_grad()
@@ -323,8 +333,8 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
 
 def report(config: Config, run_dir: Path, model, vocabularies, dictionary: WordByWord, test_set) -> Report:
     sources, references = [s for s, _ in test_set], [t for _, t in test_set]
-    beam = translate(model, sources, vocabularies, config.beam_size, config.length_penalty, dictionary.lexicon)
-    beam_unk = translate(model, sources, vocabularies, config.beam_size, config.length_penalty)
+    decoded = decode(model, sources, vocabularies, config.beam_size, config.length_penalty, align=True)
+    beam, beam_unk = render(decoded, dictionary.lexicon), render(decoded)
     greedy = translate(model, sources, vocabularies, 1, lexicon=dictionary.lexicon)
     word_by_word = [dictionary.translate(s) for s in sources]
     name = f"{config.model.rnn.cell.upper()} seq2seq + attention"
