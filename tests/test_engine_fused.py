@@ -268,6 +268,30 @@ def test_unsupported_specs_and_dtypes_still_run():
     reference, candidate = make_pair("gru", 3, 8, torch.bfloat16)  # no C++ kernel for bfloat16: the Python loop
     x = torch.randn(4, 2, 3, dtype=torch.bfloat16)
     torch.testing.assert_close(candidate(x)[0], reference(x)[0], atol=2e-2, rtol=2e-2)
-    norm = rnnkit.LSTM(3, 8, layer_norm=True, engine="fused")  # no fused kernel: the hoisted loop
+    norm = rnnkit.GRU(3, 8, layer_norm=True, engine="fused")  # no fused kernel: the hoisted loop
     assert "runs the hoisted loop" in engine.describe(norm)
     assert norm(torch.randn(4, 2, 3))[0].shape == (4, 2, 8)
+    projected = rnnkit.LSTM(3, 8, proj_size=2, layer_norm=True, engine="fused")
+    assert "runs the hoisted loop" in engine.describe(projected)
+    if fused_build.native_loops() is not None:
+        assert "LayerNorm LSTM kernel" in engine.describe(rnnkit.LSTM(3, 8, layer_norm=True))
+
+
+@pytest.mark.parametrize(
+    "rows, inner, outer, expected",
+    [(16384, 128, 2048, "onednn"), (3200, 256, 64, "onednn"), (3200, 64, 1024, "mkl"), (1000, 128, 32, "mkl"), (8, 16, 64, "mkl")],
+)
+def test_input_projection_gemm_is_a_fixed_choice_of_shape(monkeypatch, rows, inner, outer, expected):
+    """Run-time timing would let two runs pick different GEMMs and compute different numbers."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    calls = []
+    for name, kernel in (("onednn", fused._mkldnn_linear), ("mkl", fused._addmm_linear)):
+        monkeypatch.setattr(fused, kernel.__name__, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((rows, inner), (outer, inner), (outer,)))
+    first, second = fused._linear(x, weight, bias), fused._linear(x, weight, bias)
+    assert calls == [expected, expected]
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, torch.addmm(bias, x, weight.t()), rtol=1e-5, atol=1e-4)
+    assert fused._linear(x.double(), weight.double(), bias.double()).dtype == torch.float64 and calls[-1] == "mkl"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.engine import ENGINES
+from rnnkit.engine import ENGINES, fused_build, fused_layer_norm
 from tests.helpers import as_tuple, assert_close, layer_gradcheck
 
 ENGINE_NAMES = sorted(ENGINES)
@@ -139,3 +139,61 @@ def test_parameters_and_initialisation():
 def test_layer_norm_must_be_bool():
     with pytest.raises(ValueError, match="layer_norm: expected a bool, got 'yes'"):
         rnnkit.GRU(3, 5, layer_norm="yes")
+
+
+CASES = [(5, False, True, None), (64, True, True, [6, 3, 1, 5]), (70, False, False, [2, 6, 6, 4]), (96, True, True, None)]
+
+
+def _outputs_and_gradients(layer, x, hx, lengths, dtype):
+    inputs = [t.to(dtype).clone().requires_grad_() for t in (x, *hx)]
+    output, (h_n, c_n) = layer(inputs[0], tuple(inputs[1:]), lengths=lengths)
+    weights = torch.linspace(-1, 1, output.numel(), dtype=dtype).view_as(output)
+    loss = (output * weights).sum() + (h_n * h_n).sum() + (c_n * c_n).sum()
+    return [output, h_n, c_n, *torch.autograd.grad(loss, inputs + list(layer.parameters()))]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_compiled_loop_matches_reference_with_every_option(case, monkeypatch):
+    """The fused LayerNorm LSTM kernel against the reference loop: outputs, states and every gradient.
+
+    Hidden sizes of 64 and more split the units over two threads, which then
+    combine their LayerNorm statistics; lengths exercise padding. float64 must
+    agree to 1e-10. In float32 outputs and states agree to 1e-5. Gradients
+    pass through two LayerNorms per step, whose 1/std amplifies rounding: the
+    float32 reference itself is up to ~6e-5 off the float64 result, so they
+    agree to 1e-4, and each must be as accurate on average as the reference
+    (mean error against float64 within 1.5x).
+    """
+    if fused_build.native_loops() is None:
+        pytest.skip(fused_build.status())
+    calls = []
+    kernel = fused_layer_norm.FusedLayerNormLSTM.apply
+    monkeypatch.setattr(fused_layer_norm.FusedLayerNormLSTM, "apply", lambda *a: calls.append(1) or kernel(*a))
+    hidden, bidirectional, bias, lengths = CASES[case]
+    torch.manual_seed(case)
+    layers = {}
+    for engine, dtype in (("reference", torch.float64), ("fused", torch.float64), ("reference", torch.float32), ("fused", torch.float32)):
+        layers[engine, dtype] = rnnkit.LSTM(7, hidden, num_layers=2, bidirectional=bidirectional, bias=bias, layer_norm=True, engine=engine, dtype=dtype)
+    _randomize_norm_parameters(layers["reference", torch.float64])
+    for layer in layers.values():
+        layer.load_state_dict(layers["reference", torch.float64].state_dict())
+    stacked = 2 * (1 + bidirectional)
+    x, hx = torch.randn(6, 4, 7, dtype=torch.float64), (torch.randn(stacked, 4, hidden, dtype=torch.float64), torch.randn(stacked, 4, hidden, dtype=torch.float64))
+    results = {key: _outputs_and_gradients(layer, x, hx, lengths, key[1]) for key, layer in layers.items()}
+    truth = results["reference", torch.float64]
+    for index, (expected, actual) in enumerate(zip(truth, results["fused", torch.float64], strict=True)):
+        torch.testing.assert_close(actual, expected, atol=1e-10, rtol=1e-10, msg=lambda m, i=index: f"float64 item {i}: {m}")
+    for index, (exact, expected, actual) in enumerate(zip(truth, results["reference", torch.float32], results["fused", torch.float32], strict=True)):
+        tol = 1e-5 if index < 3 else 1e-4
+        torch.testing.assert_close(actual, expected, atol=tol, rtol=tol, msg=lambda m, i=index: f"float32 item {i}: {m}")
+        reference_error, fused_error = ((t.double() - exact).abs().mean().item() for t in (expected, actual))
+        assert fused_error <= 1.5 * reference_error + 1e-7, f"float32 item {index}: mean error {fused_error:.2e} against the reference's {reference_error:.2e}"
+    assert len(calls) == 2 * stacked  # float64 and float32: every layer and direction ran the kernel
+
+
+def test_layer_norm_lstm_without_the_kernel_runs_the_hoisted_loop(monkeypatch):
+    monkeypatch.setattr(fused_build, "native_loops", lambda: None)
+    layer = rnnkit.LSTM(3, 5, layer_norm=True, engine="fused", dtype=torch.float64)
+    monkeypatch.setattr(fused_layer_norm.FusedLayerNormLSTM, "apply", lambda *a: pytest.fail("the kernel ran without a build"))
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    assert_close(layer(x)[0], _reference_lstm(layer, x)[0], torch.float64, "output")

@@ -8,6 +8,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
 from rnnkit.engine import ENGINES
+from rnnkit.layers import recurrent
 from tests.helpers import as_tuple, assert_close, layer_gradcheck, torch_twin
 
 FAMILIES = [
@@ -187,3 +188,186 @@ def test_output_may_be_modified_in_place_before_backward_like_torch(family, kwar
     out.sum().backward()
     expected = torch.autograd.grad(2.0 * layer(x)[0].sum(), x)[0]
     torch.testing.assert_close(x.grad, expected)
+
+
+# -- one step per call without autograd: RecurrentLayer._inference_step -----------------------------
+
+STEP_FAMILIES = [
+    *FAMILIES,
+    pytest.param(rnnkit.LSTM, {"layer_norm": True}, id="lstm-ln"),
+    pytest.param(rnnkit.GRU, {"layer_norm": True}, id="gru-ln"),
+]
+STEP_LAYOUTS = ["time-major", "batch-first", "unbatched"]
+STEP_SHAPES = [
+    pytest.param({}, id="1x1"),
+    pytest.param({"num_layers": 2, "dropout": 0.5}, id="2x1"),
+    pytest.param({"num_layers": 2, "bidirectional": True}, id="2x2"),
+]
+
+
+def _general_path_only(monkeypatch):
+    monkeypatch.setattr(rnnkit.RecurrentLayer, "_inference_step", lambda self, input, hx: None)
+
+
+def _count_one_steps(monkeypatch) -> list:
+    """Spy on the fast path's per-(layer, direction) step; returns the list its calls append to."""
+    calls, one_step = [], recurrent._one_step
+    monkeypatch.setattr(recurrent, "_one_step", lambda *args, **kwargs: calls.append(1) or one_step(*args, **kwargs))
+    return calls
+
+
+def _step_input(layout: str, batch: int, features: int, dtype=torch.float32):
+    if layout == "unbatched":
+        return torch.randn(1, features, dtype=dtype)
+    return torch.randn(batch, 1, features, dtype=dtype) if layout == "batch-first" else torch.randn(1, batch, features, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("layout", STEP_LAYOUTS)
+@pytest.mark.parametrize("shape", STEP_SHAPES)
+@pytest.mark.parametrize("family,kwargs", STEP_FAMILIES)
+def test_inference_step_equals_general_path_while_streaming(family, kwargs, shape, layout, dtype, monkeypatch):
+    """Streaming one step per call under no_grad: the fast path gives bit-identical outputs and states to the
+    general path (same kernel), and matches the reference engine; the state is carried from call to call."""
+    torch.manual_seed(21)
+    layer = family(5, 6, batch_first=layout == "batch-first", dtype=dtype, **shape, **kwargs).eval()
+    reference = family(5, 6, batch_first=layout == "batch-first", dtype=dtype, engine="reference", **shape, **kwargs).eval()
+    reference.load_state_dict(layer.state_dict())
+    steps = [_step_input(layout, 3, 5, dtype) * 2 for _ in range(4)]
+    calls = _count_one_steps(monkeypatch)
+    fast, state = [], None
+    with torch.no_grad():
+        for x in steps:
+            out, state = layer(x, state)
+            fast.append((out, as_tuple(state)))
+    assert len(calls) == len(steps) * layer.num_layers * layer.num_directions  # the fast path ran every step
+
+    _general_path_only(monkeypatch)
+    state, ref_state = None, None
+    with torch.no_grad():
+        for x, (fast_out, fast_state) in zip(steps, fast, strict=True):
+            out, state = layer(x, state)
+            ref_out, ref_state = reference(x, ref_state)
+            assert fast_out.shape == out.shape == ref_out.shape
+            assert torch.equal(fast_out, out)
+            assert_close(fast_out, ref_out, dtype, "output vs reference engine")
+            for a, b, r in zip(fast_state, as_tuple(state), as_tuple(ref_state), strict=True):
+                assert a.shape == b.shape == r.shape
+                assert torch.equal(a, b)
+                assert_close(a, r, dtype, "state vs reference engine")
+    assert len(calls) == len(steps) * layer.num_layers * layer.num_directions  # and not on the general path
+
+
+@pytest.mark.parametrize("layout", STEP_LAYOUTS)
+@pytest.mark.parametrize("family,kwargs", FAMILIES)
+def test_inference_step_from_zero_state_matches_torch(family, kwargs, layout):
+    torch.manual_seed(22)
+    layer = family(5, 6, num_layers=2, bidirectional=True, batch_first=layout == "batch-first", **kwargs)
+    x = _step_input(layout, 3, 5)
+    with torch.no_grad():
+        out, final = layer(x)
+        ref_out, ref_final = torch_twin(layer)(x)
+    assert_close(out, ref_out, torch.float32, "output")
+    for a, b in zip(as_tuple(final), as_tuple(ref_final), strict=True):
+        assert_close(a, b, torch.float32, "final state")
+
+
+def test_inference_step_dropout_between_layers_draws_like_the_general_path(monkeypatch):
+    torch.manual_seed(23)
+    layer = rnnkit.GRU(5, 8, num_layers=3, dropout=0.5).train()
+    x, h = torch.randn(1, 4, 5), torch.randn(3, 4, 8)
+    calls = _count_one_steps(monkeypatch)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        fast = layer(x, h)
+        assert len(calls) == 3
+        _general_path_only(monkeypatch)
+        torch.manual_seed(7)
+        general = layer(x, h)
+        eval_out = layer.eval()(x, h)
+    assert torch.equal(fast[0], general[0]) and torch.equal(fast[1], general[1])
+    assert not torch.equal(fast[0], eval_out[0])  # dropout did apply
+
+
+@pytest.mark.parametrize("layout", STEP_LAYOUTS)
+@pytest.mark.parametrize("family", [rnnkit.LSTM, rnnkit.GRU])
+def test_inference_step_state_is_not_a_view_of_the_output(family, layout):
+    layer = family(5, 6)
+    with torch.no_grad():
+        out, state = layer(_step_input(layout, 2, 5))
+        before = [s.clone() for s in as_tuple(state)]
+        out.add_(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, as_tuple(state), strict=True))
+
+
+def _bad_step_calls():
+    """(layer, input, hx, expected message) for bad input of one time step."""
+    gru, lstm = rnnkit.GRU(5, 4, num_layers=2, bidirectional=True), rnnkit.LSTM(5, 4)
+    x = torch.randn(1, 2, 5)
+    return [
+        (lstm, torch.randn(1, 2, 11), None, "input: expected last dimension input_size=5, got 11"),
+        (gru, torch.randn(1, 2, 5, dtype=torch.float64), None, "input: expected dtype torch.float32 (the dtype of the layer's parameters), got torch.float64"),
+        (gru, torch.randn(1, 2, 5, device="meta"), None, "input: expected device cpu (the device of the layer's parameters), got meta"),
+        (gru, x, torch.randn(7, 2, 4), "hx: expected shape (4, 2, 4) (num_layers * num_directions, batch, hidden), got (7, 2, 4)"),
+        (gru, x, torch.randn(4, 2, 11), "hx: expected shape (4, 2, 4) (num_layers * num_directions, batch, hidden), got (4, 2, 11)"),
+        (gru, x, torch.randn(4, 13, 4), "hx: expected batch size 2 to match input, got 13 (shape (4, 13, 4))"),
+        (gru, x, torch.randn(4, 4), "hx: expected a 3-D tensor (num_layers * num_directions, batch, hidden) for batched input, got 2-D shape (4, 4)"),
+        (gru, torch.randn(1, 5), torch.randn(4, 1, 4), "hx: expected a 2-D tensor (num_layers * num_directions, hidden) for unbatched input, got 3-D shape (4, 1, 4)"),
+        (gru, torch.randn(1, 5), torch.randn(7, 4), "hx: expected shape (4, 4) (num_layers * num_directions, hidden), got (7, 4)"),
+        (gru, x, torch.randn(4, 2, 4, dtype=torch.float64), "hx: expected dtype torch.float32 (the dtype of input), got torch.float64"),
+        (gru, x, torch.randn(4, 2, 4, device="meta"), "hx: expected device cpu (the device of input), got meta"),
+        (gru, x, (torch.randn(4, 2, 4),), "hx: expected a Tensor h_0, got tuple"),
+        (lstm, x, torch.randn(1, 2, 4), "hx: expected a tuple (h_0, c_0) of two Tensors, got Tensor"),
+        (lstm, x, (torch.randn(1, 2, 4), None), "hx: expected a tuple (h_0, c_0) of two Tensors, got tuple"),
+        (lstm, x, (torch.randn(1, 2, 4), torch.randn(1, 2, 7)), "hx[1] (c_0): expected shape (1, 2, 4) (num_layers * num_directions, batch, hidden), got (1, 2, 7)"),
+        (lstm, x, (torch.randn(1, 2, 4, dtype=torch.float64), torch.randn(1, 2, 4)), "hx[0] (h_0): expected dtype torch.float32 (the dtype of input), got torch.float64"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_step_calls())))
+def test_inference_step_rejects_bad_input_with_the_general_paths_error(case, monkeypatch):
+    layer, x, hx, message = _bad_step_calls()[case]
+    with torch.no_grad():
+        with pytest.raises(ValueError) as fast:
+            layer(x, hx)
+        assert any(entry.name == "_inference_step" for entry in fast.traceback)  # raised on the fast path
+        _general_path_only(monkeypatch)
+        with pytest.raises(ValueError) as general:
+            layer(x, hx)
+    assert str(fast.value) == str(general.value) == message
+
+
+def test_inference_step_leaves_other_calls_to_the_general_path(monkeypatch):
+    """Sequences, lengths, autograd, check_finite, autocast and a swapped-in engine take the general path."""
+    calls = _count_one_steps(monkeypatch)
+    layer = rnnkit.LSTM(5, 6)
+    step = torch.randn(1, 2, 5)
+    with torch.no_grad():
+        layer(step)
+        assert len(calls) == 1
+        layer(torch.randn(2, 2, 5))
+        layer(step, lengths=[1, 1])
+        rnnkit.LSTM(5, 6, check_finite=True)(step)
+        rnnkit.LSTM(5, 6, engine="reference")(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = layer(step)
+        assert out.dtype == torch.float32  # the engine runs the recurrence in float32 under autocast
+    out, _ = layer(step)
+    assert out.requires_grad
+    assert len(calls) == 1
+
+
+def test_inference_step_reads_a_weight_swapped_for_a_plain_tensor():
+    """Weight dropout (AWD-LSTM) replaces a parameter by a plain tensor attribute; every call must read it anew."""
+    torch.manual_seed(24)
+    layer = rnnkit.LSTM(5, 6)
+    x, c_0 = torch.randn(1, 2, 5), torch.randn(1, 2, 6)
+    h_a, h_b = torch.randn(1, 2, 6), torch.randn(1, 2, 6)
+    with torch.no_grad():
+        before, _ = layer(x, (h_a, c_0))
+        del layer._parameters["weight_hh_l0"]
+        layer.weight_hh_l0 = torch.zeros(24, 6)
+        swapped, _ = layer(x, (h_a, c_0))
+        other_h, _ = layer(x, (h_b, c_0))
+    assert not torch.equal(before, swapped)
+    assert torch.equal(swapped, other_h)  # with W_hh = 0 the step ignores h_0

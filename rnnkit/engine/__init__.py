@@ -13,7 +13,10 @@ defines the results; faster engines are checked against it.
   direction with hand-written backward through time (:mod:`rnnkit.engine.fused`).
   On CPU its time loop is compiled C++, built on first use; without a
   compiler, with ``RNNKIT_ENGINE_NO_BUILD=1``, or on other devices it runs the
-  same math as a pure-PyTorch loop.
+  same math as a pure-PyTorch loop. The LayerNorm LSTM (without
+  ``proj_size``) has its own compiled kernel (:mod:`rnnkit.engine.fused_layer_norm`);
+  the other LayerNorm variants, and the LayerNorm LSTM without the build, run
+  the hoisted loop (:mod:`rnnkit.engine.hoisted`).
 
 The stand-alone cells (``rnnkit.RNNCell``, ``LSTMCell``, ``GRUCell``) have no
 engine argument: with autograd they run their readable ``step``; for inference
@@ -55,17 +58,21 @@ def describe(layer=None) -> str:
     if chosen == "reference":
         return prefix + "reference per-step loop (autograd records every step)"
     spec = getattr(layer, "spec", None)
+    if spec is not None and spec.name == "layer_norm_lstm" and not getattr(layer, "proj_size", 0) and _device(layer) == "cpu" and fused_build.native_loops() is not None:
+        return prefix + "fused C++ LayerNorm LSTM kernel (" + fused_build.status() + ")"
     if spec is not None and (not fused.supports(spec) or getattr(layer, "layer_norm", False)):
         fallback = "the hoisted loop (input projections in one GEMM, per-step recurrence under autograd)" if hoisted.supports(spec) else "the reference per-step loop"
         return prefix + f"fused engine has no kernel for {spec.name!r}: runs {fallback}"
-    device = "cpu"
-    if layer is not None:
-        parameter = next(layer.parameters(), None)
-        device = parameter.device.type if parameter is not None else "cpu"
+    device = _device(layer)
     if device != "cpu":
         return prefix + f"fused pure-PyTorch loop (the compiled kernel is CPU-only; parameters are on {device})"
     fused_build.native_loops()
     return prefix + fused_build.status()
+
+
+def _device(layer) -> str:
+    parameter = None if layer is None else next(layer.parameters(), None)
+    return "cpu" if parameter is None else parameter.device.type
 
 
 __all__ = ["DEFAULT", "ENGINES", "describe", "resolve"]

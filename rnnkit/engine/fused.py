@@ -47,14 +47,12 @@ the gradient of its (zero) output.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.cells.base import CellSpec, CellWeights, State
-from rnnkit.engine import fused_build, fused_loops, hoisted, reference
+from rnnkit.engine import fused_build, fused_layer_norm, fused_loops, hoisted, reference
 from rnnkit.engine.fused_loops import GRU, KINDS, LSTM
 
 
@@ -70,31 +68,26 @@ def _addmm_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
 
 
-_LINEAR_CHOICE: dict[tuple, object] = {}
+# oneDNN's matmul beats MKL's addmm on this kind of CPU once the product is large and its inner
+# dimension wide enough to feed AVX-512; below that its per-call setup costs more than it saves.
+# Thresholds from a sweep of the engine's shapes (configs A-C and the tasks'), idle 2-core AMD EPYC:
+# oneDNN 1.1-1.7x faster at K >= 128 and >= 16 MFLOP, 0.3-0.9x on smaller or narrower products.
+_ONEDNN_MIN_INNER = 128
+_ONEDNN_MIN_FLOPS = 1 << 24
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x W^T + b`` with the faster of two GEMMs, timed once per shape class.
+    """``x W^T + b`` with the GEMM that is faster for its shape: oneDNN or MKL (torch.addmm).
 
-    On AMD CPUs MKL (behind torch.mm/addmm) takes its AVX2 path while oneDNN
-    uses AVX-512; which wins depends on the shape, so measure instead of guess.
-    oneDNN takes float32 only. Rows are bucketed by power of two so that varying
-    sequence lengths do not re-time.
+    On AMD CPUs MKL takes its AVX2 path while oneDNN uses AVX-512. The choice is
+    a fixed rule of the shape, never a timing taken at run time, so that two runs
+    compute the same numbers. oneDNN takes float32 only.
     """
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.is_available() or x.shape[0] == 0:
-        return _addmm_linear(x, weight, bias)
-    key = (x.shape[0].bit_length(), x.shape[1], weight.shape[0], bias is None)
-    choice = _LINEAR_CHOICE.get(key)
-    if choice is None:
-        timings = {}
-        for candidate in (_addmm_linear, _mkldnn_linear):
-            candidate(x, weight, bias)  # warm-up: oneDNN creates its primitive on first use
-            start = time.perf_counter()
-            for _ in range(2):
-                candidate(x, weight, bias)
-            timings[candidate] = time.perf_counter() - start
-        choice = _LINEAR_CHOICE[key] = min(timings, key=timings.get)
-    return choice(x, weight, bias)
+    rows, inner = x.shape
+    large = inner >= _ONEDNN_MIN_INNER and 2 * rows * inner * weight.shape[0] >= _ONEDNN_MIN_FLOPS
+    if large and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        return _mkldnn_linear(x, weight, bias)
+    return _addmm_linear(x, weight, bias)
 
 
 class FusedRecurrence(torch.autograd.Function):
@@ -173,7 +166,7 @@ def loops_for(x: Tensor):
 
 
 def supports(spec: CellSpec, weights: CellWeights | None = None) -> bool:
-    """Whether the fused kernels cover a cell family (the LayerNorm variants run the hoisted loop)."""
+    """Whether the plain fused kernels cover a cell family (see :mod:`rnnkit.engine.fused_layer_norm` for the LayerNorm LSTM)."""
     return spec.name in KINDS and (weights is None or getattr(weights, "layer_norm", None) is None)
 
 
@@ -183,6 +176,8 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
     Under autocast the recurrence runs in float32 (as ``torch.amp.custom_fwd(cast_inputs=torch.float32)``
     would): its state is carried through every step, where low precision compounds.
     """
+    if fused_layer_norm.supports(spec, x, weights):
+        return fused_layer_norm.run_direction(spec, x, state, weights, valid, reverse)
     if not supports(spec, weights):
         runner = hoisted if hoisted.supports(spec) else reference
         return runner.run_direction(spec, x, state, weights, valid, reverse)

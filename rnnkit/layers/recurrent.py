@@ -20,6 +20,7 @@ Layer ``k``'s direction ``d`` reads weights named like torch.nn's
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 
@@ -31,6 +32,7 @@ from torch.nn.utils.rnn import PackedSequence
 from rnnkit import engine as engines
 from rnnkit import errors
 from rnnkit.cells.base import CellSpec, CellWeights, LayerNormWeights, State, init_uniform_, registered_or_attribute
+from rnnkit.engine import fused
 from rnnkit.layers.sequence import to_time_major
 
 
@@ -149,13 +151,11 @@ class RecurrentLayer(nn.Module):
                     p.zero_()
 
     def cell_weights(self, layer: int, direction: int) -> CellWeights:
-        parameters, suffix = self._parameters, self._param_name("", layer, direction)
-
-        def get(kind: str) -> Tensor | None:
-            return registered_or_attribute(self, parameters, kind + suffix)
-
-        norm = LayerNormWeights(get("ln_gain_ih"), get("ln_gain_hh"), get("ln_gain_cell"), get("ln_bias_cell")) if self.layer_norm else None
-        return CellWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"), norm)
+        parameters = self._parameters
+        names = _cell_weight_names(layer, direction, self.bias, bool(self.proj_size), self.layer_norm, self.spec.state_count == 2)
+        # Only the names this configuration has: a missing one would cost an AttributeError in nn.Module.__getattr__.
+        w = [None if name is None else registered_or_attribute(self, parameters, name) for name in names]
+        return CellWeights(*w[:5], LayerNormWeights(*w[5:]) if self.layer_norm else None)
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -184,41 +184,79 @@ class RecurrentLayer(nn.Module):
         Returns:
             ``(output, h_n)`` for RNN and GRU, ``(output, (h_n, c_n))`` for LSTM.
         """
+        if lengths is None and (stepped := self._inference_step(input, hx)) is not None:
+            return stepped
         x, valid, layout = to_time_major(input, self.batch_first, lengths)
         self._check_input(x)
         if self.check_finite:
             errors.check_finite("input", x, valid)
         states = self._initial_states(hx, x, layout.unbatched)
+        x, finals = self._run_layers(x, states, valid, self.run_direction)
+        return layout.output(x), _final_state(finals, layout.unbatched)
 
+    def _inference_step(self, input, hx):
+        """``forward`` for a single time step without autograd, or None where the general path must run.
+
+        Streaming calls the layer once per time step. There, the general path's
+        bookkeeping (layout object, time dimension, engine dispatch, a clone and
+        a stack per state) costs more than the compiled one-step kernel that the
+        fused engine ends in for a length-1 sequence. This path takes the step
+        without the time dimension, with the same input and state checks (same
+        errors) and the same kernel, so the results are identical.
+
+        It applies to a tensor of one time step, without ``lengths`` or
+        ``check_finite``, with grad mode off, on the fused engine (not one
+        swapped in, e.g. by diagnostics), and not under CPU autocast (the
+        kernel is CPU-only; elsewhere :func:`_one_step` runs the fused engine's
+        ``run_direction``, which handles autocast).
+        """
+        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or self.check_finite or self.run_direction is not fused.run_direction:
+            return None
+        if not isinstance(input, Tensor):
+            return None
+        rank = input.dim()
+        time_dim = 1 if rank == 3 and self.batch_first else 0
+        if rank not in (2, 3) or input.shape[time_dim] != 1:
+            return None
+        unbatched = rank == 2
+        x = input if unbatched else input.select(time_dim, 0)  # (N, H_in); unbatched (1, H_in) is a batch of one
+        self._check_input(x)
+        states = self._initial_states(hx, x, unbatched)
+        y, finals = self._run_layers(x, states, None, _one_step)
+        return (y if unbatched else y.unsqueeze(time_dim)), _final_state(finals, unbatched)
+
+    def _run_layers(self, x: Tensor, states: list[State], valid: Tensor | None, run_direction) -> tuple[Tensor, list[State]]:
+        """Run x through every layer and direction with dropout between layers: the last layer's output and each
+        (layer, direction)'s final state. ``run_direction`` has the engine's signature."""
         finals: list[State] = []
+        directions = self.num_directions
         for layer in range(self.num_layers):
             outputs = []
-            for direction in range(self.num_directions):
-                index = layer * self.num_directions + direction
-                y, final = self.run_direction(
-                    self.spec, x, states[index], self.cell_weights(layer, direction), valid, reverse=direction == 1
-                )
+            for direction in range(directions):
+                index = layer * directions + direction
+                y, final = run_direction(self.spec, x, states[index], self.cell_weights(layer, direction), valid, reverse=direction == 1)
                 outputs.append(y)
                 finals.append(final)
             x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-
-        final_state = tuple(layout.state(torch.stack(parts)) for parts in zip(*finals))
-        return layout.output(x), (final_state[0] if len(final_state) == 1 else final_state)
+        return x, finals
 
     def _check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.input_size:
             raise errors.fail("input", f"last dimension input_size={self.input_size}", f"{x.shape[-1]}")
-        errors.check_like("input", x, self.weight_ih_l0, "the layer's parameters")
+        errors.check_like("input", x, registered_or_attribute(self, self._parameters, "weight_ih_l0"), "the layer's parameters")
 
     def _state_names(self) -> tuple[str, ...]:
         return ("hx",) if self.spec.state_count == 1 else ("hx[0] (h_0)", "hx[1] (c_0)")
 
     def _initial_states(self, hx, x: Tensor, unbatched: bool) -> list[State]:
-        """Check ``hx`` and split it into one state tuple per (layer, direction)."""
+        """Check ``hx`` and split it into one state tuple per (layer, direction), each part (N, size).
+
+        ``x`` is the input as (..., N, H_in): time-major (L, N, H_in), or one step (N, H_in).
+        """
         stacked = self.num_layers * self.num_directions
-        batch = x.shape[1]
+        batch = x.shape[-2]
         sizes = self.spec.state_sizes(self.hidden_size, self.proj_size or self.hidden_size)
         if hx is None:
             return [tuple(x.new_zeros(batch, size) for size in sizes)] * stacked
@@ -227,26 +265,32 @@ class RecurrentLayer(nn.Module):
                 raise errors.fail("hx", "a Tensor h_0", type(hx).__name__)
             parts = (hx,)
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not (isinstance(hx[0], Tensor) and isinstance(hx[1], Tensor)):
                 raise errors.fail("hx", "a tuple (h_0, c_0) of two Tensors", type(hx).__name__)
-            parts = tuple(hx)
+            parts = hx
         checked = []
         for name, tensor, size in zip(self._state_names(), parts, sizes):
-            rank = 2 if unbatched else 3
-            legend = "(num_layers * num_directions, hidden)" if unbatched else "(num_layers * num_directions, batch, hidden)"
-            if tensor.dim() != rank:
-                kind = "unbatched" if unbatched else "batched"
-                raise errors.fail(name, f"a {rank}-D tensor {legend} for {kind} input", f"{tensor.dim()}-D shape {tuple(tensor.shape)}")
-            t = tensor.unsqueeze(1) if unbatched else tensor
-            if not unbatched and t.shape[1] != batch:
-                raise errors.fail(name, f"batch size {batch} to match input", f"{t.shape[1]} (shape {tuple(tensor.shape)})")
             expected = (stacked, size) if unbatched else (stacked, batch, size)
-            errors.check_shape(name, tensor, expected, legend)
-            errors.check_like(name, tensor, x, "input")
+            if tensor.shape != expected or tensor.dtype != x.dtype or tensor.device != x.device:
+                self._reject_state(name, tensor, expected, x, unbatched)
             if self.check_finite:
-                errors.check_finite(name, t, first_dim="layer*direction index")
-            checked.append(t.unbind(0))
-        return [tuple(per_state) for per_state in zip(*checked)]
+                errors.check_finite(name, tensor.unsqueeze(1) if unbatched else tensor, first_dim="layer*direction index")
+            checked.append(tensor.split(1) if unbatched else tensor.unbind(0))  # unbatched: (1, size) parts, a batch of one
+        return list(zip(*checked))
+
+    @staticmethod
+    def _reject_state(name: str, tensor: Tensor, expected: tuple[int, ...], x: Tensor, unbatched: bool) -> None:
+        """Raise the error that says what is wrong with a state tensor that is not ``expected`` or not like ``x``."""
+        rank = len(expected)
+        legend = "(num_layers * num_directions, hidden)" if unbatched else "(num_layers * num_directions, batch, hidden)"
+        if tensor.dim() != rank:
+            kind = "unbatched" if unbatched else "batched"
+            raise errors.fail(name, f"a {rank}-D tensor {legend} for {kind} input", f"{tensor.dim()}-D shape {tuple(tensor.shape)}")
+        if not unbatched and tensor.shape[1] != expected[1]:
+            raise errors.fail(name, f"batch size {expected[1]} to match input", f"{tensor.shape[1]} (shape {tuple(tensor.shape)})")
+        errors.check_shape(name, tensor, expected, legend)
+        errors.check_like(name, tensor, x, "input")
+        raise AssertionError(f"{name}: rejected without a reason")  # unreachable: the caller saw a difference
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -256,3 +300,41 @@ class RecurrentLayer(nn.Module):
             if value != default:
                 s += f", {key}={value!r}"
         return s
+
+
+_WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+_LAYER_NORM_KINDS = ("ln_gain_ih", "ln_gain_hh", "ln_gain_cell", "ln_bias_cell")
+
+
+@functools.cache
+def _cell_weight_names(layer: int, direction: int, bias: bool, projected: bool, layer_norm: bool, has_cell: bool) -> tuple[str | None, ...]:
+    """The parameter names of one cell in :class:`CellWeights` order, then, with ``layer_norm``, in
+    :class:`LayerNormWeights` order; None for a kind that this configuration does not have."""
+    present = {"bias_ih": bias, "bias_hh": bias, "weight_hr": projected, "ln_gain_cell": has_cell, "ln_bias_cell": has_cell}
+    kinds = _WEIGHT_KINDS + (_LAYER_NORM_KINDS if layer_norm else ())
+    return tuple(RecurrentLayer._param_name(kind, layer, direction) if present.get(kind, True) else None for kind in kinds)
+
+
+def _one_step(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: None, reverse: bool) -> tuple[Tensor, State]:
+    """The fused engine's ``run_direction`` for one time step, without the time dimension: x (N, H_in) -> (y, final).
+
+    The compiled one-step kernel where it applies, as ``fused.run_direction`` takes it for a length-1 sequence (the
+    direction does not matter for one step); elsewhere ``fused.run_direction`` itself. ``y`` may share memory with
+    ``final``: :func:`_final_state` copies.
+    """
+    stepped = fused.single_step(spec, x, state, weights)
+    if stepped is not None:
+        return stepped[0], stepped
+    y, final = fused.run_direction(spec, x.unsqueeze(0), state, weights, valid, reverse)
+    return y.squeeze(0), final
+
+
+def _final_state(finals: list[State], unbatched: bool):
+    """``h_n``, or ``(h_n, c_n)`` for LSTM, from each (layer, direction)'s final state of (N, size) tensors.
+
+    Batched: stacked to (D*num_layers, N, size). Unbatched, the parts are (1, size) and are concatenated to
+    (D*num_layers, size). Both copy, so ``h_n`` never shares memory with the output.
+    """
+    join = torch.cat if unbatched else torch.stack
+    h_n = join([final[0] for final in finals])
+    return h_n if len(finals[0]) == 1 else (h_n, join([final[1] for final in finals]))

@@ -4,7 +4,8 @@ torch.nn's layers accept four input layouts: (L, N, H_in), (N, L, H_in) with
 ``batch_first``, unbatched (L, H_in), and a :class:`PackedSequence`; rnnkit adds
 ``lengths=``. :func:`to_time_major` turns all of them into one internal form,
 (L, N, H_in) plus an optional (L, N) validity mask, and :class:`Layout`
-remembers how to turn outputs and states back into the caller's form.
+remembers how to turn outputs back into the caller's form (states are never
+batch-first; the layer joins them).
 """
 
 from __future__ import annotations
@@ -35,10 +36,6 @@ class Layout:
         if self.unbatched:
             return y.squeeze(1)
         return y.transpose(0, 1) if self.batch_first else y
-
-    def state(self, s: Tensor) -> Tensor:
-        """(D*num_layers, N, H) -> the caller's layout (states are never batch-first)."""
-        return s.squeeze(1) if self.unbatched else s
 
 
 def to_time_major(input: Tensor | PackedSequence, batch_first: bool, lengths) -> tuple[Tensor, Tensor | None, Layout]:

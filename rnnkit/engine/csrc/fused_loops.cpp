@@ -16,7 +16,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 #include <omp.h>
 
@@ -55,7 +57,16 @@ RNNKIT_INLINE float exp_vec(float x) {
   return poly * scale;
 }
 RNNKIT_INLINE float sigmoid(float x) { return 1.0f / (1.0f + exp_vec(-x)); }
-RNNKIT_INLINE float tanh_(float x) { return 2.0f / (1.0f + exp_vec(-2.0f * x)) - 1.0f; }
+// tanh as Cephes' tanhf (~2 ulp): an odd polynomial below |x| = 0.625, where 1 - 2/(e^{2|x|}+1)
+// would lose digits to cancellation; both are computed and one selected, so the loop vectorises.
+RNNKIT_INLINE float tanh_(float x) {
+  const float ax = x < 0.0f ? -x : x;
+  const float large = 1.0f - 2.0f / (exp_vec(2.0f * ax) + 1.0f);
+  const float z = x * x;
+  const float small =
+      ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+  return ax >= 0.625f ? (x < 0.0f ? -large : large) : small;
+}
 // float64 is the precision path (gradcheck, 1e-10 tests): libm, not speed.
 RNNKIT_INLINE double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 RNNKIT_INLINE double tanh_(double x) { return std::tanh(x); }
@@ -437,8 +448,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   const int64_t L = xp.size(0), N = xp.size(1), GH = xp.size(2), Hout = h0.size(1);
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
-  at::Tensor y = at::empty({L, N, Hout}, xp.options());
   at::Tensor hs = at::empty({L + 1, N, Hout}, xp.options());
+  // An LSTM without padding or projection outputs exactly the states it saves: y is a view of hs,
+  // one (L, N, H) buffer less (the loop's writes to y repeat its writes to hs). Only the LSTM:
+  // editing y in place then fails, as it does for torch.nn.LSTM, while torch.nn's RNN and GRU allow it.
+  const bool alias = kind == LSTM && !valid.has_value() && !proj;
+  at::Tensor y = alias ? hs.narrow(0, reverse ? 0 : 1, L) : at::empty({L, N, Hout}, xp.options());
   hs.select(0, reverse ? L : 0).copy_(h0);
   at::Tensor cs = empty_like_or_none(xp, {L + 1, N, H}, kind == LSTM);
   if (kind == LSTM) cs.select(0, reverse ? L : 0).copy_(c0);
@@ -552,10 +567,282 @@ std::tuple<at::Tensor, at::Tensor> cell_step(int64_t kind, at::Tensor x, at::Ten
   return {h_out, c_out};
 }
 
+
+// ---- The LayerNorm LSTM (haste's LayerNormLSTM; math in rnnkit/engine/fused_layer_norm.py) ----
+// Same threading as the plain loop (each thread owns a slice of hidden units and the four gate
+// columns of each), but LayerNorm needs statistics over a whole row: every thread publishes its
+// partial sums (in double), and after a barrier each one combines them in thread order, so the
+// result does not depend on timing. Three barriers per step, forward and backward.
+constexpr double kLayerNormEps = 1e-5;  // rnnkit.cells.base.LAYER_NORM_EPS
+
+template <typename T>
+struct NormLoop {
+  int64_t L, N, H;
+  bool reverse;
+  const bool* valid;
+  const T* xp;                          // (L, N, 4H) LN(W_ih x)γ_ih + b_ih + b_hh
+  T *gates, *y, *hs, *cs, *ahat, *chat, *rstd;  // rstd: (L, N, 2) for W_hh h and c
+  const T *w_hh, *gain_hh, *gain_cell, *bias_cell;
+  T *scratch, *scratch_c;               // (N, 4H) and (N, H)
+  double *partial_a, *partial_c;        // (threads, N, 2)
+  int threads;
+  // backward
+  const T* dy;
+  int64_t dy_stride[3] = {0, 0, 0};
+  T *dgx, *da, *dh, *dc;
+  double *dgain_hh, *dgain_cell, *dbias_cell;  // sums over every step and row: accumulated in double
+
+  bool ok(int64_t t, int64_t n) const { return valid == nullptr || valid[t * N + n]; }
+  int64_t before(int64_t t) const { return t + reverse; }
+  int64_t after(int64_t t) const { return t + 1 - reverse; }
+
+  // mean and 1/sqrt(var + eps) of row n from every thread's (sum, sum of squares) over `size` values
+  std::pair<double, double> stats(const double* partial, int nt, int64_t n, int64_t size) const {
+    double sum = 0, squares = 0;
+    for (int k = 0; k < nt; ++k) sum += partial[(k * N + n) * 2], squares += partial[(k * N + n) * 2 + 1];
+    const double mean = sum / size;
+    return {mean, 1.0 / std::sqrt(std::max(squares / size - mean * mean, 0.0) + kLayerNormEps)};
+  }
+  // the means of row n's two published sums (backward: Σ dx̂ and Σ dx̂⊙x̂) over `size` values
+  std::pair<double, double> means(const double* partial, int nt, int64_t n, int64_t size) const {
+    double first = 0, second = 0;
+    for (int k = 0; k < nt; ++k) first += partial[(k * N + n) * 2], second += partial[(k * N + n) * 2 + 1];
+    return {first / size, second / size};
+  }
+
+  void forward_step(int64_t t, int tid, int nt, int64_t u0, int64_t u1, const Panels<T>& recurrent) const {
+    const int64_t G = 4, GH = G * H;
+    gemm_panels(hs + before(t) * N * H, H, recurrent, scratch, GH, N, false);
+    for (int64_t n = 0; n < N; ++n) {
+      const T* a = scratch + n * GH;
+      double sum = 0, squares = 0;
+      for (int64_t g = 0; g < G; ++g)
+#pragma omp simd reduction(+ : sum, squares)
+        for (int64_t u = u0; u < u1; ++u) sum += a[g * H + u], squares += double(a[g * H + u]) * a[g * H + u];
+      partial_a[(tid * N + n) * 2] = sum, partial_a[(tid * N + n) * 2 + 1] = squares;
+    }
+#pragma omp barrier
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t row = (t * N + n) * GH;
+      const T* c_prev = cs + (before(t) * N + n) * H;
+      T* c_new = cs + (after(t) * N + n) * H;
+      double sum = 0, squares = 0;
+      if (ok(t, n)) {
+        const auto [mean_d, r_d] = stats(partial_a, nt, n, GH);
+        const T mean = T(mean_d), r = T(r_d);
+        const T *a = scratch + n * GH, *x = xp + row;
+        T *gate = gates + row, *a_hat = ahat + row;
+#pragma omp simd reduction(+ : sum, squares)
+        for (int64_t u = u0; u < u1; ++u) {
+          T pre[4];
+          for (int64_t g = 0; g < 4; ++g) {
+            const T normed = (a[g * H + u] - mean) * r;
+            a_hat[g * H + u] = normed;
+            pre[g] = x[g * H + u] + normed * gain_hh[g * H + u];
+          }
+          const T i = sigmoid(pre[0]), f = sigmoid(pre[1]), g = tanh_(pre[2]), o = sigmoid(pre[3]);
+          const T c = f * c_prev[u] + i * g;
+          gate[u] = i, gate[H + u] = f, gate[2 * H + u] = g, gate[3 * H + u] = o;
+          c_new[u] = c;
+          sum += c, squares += double(c) * c;
+        }
+        if (tid == 0) rstd[(t * N + n) * 2] = r;
+      } else {  // padding: the state passes through; zeros keep the saved buffers finite
+        for (int64_t g = 0; g < 4; ++g)
+          for (int64_t u = u0; u < u1; ++u) gates[row + g * H + u] = T(0), ahat[row + g * H + u] = T(0);
+        for (int64_t u = u0; u < u1; ++u) c_new[u] = c_prev[u];
+        if (tid == 0) rstd[(t * N + n) * 2] = T(0);
+      }
+      partial_c[(tid * N + n) * 2] = sum, partial_c[(tid * N + n) * 2 + 1] = squares;
+    }
+#pragma omp barrier
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t row = (t * N + n) * H;
+      T* h_new = hs + (after(t) * N + n) * H;
+      T* y_row = y + row;
+      T* c_hat = chat + row;
+      if (!ok(t, n)) {
+        const T* h_prev = hs + (before(t) * N + n) * H;
+        for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0), c_hat[u] = T(0);
+        if (tid == 0) rstd[(t * N + n) * 2 + 1] = T(0);
+        continue;
+      }
+      const auto [mean_d, r_d] = stats(partial_c, nt, n, H);
+      const T mean = T(mean_d), r = T(r_d);
+      const T* c = cs + (after(t) * N + n) * H;
+      const T* o = gates + (t * N + n) * 4 * H + 3 * H;
+#pragma omp simd
+      for (int64_t u = u0; u < u1; ++u) {
+        const T normed = (c[u] - mean) * r;
+        c_hat[u] = normed;
+        const T h = o[u] * tanh_(normed * gain_cell[u] + bias_cell[u]);
+        h_new[u] = h;
+        y_row[u] = h;
+      }
+      if (tid == 0) rstd[(t * N + n) * 2 + 1] = r;
+    }
+#pragma omp barrier
+  }
+
+  void backward_step(int64_t t, int tid, int nt, int64_t u0, int64_t u1, const Panels<T>& recurrent) const {
+    const int64_t GH = 4 * H;
+    // 1. dh_t += dy_t; the output side: δo, and dĉ = d(LN(c)γ+β)⊙γ with its two row sums
+    for (int64_t n = 0; n < N; ++n) {
+      double sum = 0, dot = 0;
+      if (ok(t, n)) {
+        T* dh_row = dh + n * H;
+        const T* dy_row = dy + t * dy_stride[0] + n * dy_stride[1];
+        for (int64_t u = u0; u < u1; ++u) dh_row[u] += dy_row[u * dy_stride[2]];
+        const T* o = gates + (t * N + n) * GH + 3 * H;
+        const T* c_hat = chat + (t * N + n) * H;
+        T* d_o = dgx + (t * N + n) * GH + 3 * H;
+        T* dc_hat = scratch_c + n * H;
+#pragma omp simd reduction(+ : sum, dot)
+        for (int64_t u = u0; u < u1; ++u) {
+          const T tc = tanh_(c_hat[u] * gain_cell[u] + bias_cell[u]);
+          const T d_normed = dh_row[u] * o[u] * (T(1) - tc * tc);  // gradient of LN(c)γ+β
+          d_o[u] = dh_row[u] * tc * o[u] * (T(1) - o[u]);
+          dgain_cell[u] += d_normed * c_hat[u];
+          dbias_cell[u] += d_normed;
+          const T d = d_normed * gain_cell[u];
+          dc_hat[u] = d;
+          sum += d, dot += double(d) * c_hat[u];
+        }
+      }
+      partial_c[(tid * N + n) * 2] = sum, partial_c[(tid * N + n) * 2 + 1] = dot;
+    }
+#pragma omp barrier
+    // 2. dc through LN(c), the gate gradients dpre (= dxp), and dâ = dpre⊙γ_hh with its row sums
+    for (int64_t n = 0; n < N; ++n) {
+      double sum = 0, dot = 0;
+      const int64_t row = (t * N + n) * GH;
+      if (ok(t, n)) {
+        const auto [mean_d, mean_dot] = means(partial_c, nt, n, H);
+        const T r = rstd[(t * N + n) * 2 + 1], m1 = T(mean_d), m2 = T(mean_dot);
+        const T* gate = gates + row;
+        const T* c_hat = chat + (t * N + n) * H;
+        const T* c_prev = cs + (before(t) * N + n) * H;
+        const T* a_hat = ahat + row;
+        const T* dc_hat = scratch_c + n * H;
+        T *d_pre = dgx + row, *d_a = da + row, *dc_row = dc + n * H, *dh_row = dh + n * H;
+#pragma omp simd reduction(+ : sum, dot)
+        for (int64_t u = u0; u < u1; ++u) {
+          const T i = gate[u], f = gate[H + u], g = gate[2 * H + u];
+          const T d_c = dc_row[u] + r * (dc_hat[u] - m1 - c_hat[u] * m2);
+          d_pre[u] = d_c * g * i * (T(1) - i);
+          d_pre[H + u] = d_c * c_prev[u] * f * (T(1) - f);
+          d_pre[2 * H + u] = d_c * i * (T(1) - g * g);
+          dc_row[u] = d_c * f;
+          dh_row[u] = T(0);
+          for (int64_t k = 0; k < 4; ++k) {
+            const int64_t j = k * H + u;
+            dgain_hh[j] += d_pre[j] * a_hat[j];
+            const T d = d_pre[j] * gain_hh[j];
+            d_a[j] = d;
+            sum += d, dot += double(d) * a_hat[j];
+          }
+        }
+      } else {  // padding: dh and dc pass through; this step contributes nothing
+        for (int64_t k = 0; k < 4; ++k)
+          for (int64_t u = u0; u < u1; ++u) dgx[row + k * H + u] = T(0), da[row + k * H + u] = T(0);
+      }
+      partial_a[(tid * N + n) * 2] = sum, partial_a[(tid * N + n) * 2 + 1] = dot;
+    }
+#pragma omp barrier
+    // 3. da through LN(W_hh h): the gradient of the raw recurrent product
+    for (int64_t n = 0; n < N; ++n) {
+      if (!ok(t, n)) continue;
+      const int64_t row = (t * N + n) * GH;
+      const auto [mean_d, mean_dot] = means(partial_a, nt, n, GH);
+      const T r = rstd[(t * N + n) * 2], m1 = T(mean_d), m2 = T(mean_dot);
+      const T* a_hat = ahat + row;
+      T* d_a = da + row;
+      for (int64_t k = 0; k < 4; ++k)
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) d_a[k * H + u] = r * (d_a[k * H + u] - m1 - a_hat[k * H + u] * m2);
+    }
+#pragma omp barrier
+    // 4. dh_{t-1} = da_t W_hh (valid rows restart from zero above; padded rows keep dh)
+    gemm_panels(da + t * N * GH, GH, recurrent, dh, H, N, true);
+  }
+};
+
+template <typename T>
+void drive_norm(NormLoop<T> loop, bool backward, const at::TensorOptions& options) {
+  const int64_t H = loop.H, L = loop.L;
+  std::vector<double> partial_a(loop.threads * loop.N * 2), partial_c(loop.threads * loop.N * 2);
+  loop.partial_a = partial_a.data(), loop.partial_c = partial_c.data();
+#pragma omp parallel num_threads(loop.threads)
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    const auto [u0, u1] = slice(H, nt, tid);
+    if (backward) {
+      const Panels<T> recurrent(loop.w_hh, H, 1, 4 * H, {{u0, u1}}, options);  // B = W_hh, this thread's columns
+      for (int64_t s = 0; s < L; ++s) loop.backward_step(loop.reverse ? s : L - 1 - s, tid, nt, u0, u1, recurrent);
+    } else {
+      std::vector<std::pair<int64_t, int64_t>> columns;  // B = W_hh^T: this thread's units in every gate
+      for (int64_t g = 0; g < 4; ++g) columns.push_back({g * H + u0, g * H + u1});
+      const Panels<T> recurrent(loop.w_hh, 1, H, H, columns, options);
+      for (int64_t s = 0; s < L; ++s) loop.forward_step(loop.reverse ? L - 1 - s : s, tid, nt, u0, u1, recurrent);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward(
+    at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor gain_hh, at::Tensor gain_cell, at::Tensor bias_cell,
+    std::optional<at::Tensor> valid, bool reverse) {
+  const int64_t L = xp.size(0), N = xp.size(1), H = h0.size(1);
+  at::Tensor hs = at::empty({L + 1, N, H}, xp.options()), cs = at::empty({L + 1, N, H}, xp.options());
+  hs.select(0, reverse ? L : 0).copy_(h0);
+  cs.select(0, reverse ? L : 0).copy_(c0);
+  at::Tensor y = at::empty({L, N, H}, xp.options()), gates = at::empty_like(xp), ahat = at::empty_like(xp);
+  at::Tensor chat = at::empty({L, N, H}, xp.options()), rstd = at::empty({L, N, 2}, xp.options());
+  at::Tensor scratch = at::empty({N, 4 * H}, xp.options());
+  at::Tensor valid_t = ptr_source(valid);
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_layer_norm_lstm_forward", [&] {
+    NormLoop<scalar_t> loop{L, N, H, reverse, data_or_null<bool>(valid_t), xp.const_data_ptr<scalar_t>(),
+                            gates.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
+                            ahat.data_ptr<scalar_t>(), chat.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(),
+                            w_hh.const_data_ptr<scalar_t>(), gain_hh.const_data_ptr<scalar_t>(),
+                            gain_cell.const_data_ptr<scalar_t>(), bias_cell.const_data_ptr<scalar_t>(),
+                            scratch.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, thread_count(H)};
+    drive_norm(loop, false, xp.options());
+  });
+  return {y, hs, cs, gates, ahat, chat, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_backward(
+    at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor ahat, at::Tensor chat, at::Tensor rstd, at::Tensor w_hh,
+    at::Tensor gain_hh, at::Tensor gain_cell, at::Tensor bias_cell, std::optional<at::Tensor> valid, bool reverse, at::Tensor dy,
+    at::Tensor dh_n, at::Tensor dc_n) {
+  const int64_t L = dy.size(0), N = dy.size(1), H = hs.size(2);
+  at::Tensor dgx = at::empty_like(gates), da = at::empty_like(gates);
+  at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
+  const auto sums = gain_hh.options().dtype(at::kDouble);
+  at::Tensor dgain_hh = at::zeros(gain_hh.sizes(), sums), dgain_cell = at::zeros(gain_cell.sizes(), sums), dbias_cell = at::zeros(bias_cell.sizes(), sums);
+  at::Tensor scratch_c = at::empty({N, H}, gates.options());
+  at::Tensor valid_t = ptr_source(valid);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_layer_norm_lstm_backward", [&] {
+    NormLoop<scalar_t> loop{L, N, H, reverse, data_or_null<bool>(valid_t), nullptr, gates.data_ptr<scalar_t>(), nullptr,
+                            hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), ahat.data_ptr<scalar_t>(), chat.data_ptr<scalar_t>(),
+                            rstd.data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(), gain_hh.const_data_ptr<scalar_t>(),
+                            gain_cell.const_data_ptr<scalar_t>(), bias_cell.const_data_ptr<scalar_t>(), nullptr,
+                            scratch_c.data_ptr<scalar_t>(), nullptr, nullptr, thread_count(H), dy.const_data_ptr<scalar_t>()};
+    for (int d = 0; d < 3; ++d) loop.dy_stride[d] = dy.stride(d);
+    loop.dgx = dgx.data_ptr<scalar_t>(), loop.da = da.data_ptr<scalar_t>(), loop.dh = dh.data_ptr<scalar_t>();
+    loop.dc = dc.data_ptr<scalar_t>(), loop.dgain_hh = dgain_hh.data_ptr<double>();
+    loop.dgain_cell = dgain_cell.data_ptr<double>(), loop.dbias_cell = dbias_cell.data_ptr<double>();
+    drive_norm(loop, true, gates.options());
+  });
+  return {dgx, da, dh, dc, dgain_hh.to(gates.scalar_type()), dgain_cell.to(gates.scalar_type()), dbias_cell.to(gates.scalar_type())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &forward_loop);
   m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)", &cell_step);
+  m.def("layer_norm_lstm_forward(Tensor xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", &layer_norm_lstm_forward);
+  m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", &layer_norm_lstm_backward);
   m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &backward_loop);
 }
