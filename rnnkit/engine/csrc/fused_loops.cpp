@@ -596,18 +596,16 @@ struct NormLoop {
   int64_t before(int64_t t) const { return t + reverse; }
   int64_t after(int64_t t) const { return t + 1 - reverse; }
 
-  // mean and 1/sqrt(var + eps) of row n from every thread's (sum, sum of squares) over `size` values
-  std::pair<double, double> stats(const double* partial, int nt, int64_t n, int64_t size) const {
-    double sum = 0, squares = 0;
-    for (int k = 0; k < nt; ++k) sum += partial[(k * N + n) * 2], squares += partial[(k * N + n) * 2 + 1];
-    const double mean = sum / size;
-    return {mean, 1.0 / std::sqrt(std::max(squares / size - mean * mean, 0.0) + kLayerNormEps)};
-  }
-  // the means of row n's two published sums (backward: Σ dx̂ and Σ dx̂⊙x̂) over `size` values
+  // the means of row n's two published sums over `size` values (forward: of x and x²; backward: of dx̂ and dx̂⊙x̂)
   std::pair<double, double> means(const double* partial, int nt, int64_t n, int64_t size) const {
     double first = 0, second = 0;
     for (int k = 0; k < nt; ++k) first += partial[(k * N + n) * 2], second += partial[(k * N + n) * 2 + 1];
     return {first / size, second / size};
+  }
+  // mean and 1/sqrt(var + eps) of row n
+  std::pair<double, double> stats(const double* partial, int nt, int64_t n, int64_t size) const {
+    const auto [mean, square] = means(partial, nt, n, size);
+    return {mean, 1.0 / std::sqrt(std::max(square - mean * mean, 0.0) + kLayerNormEps)};
   }
 
   void forward_step(int64_t t, int tid, int nt, int64_t u0, int64_t u1, const Panels<T>& recurrent) const {
