@@ -214,6 +214,85 @@ def test_single_steps_for_inference_match_reference(path, family, dtype, monkeyp
         assert all(torch.equal(a, b) for a, b in zip(before, as_tuple(states["fast"])))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inference_matches_reference(path, two_threads, family, dtype, monkeypatch):
+    # Under no_grad the compiled path runs forward_inference: input projections a chunk of steps at
+    # a time, two state slots. Batch 64 x hidden 128 makes chunks of 8 (LSTM), 10 (GRU) or 32 (RNN)
+    # steps, so 37 steps end on a partial chunk; lengths, both directions, stacking and proj_size too.
+    calls = []
+    inference = fused_build.NativeLoops.forward_inference
+    monkeypatch.setattr(fused_build.NativeLoops, "forward_inference", lambda self, *args: calls.append(1) or inference(self, *args))
+    monkeypatch.setattr(fused, "ONEDNN_LSTM_MIN_BATCH_HIDDEN", 1 << 40)  # the compiled loop for every LSTM here too
+    extra = {"proj_size": 40} if family == "lstm" else {}
+    torch.manual_seed(3)
+    for config in ({}, {"num_layers": 2, "bidirectional": True, **extra}, {"bias": False}):
+        reference, fast = make_pair(family, 9, 128, dtype, **config)
+        x = torch.randn(37, 64, 9, dtype=dtype) * 2
+        lengths = torch.randint(1, 38, (64,))
+        for given_lengths in (None, lengths):
+            with torch.no_grad():
+                expected, actual = (layer(x, lengths=given_lengths) for layer in (reference, fast))
+            for e, a in zip((expected[0], *as_tuple(expected[1])), (actual[0], *as_tuple(actual[1])), strict=True):
+                torch.testing.assert_close(a, e, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    layer_directions = (1 + 2 * 2 + 1) * 2  # per config, each run with and without lengths
+    assert len(calls) == (layer_directions if path == "cpp" else 0)
+
+
+def test_large_lstm_inference_dispatches_to_onednn(monkeypatch):
+    # torch.nn.LSTM's own CPU kernel: for float32 inference without padding or proj_size, once batch x hidden >= 1024
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    calls = []
+    primitive = torch.mkldnn_rnn_layer
+    monkeypatch.setattr(torch, "mkldnn_rnn_layer", lambda *args: calls.append(args[7]) or primitive(*args))
+    torch.manual_seed(4)
+    x = torch.randn(6, 16, 5)
+    for config in ({"num_layers": 2, "bidirectional": True}, {"bias": False}):
+        reference, fast = make_pair("lstm", 5, 64, torch.float32, **config)
+        with torch.no_grad():
+            expected, actual = reference(x), fast(x)
+        for e, a in zip((expected[0], *expected[1]), (actual[0], *actual[1]), strict=True):
+            torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+    assert calls == [False, True, False, True, False]  # the `reverse` flag of each layer-direction
+    calls.clear()
+    reference, fast = make_pair("lstm", 5, 64, torch.float32, proj_size=8)
+    with torch.no_grad():
+        padded = torch.tensor([6] * 15 + [3])
+        fast(x), fast.double()(x.double()), fast.float()(x[:, :8])  # proj, float64, 8 x 64 < 1024
+        plain = rnnkit.LSTM(5, 64)
+        plain(x, lengths=padded), plain(x[:, :15])  # padding, 15 x 64 < 1024
+        assert calls == []
+        torch.backends.mkldnn.enabled = False  # (its flags() context manager warns about TF32)
+        try:
+            plain(x)
+        finally:
+            torch.backends.mkldnn.enabled = True
+        assert calls == []
+        plain(x)
+    assert calls == [False]
+
+
+def test_inference_path_only_without_gradients(monkeypatch):
+    calls = []
+    inference = fused_build.NativeLoops.forward_inference
+    monkeypatch.setattr(fused_build.NativeLoops, "forward_inference", lambda self, *args: calls.append(1) or inference(self, *args))
+    if fused_build.native_loops() is None:
+        pytest.skip(fused_build.status())
+    layer = rnnkit.GRU(3, 8)
+    x = torch.randn(5, 2, 3)
+    y, _ = layer(x)  # parameters require grad: the autograd path
+    assert y.requires_grad and not calls
+    with torch.no_grad():
+        layer(x)
+    assert len(calls) == 1
+    layer.requires_grad_(False)
+    layer(x)  # nothing requires grad, grad mode on
+    assert len(calls) == 2
+    y, _ = layer(x.requires_grad_())  # the input does: autograd again
+    assert y.requires_grad and len(calls) == 2
+
+
 def as_tuple(state):
     return state if isinstance(state, tuple) else (state,)
 
@@ -232,6 +311,8 @@ def test_auto_picks_fused_and_describe_says_why():
     text = engine.describe(layer)
     assert text.startswith("engine='auto': fused ")
     assert ("C++" in text) == (fused_build.native_loops() is not None)
+    assert "oneDNN's LSTM primitive once batch x hidden >= 1024" in text
+    assert "oneDNN" not in engine.describe(rnnkit.GRU(3, 4)) + engine.describe(rnnkit.LSTM(3, 4, proj_size=2))
     assert engine.describe(rnnkit.GRU(3, 4, engine="reference")).startswith("reference")
 
 

@@ -17,6 +17,12 @@ defines the results; faster engines are checked against it.
   ``proj_size``) has its own compiled kernel (:mod:`rnnkit.engine.fused_layer_norm`);
   the other LayerNorm variants, and the LayerNorm LSTM without the build, run
   the hoisted loop (:mod:`rnnkit.engine.hoisted`).
+  For inference (nothing requires a gradient) the compiled path keeps no
+  history: the input projections are computed a few steps at a time into a
+  buffer that stays in cache, and only the output is a full-length buffer.
+  LSTM inference in float32 without padding or ``proj_size`` goes to oneDNN's
+  LSTM primitive (the kernel torch.nn.LSTM runs on CPU) once batch x hidden
+  reaches ``fused.ONEDNN_LSTM_MIN_BATCH_HIDDEN``, where it measured faster.
 
 The stand-alone cells (``rnnkit.RNNCell``, ``LSTMCell``, ``GRUCell``) have no
 engine argument: with autograd they run their readable ``step``; for inference
@@ -67,7 +73,10 @@ def describe(layer=None) -> str:
     if device != "cpu":
         return prefix + f"fused pure-PyTorch loop (the compiled kernel is CPU-only; parameters are on {device})"
     fused_build.native_loops()
-    return prefix + fused_build.status()
+    text = prefix + fused_build.status()
+    if spec is None or (spec.name == "lstm" and not getattr(layer, "proj_size", 0)):
+        text += f"; LSTM inference in float32 without padding: oneDNN's LSTM primitive once batch x hidden >= {fused.ONEDNN_LSTM_MIN_BATCH_HIDDEN}"
+    return text
 
 
 def _device(layer) -> str:

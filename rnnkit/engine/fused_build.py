@@ -53,6 +53,13 @@ class NativeLoops:
     def forward_loop(self, kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
         return self._ops.forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse)
 
+    def forward_inference(self, kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
+        """A whole direction without autograd, from the raw input x: ``(y, h_n, c_n)`` (c_n empty unless LSTM).
+
+        Keeps no history: the input projections are computed a chunk of steps at a time into a small buffer.
+        """
+        return self._ops.forward_inference(kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse)
+
     def backward_loop(self, kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n):
         return self._ops.backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, _contiguous(valid), reverse, dy, dh_n, dc_n)
 

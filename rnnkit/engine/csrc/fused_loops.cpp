@@ -185,9 +185,17 @@ struct Loop {
   T *dgx, *dgh_n, *dh, *dc, *dproj;  // dgh_n: GRU's recurrent-side n gradient δn⊙r (L, N, H)
   int64_t dy_stride[3] = {0, 0, 0};  // (t, n, q)
 
+  // Training keeps every step's state and gates for backward. Inference keeps only what the next
+  // step reads: hs/cs are two alternating slots, hn/hraw one, and `gates` holds the projected
+  // inputs of the current chunk of steps, which starts at step `chunk_start`.
+  bool history = true;
+  int64_t chunk_start = 0;
+
   bool ok(int64_t t, int64_t n) const { return valid == nullptr || valid[t * N + n]; }
-  int64_t before(int64_t t) const { return t + reverse; }
-  int64_t after(int64_t t) const { return t + 1 - reverse; }
+  int64_t slot(int64_t i) const { return history ? i : (i & 1); }
+  int64_t before(int64_t t) const { return slot(t + reverse); }
+  int64_t after(int64_t t) const { return slot(t + 1 - reverse); }
+  int64_t step_slot(int64_t t) const { return history ? t : 0; }
 
   // ---- forward ----
   // The thread's columns of h_{t-1} W_hh^T; `recurrent` holds them packed.
@@ -197,10 +205,10 @@ struct Loop {
 
   void forward_gates(int64_t t, int64_t u0, int64_t u1) const {
     for (int64_t n = 0; n < N; ++n) {
-      T* gate = gates + (t * N + n) * G * H;
+      T* gate = gates + ((t - chunk_start) * N + n) * G * H;
       const T* rec = scratch + n * G * H;
       const T* h_prev = hs + (before(t) * N + n) * Hout;
-      T* h_new = proj ? hraw + (t * N + n) * H : hs + (after(t) * N + n) * Hout;
+      T* h_new = proj ? hraw + (step_slot(t) * N + n) * H : hs + (after(t) * N + n) * Hout;
       T* y_row = y + (t * N + n) * Hout;
       const bool keep = ok(t, n);
       if (kind == LSTM) {
@@ -232,7 +240,7 @@ struct Loop {
           for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0);
           continue;
         }
-        T* hn_row = hn + (t * N + n) * H;
+        T* hn_row = hn + (step_slot(t) * N + n) * H;
 #pragma omp simd
         for (int64_t u = u0; u < u1; ++u) {
           const T r = sigmoid(gate[u] + rec[u]);
@@ -265,7 +273,7 @@ struct Loop {
   void forward_projection(int64_t t, int64_t p0, int64_t p1, const Panels<T>& projection) const {
     T* h_new = hs + after(t) * N * Hout;
     const T* h_prev = hs + before(t) * N * Hout;
-    gemm_panels(hraw + t * N * H, H, projection, h_new, Hout, N, false);
+    gemm_panels(hraw + step_slot(t) * N * H, H, projection, h_new, Hout, N, false);
     for (int64_t n = 0; n < N; ++n) {
       T* y_row = y + (t * N + n) * Hout;
       const bool keep = ok(t, n);
@@ -415,6 +423,49 @@ void drive_forward(const Loop<T>& loop, const at::TensorOptions& options) {
   }
 }
 
+// Inference: no history to keep, so the input projections are computed a chunk of steps at a
+// time, by each thread for its own gate columns (no barrier: a thread's gate math reads only
+// its own columns), into a buffer small enough to stay in cache until the steps read it. Only
+// the output is a full (L, N, H_out) buffer: nothing of the size of all steps' gates is
+// allocated (at B=64, T=256, H=512 that is 134 MB, and its first-touch page faults cost more
+// than the projection GEMM itself).
+template <typename T>
+void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih, const T* bias, int64_t chunk,
+                     const at::TensorOptions& options) {
+  const int64_t L = shared.L, N = shared.N, H = shared.H, Hout = shared.Hout, G = shared.G, GH = G * H;
+#pragma omp parallel num_threads(thread_count(H))
+  {
+    Loop<T> loop = shared;  // each thread moves its own chunk_start
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    const auto [u0, u1] = slice(H, nt, tid);
+    const auto [p0, p1] = slice(Hout, nt, tid);
+    std::vector<std::pair<int64_t, int64_t>> columns;
+    for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
+    const Panels<T> input(w_ih, 1, I, I, columns, options);
+    const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, columns, options);
+    const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, 1, H, H, {{p0, p1}}, options) : Panels<T>();
+    const int64_t chunks = (L + chunk - 1) / chunk;
+    for (int64_t k = 0; k < chunks; ++k) {
+      const int64_t c0 = (loop.reverse ? chunks - 1 - k : k) * chunk, c1 = std::min(L, c0 + chunk);
+      loop.chunk_start = c0;
+      for (int64_t row = 0; row < (c1 - c0) * N; ++row)
+        for (const auto& [g0, g1] : columns)
+          for (int64_t j = g0; j < g1; ++j) loop.gates[row * GH + j] = bias ? bias[j] : T(0);
+      gemm_panels(x + c0 * N * I, I, input, loop.gates, GH, (c1 - c0) * N, true);
+      for (int64_t s = 0; s < c1 - c0; ++s) {
+        const int64_t t = loop.reverse ? c1 - 1 - s : c0 + s;
+        loop.forward_gemm(t, recurrent);
+        loop.forward_gates(t, u0, u1);
+#pragma omp barrier
+        if (loop.proj) {
+          loop.forward_projection(t, p0, p1, projection);
+#pragma omp barrier
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 void drive_backward(const Loop<T>& loop, const at::TensorOptions& options) {
   const int64_t L = loop.L, H = loop.H, Hout = loop.Hout, G = loop.G;
@@ -471,6 +522,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
     drive_forward(loop, xp.options());
   });
   return {y, hs, cs, hn, hraw};
+}
+
+// Steps per chunk of the inference loop: about 256K projected values (1 MB in float32).
+int64_t inference_chunk(int64_t N, int64_t GH) { return N * GH == 0 ? 1 : std::max<int64_t>(1, (int64_t(1) << 18) / (N * GH)); }
+
+// Inference over a whole sequence from the raw input: returns (y, h_n, c_n), c_n empty but for the LSTM.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_inference(
+    int64_t kind, at::Tensor x, at::Tensor w_ih, std::optional<at::Tensor> bias, at::Tensor h0, at::Tensor c0,
+    at::Tensor w_hh, std::optional<at::Tensor> b_hn, std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid,
+    bool reverse) {
+  const int64_t L = x.size(0), N = x.size(1), I = x.size(2), GH = w_hh.size(0), Hout = h0.size(1);
+  const bool proj = w_hr.has_value();
+  const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
+  const int64_t chunk = std::max<int64_t>(1, std::min(L, inference_chunk(N, GH)));
+  at::Tensor y = at::empty({L, N, Hout}, x.options());
+  at::Tensor hs = at::empty({2, N, Hout}, x.options());  // slots: step index & 1
+  hs.select(0, reverse ? L & 1 : 0).copy_(h0);
+  at::Tensor cs = empty_like_or_none(x, {2, N, H}, kind == LSTM);
+  if (kind == LSTM) cs.select(0, reverse ? L & 1 : 0).copy_(c0);
+  at::Tensor hn = empty_like_or_none(x, {1, N, H}, kind == GRU);
+  at::Tensor hraw = empty_like_or_none(x, {1, N, H}, proj);
+  at::Tensor projected = at::empty({chunk, N, GH}, x.options());
+  at::Tensor scratch = at::empty({N, GH}, x.options());
+  at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn), bias_t = ptr_source(bias);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_fused_inference", [&] {
+    Loop<scalar_t> loop{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid_t),
+                        projected.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
+                        cs.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>(), hraw.data_ptr<scalar_t>(),
+                        w_hh.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(b_hn_t),
+                        proj ? w_hr->const_data_ptr<scalar_t>() : nullptr,
+                        scratch.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+    loop.history = false;
+    drive_inference(loop, x.const_data_ptr<scalar_t>(), I, w_ih.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias_t),
+                    chunk, x.options());
+  });
+  const int64_t final_slot = reverse ? 0 : L & 1;
+  return {y, hs.select(0, final_slot), kind == LSTM ? cs.select(0, final_slot) : cs};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_loop(
@@ -842,5 +930,6 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)", &cell_step);
   m.def("layer_norm_lstm_forward(Tensor xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", &layer_norm_lstm_forward);
   m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", &layer_norm_lstm_backward);
+  m.def("forward_inference(int kind, Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)", &forward_inference);
   m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &backward_loop);
 }
