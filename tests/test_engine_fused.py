@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 from rnnkit import engine
-from rnnkit.engine import fused, fused_build, fused_loops
+from rnnkit.engine import fused, fused_build, fused_loops, gemm
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 FAMILIES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
@@ -367,12 +367,16 @@ def test_input_projection_gemm_is_a_fixed_choice_of_shape(monkeypatch, rows, inn
     if not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
     calls = []
-    for name, kernel in (("onednn", fused._mkldnn_linear), ("mkl", fused._addmm_linear)):
-        monkeypatch.setattr(fused, kernel.__name__, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    for name, kernel in (("onednn", gemm.mkldnn_linear), ("mkl", gemm.addmm_linear)):
+        monkeypatch.setattr(gemm, kernel.__name__, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
     generator = torch.Generator().manual_seed(0)
     x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((rows, inner), (outer, inner), (outer,)))
-    first, second = fused._linear(x, weight, bias), fused._linear(x, weight, bias)
+    first, second = gemm.linear(x, weight, bias), gemm.linear(x, weight, bias)
     assert calls == [expected, expected]
     assert torch.equal(first, second)
     torch.testing.assert_close(first, torch.addmm(bias, x, weight.t()), rtol=1e-5, atol=1e-4)
-    assert fused._linear(x.double(), weight.double(), bias.double()).dtype == torch.float64 and calls[-1] == "mkl"
+    assert gemm.linear(x.double(), weight.double(), bias.double()).dtype == torch.float64 and calls[-1] == "mkl"
+    weight.requires_grad_()  # oneDNN's op has no autograd formula: a recorded product must take addmm
+    gemm.linear(x, weight, bias).sum().backward()
+    assert calls[-1] == "mkl"
+    torch.testing.assert_close(weight.grad, x.sum(0).expand_as(weight), rtol=1e-4, atol=1e-3)

@@ -191,6 +191,23 @@ def test_compiled_loop_matches_reference_with_every_option(case, monkeypatch):
     assert len(calls) == 2 * stacked  # float64 and float32: every layer and direction ran the kernel
 
 
+def test_input_side_gradients_at_a_size_where_the_projection_would_use_onednn():
+    # 128 rows x 128 inputs x 1024 gates is above the oneDNN threshold of gemm.linear; oneDNN's op has no
+    # autograd formula, so the input side (recorded by autograd) must still produce x's and W_ih's gradients.
+    # Compared as the float32 test above: each result as close to the float64 reference, on average, as the
+    # float32 reference is (a missing gradient would be off by its whole size).
+    torch.manual_seed(11)
+    layers = {(engine, dtype): rnnkit.LSTM(128, 256, layer_norm=True, engine=engine, dtype=dtype)
+              for engine, dtype in (("reference", torch.float64), ("reference", torch.float32), ("fused", torch.float32))}  # fmt: skip
+    for layer in layers.values():
+        layer.load_state_dict(layers["reference", torch.float64].state_dict())
+    x, hx = torch.randn(8, 16, 128, dtype=torch.float64), (torch.zeros(1, 16, 256, dtype=torch.float64),) * 2
+    truth, expected, actual = (_outputs_and_gradients(layer, x, hx, None, key[1]) for key, layer in layers.items())
+    for index, (exact, e, a) in enumerate(zip(truth, expected, actual, strict=True)):
+        reference_error, fused_error = ((t.double() - exact).abs().mean().item() for t in (e, a))
+        assert fused_error <= 1.5 * reference_error + 1e-7, f"item {index}: mean error {fused_error:.2e} against the reference's {reference_error:.2e}"
+
+
 def test_layer_norm_lstm_without_the_kernel_runs_the_hoisted_loop(monkeypatch):
     monkeypatch.setattr(fused_build, "native_loops", lambda: None)
     layer = rnnkit.LSTM(3, 5, layer_norm=True, engine="fused", dtype=torch.float64)

@@ -59,41 +59,8 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit.cells.base import CellSpec, CellWeights, State
 from rnnkit.engine import fused_build, fused_layer_norm, fused_loops, hoisted, reference
+from rnnkit.engine.gemm import linear, matmul
 from rnnkit.engine.fused_loops import GRU, KINDS, LSTM
-
-
-def _matmul(a: Tensor, b: Tensor) -> Tensor:
-    return a @ b
-
-
-def _mkldnn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "none", [], "")
-
-
-def _addmm_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
-
-
-# oneDNN's matmul beats MKL's addmm on this kind of CPU once the product is large and its inner
-# dimension wide enough to feed AVX-512; below that its per-call setup costs more than it saves.
-# Thresholds from a sweep of the engine's shapes (configs A-C and the tasks'), idle 2-core AMD EPYC:
-# oneDNN 1.1-1.7x faster at K >= 128 and >= 16 MFLOP, 0.3-0.9x on smaller or narrower products.
-_ONEDNN_MIN_INNER = 128
-_ONEDNN_MIN_FLOPS = 1 << 24
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x W^T + b`` with the GEMM that is faster for its shape: oneDNN or MKL (torch.addmm).
-
-    On AMD CPUs MKL takes its AVX2 path while oneDNN uses AVX-512. The choice is
-    a fixed rule of the shape, never a timing taken at run time, so that two runs
-    compute the same numbers. oneDNN takes float32 only.
-    """
-    rows, inner = x.shape
-    large = inner >= _ONEDNN_MIN_INNER and 2 * rows * inner * weight.shape[0] >= _ONEDNN_MIN_FLOPS
-    if large and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        return _mkldnn_linear(x, weight, bias)
-    return _addmm_linear(x, weight, bias)
 
 
 class FusedRecurrence(torch.autograd.Function):
@@ -106,7 +73,7 @@ class FusedRecurrence(torch.autograd.Function):
         hidden = w_ih.shape[0] // (4 if kind == LSTM else 3 if kind == GRU else 1)
         bias, b_hn = _folded_bias(kind, b_ih, b_hh, hidden)
         x2d = x.reshape(length * batch, x.shape[2])
-        xp = _linear(x2d, w_ih, bias).view(length, batch, gate_size)
+        xp = linear(x2d, w_ih, bias).view(length, batch, gate_size)
         if c0 is None:
             c0 = x.new_empty(0)
         y, hs, cs, hn, hraw = loops.forward_loop(kind, xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), b_hn, None if w_hr is None else w_hr.contiguous(), valid, reverse)
@@ -138,17 +105,17 @@ class FusedRecurrence(torch.autograd.Function):
         steps = length * batch
         dgx2d = dgx.view(steps, dgx.shape[2])
         need = ctx.needs_input_grad
-        dx = _linear(dgx2d, w_ih.t(), None).view_as(x) if need[4] else None
-        dw_ih = _matmul(dgx2d.t(), x.reshape(steps, x.shape[2])) if need[5] else None
+        dx = linear(dgx2d, w_ih.t(), None).view_as(x) if need[4] else None
+        dw_ih = matmul(dgx2d.t(), x.reshape(steps, x.shape[2])) if need[5] else None
         h_prev = hs[reverse : length + reverse].view(steps, hs.shape[2])
         # GRU's recurrent-side gradient is [δr δz] (shared with dgx) then δn⊙r (dgh_n).
         recurrent_parts = [dgx2d] if kind != GRU else [dgx2d[:, : 2 * dgh_n.shape[2]], dgh_n.view(steps, dgh_n.shape[2])]
-        dw_hh = torch.cat([_matmul(part.t(), h_prev) for part in recurrent_parts]) if need[6] else None
+        dw_hh = torch.cat([matmul(part.t(), h_prev) for part in recurrent_parts]) if need[6] else None
         db_ih = db_hh = None
         if ctx.has_bias:
             db_ih = dgx2d.sum(0)
             db_hh = db_ih.clone() if kind != GRU else torch.cat([part.sum(0) for part in recurrent_parts])
-        dw_hr = _matmul(dproj.view(steps, dproj.shape[2]).t(), hraw.view(steps, hraw.shape[2])) if w_hr is not None and need[9] else None
+        dw_hr = matmul(dproj.view(steps, dproj.shape[2]).t(), hraw.view(steps, hraw.shape[2])) if w_hr is not None and need[9] else None
         return None, None, None, None, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if ctx.lstm else None
 
 

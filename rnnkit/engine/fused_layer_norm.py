@@ -31,11 +31,13 @@ when the C++ kernel is built; everything else runs the hoisted loop.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.cells.base import CellSpec, CellWeights, State
+from rnnkit.cells.base import LAYER_NORM_EPS, CellSpec, CellWeights, State
 from rnnkit.engine import fused_build
+from rnnkit.engine.gemm import linear
 
 
 class FusedLayerNormLSTM(torch.autograd.Function):
@@ -43,8 +45,12 @@ class FusedLayerNormLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, ops, reverse, valid, xp, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
-        y, hs, cs, gates, ahat, chat, rstd = ops.layer_norm_lstm_forward(
-            xp.contiguous(), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), gain_hh.contiguous(),
+        # xp is a temporary of run_direction that only this node reads (the LayerNorm that made it
+        # saved its input, not its output): the kernel overwrites it with the gate activations,
+        # which saves allocating, and page-faulting in, another (L, N, 4H) buffer.
+        gates = xp.contiguous()
+        y, hs, cs, ahat, chat, rstd = ops.layer_norm_lstm_forward(
+            gates, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), gain_hh.contiguous(),
             gain_cell.contiguous(), bias_cell.contiguous(), valid, reverse,
         )  # fmt: skip
         ctx.ops, ctx.reverse = ops, reverse
@@ -80,10 +86,13 @@ def supports(spec: CellSpec, x: Tensor, weights: CellWeights) -> bool:
 
 def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`, for a call :func:`supports` covers."""
-    xp = spec.project_input(x, weights)  # LN(W_ih x)γ_ih + b_ih, every step at once
-    if weights.bias_hh is not None:
-        xp = xp + weights.bias_hh  # b_hh is added after the recurrent LayerNorm, so it folds in here
     norm = weights.layer_norm
+    length, batch, features = x.shape
+    projected = linear(x.reshape(length * batch, features), weights.weight_ih, None)
+    # spec.project_input's LN(W_ih x)γ_ih + b_ih, plus b_hh, which is added after the recurrent LayerNorm and
+    # so folds in here, all as one layer_norm call: each extra op would be another (L, N, 4H) pass and buffer.
+    bias = None if weights.bias_ih is None else weights.bias_ih + weights.bias_hh
+    xp = F.layer_norm(projected, (projected.shape[1],), norm.gain_ih, bias, LAYER_NORM_EPS).view(length, batch, -1)
     y, h_n, c_n = FusedLayerNormLSTM.apply(
         fused_build.native_loops(), reverse, valid, xp, weights.weight_hh, norm.gain_hh, norm.gain_cell, norm.bias_cell, *state
     )

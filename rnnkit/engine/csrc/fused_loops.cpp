@@ -668,7 +668,7 @@ struct NormLoop {
   int64_t L, N, H;
   bool reverse;
   const bool* valid;
-  const T* xp;                          // (L, N, 4H) LN(W_ih x)γ_ih + b_ih + b_hh
+  const T* xp;                          // (L, N, 4H) LN(W_ih x)γ_ih + b_ih + b_hh; the forward overwrites it with `gates`
   T *gates, *y, *hs, *cs, *ahat, *chat, *rstd;  // rstd: (L, N, 2) for W_hh h and c
   const T *w_hh, *gain_hh, *gain_cell, *bias_cell;
   T *scratch, *scratch_c;               // (N, 4H) and (N, H)
@@ -874,14 +874,17 @@ void drive_norm(NormLoop<T> loop, bool backward, const at::TensorOptions& option
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward(
+// xp is overwritten with the gate activations (the backward's `gates`). Without padding the
+// output y is a view of hs, as in forward_loop.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward(
     at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor gain_hh, at::Tensor gain_cell, at::Tensor bias_cell,
     std::optional<at::Tensor> valid, bool reverse) {
   const int64_t L = xp.size(0), N = xp.size(1), H = h0.size(1);
   at::Tensor hs = at::empty({L + 1, N, H}, xp.options()), cs = at::empty({L + 1, N, H}, xp.options());
   hs.select(0, reverse ? L : 0).copy_(h0);
   cs.select(0, reverse ? L : 0).copy_(c0);
-  at::Tensor y = at::empty({L, N, H}, xp.options()), gates = at::empty_like(xp), ahat = at::empty_like(xp);
+  at::Tensor y = valid.has_value() ? at::empty({L, N, H}, xp.options()) : hs.narrow(0, reverse ? 0 : 1, L);
+  at::Tensor gates = xp, ahat = at::empty_like(xp);
   at::Tensor chat = at::empty({L, N, H}, xp.options()), rstd = at::empty({L, N, 2}, xp.options());
   at::Tensor scratch = at::empty({N, 4 * H}, xp.options());
   at::Tensor valid_t = ptr_source(valid);
@@ -894,7 +897,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                             scratch.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, thread_count(H)};
     drive_norm(loop, false, xp.options());
   });
-  return {y, hs, cs, gates, ahat, chat, rstd};
+  return {y, hs, cs, ahat, chat, rstd};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_backward(
@@ -928,7 +931,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &forward_loop);
   m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)", &cell_step);
-  m.def("layer_norm_lstm_forward(Tensor xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", &layer_norm_lstm_forward);
+  m.def("layer_norm_lstm_forward(Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", &layer_norm_lstm_forward);
   m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", &layer_norm_lstm_backward);
   m.def("forward_inference(int kind, Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)", &forward_inference);
   m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &backward_loop);

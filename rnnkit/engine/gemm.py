@@ -1,0 +1,47 @@
+"""The GEMMs that span all time steps: ``x W^T + b`` with the faster library for the shape.
+
+On this kind of CPU (AMD, AVX-512) MKL takes its AVX2 path while oneDNN's
+matmul uses AVX-512, so oneDNN wins on large products and MKL on small ones.
+The choice is a fixed rule of the shape (see :func:`linear`), never a timing
+taken at run time, so that two runs compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    """A weight gradient ``a @ b`` (MKL handles the transposed operands without a copy)."""
+    return a @ b
+
+
+def mkldnn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "none", [], "")
+
+
+def addmm_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
+
+
+# oneDNN's matmul beats MKL's addmm on this kind of CPU once the product is large and its inner
+# dimension wide enough to feed AVX-512; below that its per-call setup costs more than it saves.
+# Thresholds from a sweep of the engine's shapes (configs A-C and the tasks'), idle 2-core AMD EPYC:
+# oneDNN 1.1-1.7x faster at K >= 128 and >= 16 MFLOP, 0.3-0.9x on smaller or narrower products.
+ONEDNN_MIN_INNER = 128
+ONEDNN_MIN_FLOPS = 1 << 24
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x W^T + b`` by oneDNN or MKL (torch.addmm), whichever the shape rule above picks.
+
+    oneDNN takes float32 only, and its op has no autograd formula (gradients would silently
+    stop there), so a product that autograd records always goes to torch.addmm.
+    """
+    rows, inner = x.shape
+    large = inner >= ONEDNN_MIN_INNER and 2 * rows * inner * weight.shape[0] >= ONEDNN_MIN_FLOPS
+    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if large and not recorded and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        return mkldnn_linear(x, weight, bias)
+    return addmm_linear(x, weight, bias)
