@@ -177,17 +177,23 @@ def test_public_api_is_declared():
     assert all(hasattr(rnnkit, name) for name in rnnkit.__all__)
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
-@pytest.mark.parametrize("family,kwargs", [f for f in FAMILIES if f.values[0] is not rnnkit.LSTM])
-def test_output_may_be_modified_in_place_before_backward_like_torch(family, kwargs, engine):
-    """torch.nn's RNN and GRU allow ``out += residual``-style edits before backward; so must rnnkit's."""
-    layer = family(3, 5, engine=engine, **kwargs)
+@pytest.mark.parametrize("family,kwargs", FAMILIES)
+def test_output_may_be_modified_in_place_before_backward_like_torch(family, kwargs, engine, batch_first):
+    """torch.nn's RNN and GRU allow ``out += residual``-style edits before backward; so do all of rnnkit's layers.
+
+    The fused engine's output shares memory with the states its backward reads; an edit makes it recompute them.
+    """
+    torch.manual_seed(0)
+    layer = family(3, 5, engine=engine, batch_first=batch_first, **kwargs)
     x = torch.randn(4, 2, 3, requires_grad=True)
     out, _ = layer(x)
     out.mul_(2.0)
     out.sum().backward()
-    expected = torch.autograd.grad(2.0 * layer(x)[0].sum(), x)[0]
-    torch.testing.assert_close(x.grad, expected)
+    expected = torch.autograd.grad(2.0 * layer(x)[0].sum(), [x, *layer.parameters()])
+    for actual, wanted in zip([x.grad, *(p.grad for p in layer.parameters())], expected, strict=True):
+        torch.testing.assert_close(actual, wanted)
 
 
 # -- one step per call without autograd: RecurrentLayer._inference_step -----------------------------

@@ -68,19 +68,15 @@ class FusedRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-        length, batch, _ = x.shape
-        gate_size = w_hh.shape[0]
-        hidden = w_ih.shape[0] // (4 if kind == LSTM else 3 if kind == GRU else 1)
-        bias, b_hn = _folded_bias(kind, b_ih, b_hh, hidden)
-        x2d = x.reshape(length * batch, x.shape[2])
-        xp = linear(x2d, w_ih, bias).view(length, batch, gate_size)
-        if c0 is None:
-            c0 = x.new_empty(0)
-        y, hs, cs, hn, hraw = loops.forward_loop(kind, xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), b_hn, None if w_hr is None else w_hr.contiguous(), valid, reverse)
-        final = (length, 0)[reverse]
+        xp, y, hs, cs, hn, hraw = _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+        final = (x.shape[0], 0)[reverse]
         ctx.kind, ctx.loops, ctx.reverse, ctx.has_bias, ctx.lstm = kind, loops, reverse, b_ih is not None, kind == LSTM
         gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
-        ctx.save_for_backward(valid, x, w_ih, w_hh, w_hr, gates, hs, cs, hn, hraw)
+        ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, gates, hs, cs, hn, hraw)
+        # The compiled kernel's y may share hs's memory (one (L, N, H) buffer less), and torch.nn's RNN and GRU let
+        # callers edit their output in place before backward (`out += residual`): y.detach() shares y's version
+        # counter, so backward can tell whether hs was overwritten that way, and then recompute it.
+        ctx.output, ctx.output_version = y.detach(), y._version
         if kind == LSTM:
             return y, hs[final].clone(), cs[final].clone()
         return y, hs[final].clone()
@@ -93,7 +89,12 @@ class FusedRecurrence(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, dy, dh_n, dc_n):
-        valid, x, w_ih, w_hh, w_hr, gates, hs, cs, hn, hraw = ctx.saved_tensors
+        valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, gates, hs, cs, hn, hraw = ctx.saved_tensors
+        if ctx.output._version != ctx.output_version and ctx.output.untyped_storage().data_ptr() == hs.untyped_storage().data_ptr():
+            # the output, which is the states, was edited in place: run them once more, from the untouched h_0
+            start = (0, x.shape[0])[ctx.reverse]
+            h0, c0 = hs[start], cs[start] if ctx.lstm else None
+            hs = _forward(ctx.kind, ctx.loops, ctx.reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)[2]
         kind, reverse = ctx.kind, ctx.reverse
         length, batch, _ = x.shape
         if dc_n is None:
@@ -117,6 +118,17 @@ class FusedRecurrence(torch.autograd.Function):
             db_hh = db_ih.clone() if kind != GRU else torch.cat([part.sum(0) for part in recurrent_parts])
         dw_hr = matmul(dproj.view(steps, dproj.shape[2]).t(), hraw.view(steps, hraw.shape[2])) if w_hr is not None and need[9] else None
         return None, None, None, None, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if ctx.lstm else None
+
+
+def _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+    """The input projections of every step in one GEMM, then the loop kernel: ``xp`` (now the gates), y, hs, cs, hn, hraw."""
+    length, batch, _ = x.shape
+    hidden = w_ih.shape[0] // (4 if kind == LSTM else 3 if kind == GRU else 1)
+    bias, b_hn = _folded_bias(kind, b_ih, b_hh, hidden)
+    xp = linear(x.reshape(length * batch, x.shape[2]), w_ih, bias).view(length, batch, w_hh.shape[0])
+    c0 = x.new_empty(0) if c0 is None else c0.contiguous()
+    w_hr = None if w_hr is None else w_hr.contiguous()
+    return xp, *loops.forward_loop(kind, xp, h0.contiguous(), c0, w_hh.contiguous(), b_hn, w_hr, valid, reverse)
 
 
 def _folded_bias(kind: int, b_ih: Tensor | None, b_hh: Tensor | None, hidden: int):

@@ -500,11 +500,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
   at::Tensor hs = at::empty({L + 1, N, Hout}, xp.options());
-  // An LSTM without padding or projection outputs exactly the states it saves: y is a view of hs,
-  // one (L, N, H) buffer less (the loop's writes to y repeat its writes to hs). Only the LSTM:
-  // editing y in place then fails, as it does for torch.nn.LSTM, while torch.nn's RNN and GRU allow it.
-  const bool alias = kind == LSTM && !valid.has_value() && !proj;
-  at::Tensor y = alias ? hs.narrow(0, reverse ? 0 : 1, L) : at::empty({L, N, Hout}, xp.options());
+  // Without padding or projection the output is exactly the states it saves: y shares hs's memory,
+  // one (L, N, H) buffer less (the loop's writes to y repeat its writes to hs). It is not a view
+  // (autograd forbids in-place edits of a view returned by a multi-output Function, and torch.nn's
+  // RNN and GRU allow them); fused.py watches y's version and recomputes hs if y was edited.
+  const bool alias = !valid.has_value() && !proj;
+  at::Tensor y = alias ? at::empty({0}, xp.options()).set_(hs.storage(), hs.storage_offset() + (reverse ? 0 : N * Hout), {L, N, Hout}, {N * Hout, Hout, 1})
+                       : at::empty({L, N, Hout}, xp.options());
   hs.select(0, reverse ? L : 0).copy_(h0);
   at::Tensor cs = empty_like_or_none(xp, {L + 1, N, H}, kind == LSTM);
   if (kind == LSTM) cs.select(0, reverse ? L : 0).copy_(c0);
