@@ -284,6 +284,19 @@ struct Loop {
     }
   }
 
+  // One step by one thread of the parallel region: its units' GEMM columns and gates, its output columns
+  // of the projection; the barriers (orphaned: they bind to the caller's region) publish h_t to all threads.
+  void forward_step(int64_t t, int64_t u0, int64_t u1, int64_t p0, int64_t p1, const Panels<T>& recurrent,
+                    const Panels<T>& projection) const {
+    forward_gemm(t, recurrent);
+    forward_gates(t, u0, u1);
+#pragma omp barrier
+    if (proj) {
+      forward_projection(t, p0, p1, projection);
+#pragma omp barrier
+    }
+  }
+
   // ---- backward ----
   // dh += dy_t on output columns [q0, q1); with projection, also record dh_t for dW_hr.
   void backward_collect(int64_t t, int64_t q0, int64_t q1) const {
@@ -410,16 +423,7 @@ void drive_forward(const Loop<T>& loop, const at::TensorOptions& options) {
     for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
     const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, columns, options);
     const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, 1, H, H, {{p0, p1}}, options) : Panels<T>();
-    for (int64_t s = 0; s < L; ++s) {
-      const int64_t t = loop.reverse ? L - 1 - s : s;
-      loop.forward_gemm(t, recurrent);
-      loop.forward_gates(t, u0, u1);
-#pragma omp barrier
-      if (loop.proj) {
-        loop.forward_projection(t, p0, p1, projection);
-#pragma omp barrier
-      }
-    }
+    for (int64_t s = 0; s < L; ++s) loop.forward_step(loop.reverse ? L - 1 - s : s, u0, u1, p0, p1, recurrent, projection);
   }
 }
 
@@ -452,16 +456,7 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
         for (const auto& [g0, g1] : columns)
           for (int64_t j = g0; j < g1; ++j) loop.gates[row * GH + j] = bias ? bias[j] : T(0);
       gemm_panels(x + c0 * N * I, I, input, loop.gates, GH, (c1 - c0) * N, true);
-      for (int64_t s = 0; s < c1 - c0; ++s) {
-        const int64_t t = loop.reverse ? c1 - 1 - s : c0 + s;
-        loop.forward_gemm(t, recurrent);
-        loop.forward_gates(t, u0, u1);
-#pragma omp barrier
-        if (loop.proj) {
-          loop.forward_projection(t, p0, p1, projection);
-#pragma omp barrier
-        }
-      }
+      for (int64_t s = 0; s < c1 - c0; ++s) loop.forward_step(loop.reverse ? c1 - 1 - s : c0 + s, u0, u1, p0, p1, recurrent, projection);
     }
   }
 }
@@ -493,6 +488,18 @@ void drive_backward(const Loop<T>& loop, const at::TensorOptions& options) {
   }
 }
 
+// A forward Loop over these buffers: `gates` holds the projected inputs (L, N, G*H), y is (L, N, H_out).
+template <typename T>
+Loop<T> forward_state(int64_t kind, int64_t G, bool proj, bool reverse, const at::Tensor& valid, const at::Tensor& gates,
+                      const at::Tensor& y, const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& hn, const at::Tensor& hraw,
+                      const at::Tensor& w_hh, const at::Tensor& b_hn, const std::optional<at::Tensor>& w_hr, const at::Tensor& scratch) {
+  const int64_t L = y.size(0), N = y.size(1), Hout = y.size(2), H = w_hh.size(0) / G;
+  return Loop<T>{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid), gates.data_ptr<T>(), y.data_ptr<T>(),
+                 hs.data_ptr<T>(), cs.data_ptr<T>(), hn.data_ptr<T>(), hraw.data_ptr<T>(), w_hh.const_data_ptr<T>(),
+                 data_or_null<T>(b_hn), proj ? w_hr->const_data_ptr<T>() : nullptr, scratch.data_ptr<T>(),
+                 nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_loop(
     int64_t kind, at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, std::optional<at::Tensor> b_hn,
     std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse) {
@@ -515,13 +522,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   at::Tensor scratch = at::empty({N, GH}, xp.options());
   at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_fused_forward", [&] {
-    Loop<scalar_t> loop{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid_t),
-                        xp.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
-                        cs.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>(), hraw.data_ptr<scalar_t>(),
-                        w_hh.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(b_hn_t),
-                        proj ? w_hr->const_data_ptr<scalar_t>() : nullptr,
-                        scratch.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
-    drive_forward(loop, xp.options());
+    drive_forward(forward_state<scalar_t>(kind, G, proj, reverse, valid_t, xp, y, hs, cs, hn, hraw, w_hh, b_hn_t, w_hr, scratch), xp.options());
   });
   return {y, hs, cs, hn, hraw};
 }
@@ -549,12 +550,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_inference(
   at::Tensor scratch = at::empty({N, GH}, x.options());
   at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn), bias_t = ptr_source(bias);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_fused_inference", [&] {
-    Loop<scalar_t> loop{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid_t),
-                        projected.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
-                        cs.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>(), hraw.data_ptr<scalar_t>(),
-                        w_hh.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(b_hn_t),
-                        proj ? w_hr->const_data_ptr<scalar_t>() : nullptr,
-                        scratch.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+    auto loop = forward_state<scalar_t>(kind, G, proj, reverse, valid_t, projected, y, hs, cs, hn, hraw, w_hh, b_hn_t, w_hr, scratch);
     loop.history = false;
     drive_inference(loop, x.const_data_ptr<scalar_t>(), I, w_ih.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias_t),
                     chunk, x.options());
