@@ -50,18 +50,23 @@ def test_cell_matches_torch(cls, kwargs, dtype, with_hx, batched, bias):
         assert_close(a, b, dtype, "gradient")
 
 
+@pytest.mark.parametrize("size", ["small", "large", "strided"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cls,kwargs", CELLS)
-def test_inference_step_matches_the_reference_step_and_torch(cls, kwargs, dtype, batched, bias):
+def test_inference_step_matches_the_reference_step_and_torch(cls, kwargs, dtype, batched, bias, size):
     # Under no_grad a cell takes the compiled one-step kernel when it is built; the reference is its own step().
+    # Its small products are computed in place, large ones (over 2^18 multiply-adds) and strided inputs by ATen.
     torch.manual_seed(4)
-    cell = cls(5, 7, bias=bias, dtype=dtype, **kwargs)
+    inputs, hidden, rows = (300, 200, 16) if size == "large" else (5, 7, 3)
+    cell = cls(inputs, hidden, bias=bias, dtype=dtype, **kwargs)
     twin = _twin(cell, kwargs, dtype)
-    batch = (3,) if batched else ()
-    x = torch.randn(*batch, 5, dtype=dtype) * 3  # large enough to reach the gates' saturated tails
-    state = tuple(torch.randn(*batch, 7, dtype=dtype) for _ in range(cell.spec.state_count))
+    batch = (rows,) if batched else ()
+    x = torch.randn(*batch, inputs, dtype=dtype) * 3  # large enough to reach the gates' saturated tails
+    if size == "strided":
+        x = torch.randn(inputs, rows, dtype=dtype).t()[0 if not batched else slice(None)] * 3
+    state = tuple(torch.randn(*batch, hidden, dtype=dtype) for _ in range(cell.spec.state_count))
     hx = state[0] if len(state) == 1 else state
     with torch.no_grad():
         compiled = cell._compiled_step(x, state)
