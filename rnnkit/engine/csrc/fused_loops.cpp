@@ -7,7 +7,7 @@
 // The whole time loop runs inside one OpenMP region: each thread owns a slice of hidden units,
 // computes the GEMM columns of exactly those units with the register-blocked kernel below
 // (its weight columns packed once per call into contiguous panels), then their gate math.
-// Threads meet at one barrier per step (two with an LSTM projection); there is no per-step
+// Threads meet at one spinning barrier per step (two with an LSTM projection); there is no per-step
 // dispatch, allocation or fork/join. Measured faster than a library GEMM per step
 // (at::mm_out, MKL) at every batch size tried, 1 to 64.
 // Only headers needed are included: <torch/extension.h> alone takes ~25 s to compile.
@@ -23,15 +23,67 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <tuple>
 #include <vector>
 
 namespace {
 
 enum Kind : int64_t { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
+
+// The barrier between the steps of a loop. libgomp's `omp barrier` lets a waiting thread sleep in
+// the kernel after a short spin (a short one when it counts more threads than CPUs, as with
+// PyTorch's pool and ours), and on a VM each wake-up costs tens of microseconds: at B=32, H=256 that
+// made the loops up to 1.5x slower in about half of the runs. This one spins with a pause and only
+// yields the CPU after a long wait, so an oversubscribed machine still makes progress.
+class StepBarrier {
+ public:
+  void reset(int threads) {
+    threads_ = threads;
+    arrived_.store(0, std::memory_order_relaxed);
+  }
+  void wait() {
+    if (threads_ <= 1) return;
+    const unsigned generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);  // publishes every thread's writes before the barrier
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < kSpins)
+        relax();
+      else
+        std::this_thread::yield();
+    }
+  }
+
+ private:
+  static constexpr int kSpins = 1 << 14;  // ~0.3 ms of pauses
+  static void relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  std::atomic<int> arrived_{0};
+  std::atomic<unsigned> generation_{0};
+  int threads_ = 1;
+};
+
+// body(tid, threads) on a team of up to `threads` OpenMP threads that share `barrier`.
+template <typename Body>
+void run_team(int threads, StepBarrier& barrier, const Body& body) {
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp single
+    barrier.reset(omp_get_num_threads());  // the team may be smaller than asked (nested regions)
+    body(omp_get_thread_num(), omp_get_num_threads());
+  }
+}
 
 // Gate functions are forced inline so that the `omp simd` loops calling them vectorise.
 #define RNNKIT_INLINE inline __attribute__((always_inline))
@@ -184,6 +236,7 @@ struct Loop {
   const T* dy;  // any strides (an expanded gradient of a sum is not copied): see dy_stride
   T *dgx, *dgh_n, *dh, *dc, *dproj;  // dgh_n: GRU's recurrent-side n gradient δn⊙r (L, N, H)
   int64_t dy_stride[3] = {0, 0, 0};  // (t, n, q)
+  StepBarrier* barrier = nullptr;  // shared by the team running the loop
 
   // Training keeps every step's state and gates for backward. Inference keeps only what the next
   // step reads: hs/cs are two alternating slots, hn/hraw one, and `gates` holds the projected
@@ -284,16 +337,16 @@ struct Loop {
     }
   }
 
-  // One step by one thread of the parallel region: its units' GEMM columns and gates, its output columns
-  // of the projection; the barriers (orphaned: they bind to the caller's region) publish h_t to all threads.
+  // One step by one thread of the team: its units' GEMM columns and gates, its output columns of the
+  // projection; the barriers publish h_t to all threads.
   void forward_step(int64_t t, int64_t u0, int64_t u1, int64_t p0, int64_t p1, const Panels<T>& recurrent,
                     const Panels<T>& projection) const {
     forward_gemm(t, recurrent);
     forward_gates(t, u0, u1);
-#pragma omp barrier
+    barrier->wait();
     if (proj) {
       forward_projection(t, p0, p1, projection);
-#pragma omp barrier
+      barrier->wait();
     }
   }
 
@@ -411,11 +464,11 @@ const T* data_or_null(const at::Tensor& t) {
 int thread_count(int64_t H) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 32))); }
 
 template <typename T>
-void drive_forward(const Loop<T>& loop, const at::TensorOptions& options) {
+void drive_forward(Loop<T> loop, const at::TensorOptions& options) {
   const int64_t L = loop.L, H = loop.H, Hout = loop.Hout, G = loop.G;
-#pragma omp parallel num_threads(thread_count(H))
-  {
-    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+  StepBarrier barrier;
+  loop.barrier = &barrier;
+  run_team(thread_count(H), barrier, [&](int tid, int nt) {
     const auto [u0, u1] = slice(H, nt, tid);
     const auto [p0, p1] = slice(Hout, nt, tid);
     // B(k, c) = W_hh[c, k]: the columns of W_hh^T for this thread's units, in every gate
@@ -424,7 +477,7 @@ void drive_forward(const Loop<T>& loop, const at::TensorOptions& options) {
     const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, columns, options);
     const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, 1, H, H, {{p0, p1}}, options) : Panels<T>();
     for (int64_t s = 0; s < L; ++s) loop.forward_step(loop.reverse ? L - 1 - s : s, u0, u1, p0, p1, recurrent, projection);
-  }
+  });
 }
 
 // Inference: no history to keep, so the input projections are computed a chunk of steps at a
@@ -437,10 +490,10 @@ template <typename T>
 void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih, const T* bias, int64_t chunk,
                      const at::TensorOptions& options) {
   const int64_t L = shared.L, N = shared.N, H = shared.H, Hout = shared.Hout, G = shared.G, GH = G * H;
-#pragma omp parallel num_threads(thread_count(H))
-  {
+  StepBarrier barrier;
+  run_team(thread_count(H), barrier, [&](int tid, int nt) {
     Loop<T> loop = shared;  // each thread moves its own chunk_start
-    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    loop.barrier = &barrier;
     const auto [u0, u1] = slice(H, nt, tid);
     const auto [p0, p1] = slice(Hout, nt, tid);
     std::vector<std::pair<int64_t, int64_t>> columns;
@@ -458,15 +511,15 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
       gemm_panels(x + c0 * N * I, I, input, loop.gates, GH, (c1 - c0) * N, true);
       for (int64_t s = 0; s < c1 - c0; ++s) loop.forward_step(loop.reverse ? c1 - 1 - s : c0 + s, u0, u1, p0, p1, recurrent, projection);
     }
-  }
+  });
 }
 
 template <typename T>
-void drive_backward(const Loop<T>& loop, const at::TensorOptions& options) {
+void drive_backward(Loop<T> loop, const at::TensorOptions& options) {
   const int64_t L = loop.L, H = loop.H, Hout = loop.Hout, G = loop.G;
-#pragma omp parallel num_threads(thread_count(H))
-  {
-    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+  StepBarrier barrier;
+  loop.barrier = &barrier;
+  run_team(thread_count(H), barrier, [&](int tid, int nt) {
     const auto [u0, u1] = slice(H, nt, tid);
     const auto [q0, q1] = slice(Hout, nt, tid);
     // B = W_hh (rows: gates, columns: h_out), split at GRU's n rows; B = W_hr
@@ -478,14 +531,14 @@ void drive_backward(const Loop<T>& loop, const at::TensorOptions& options) {
       const int64_t t = loop.reverse ? s : L - 1 - s;
       loop.backward_collect(t, q0, q1);
       if (loop.proj) {
-#pragma omp barrier
+        loop.barrier->wait();
         loop.backward_projection(projection);
       }
       loop.backward_gates(t, u0, u1);
-#pragma omp barrier
+      loop.barrier->wait();
       loop.backward_gemm(t, q0, q1, recurrent, gru_n);
     }
-  }
+  });
 }
 
 // A forward Loop over these buffers: `gates` holds the projected inputs (L, N, G*H), y is (L, N, H_out).
@@ -720,6 +773,7 @@ struct NormLoop {
   int64_t dy_stride[3] = {0, 0, 0};
   T *dgx, *da, *dh, *dc;
   double *dgain_hh, *dgain_cell, *dbias_cell;  // sums over every step and row: accumulated in double
+  StepBarrier* barrier = nullptr;  // shared by the team running the loop
 
   bool ok(int64_t t, int64_t n) const { return valid == nullptr || valid[t * N + n]; }
   int64_t before(int64_t t) const { return t + reverse; }
@@ -748,7 +802,7 @@ struct NormLoop {
         for (int64_t u = u0; u < u1; ++u) sum += a[g * H + u], squares += double(a[g * H + u]) * a[g * H + u];
       partial_a[(tid * N + n) * 2] = sum, partial_a[(tid * N + n) * 2 + 1] = squares;
     }
-#pragma omp barrier
+    barrier->wait();
     for (int64_t n = 0; n < N; ++n) {
       const int64_t row = (t * N + n) * GH;
       const T* c_prev = cs + (before(t) * N + n) * H;
@@ -782,7 +836,7 @@ struct NormLoop {
       }
       partial_c[(tid * N + n) * 2] = sum, partial_c[(tid * N + n) * 2 + 1] = squares;
     }
-#pragma omp barrier
+    barrier->wait();
     for (int64_t n = 0; n < N; ++n) {
       const int64_t row = (t * N + n) * H;
       T* h_new = hs + (after(t) * N + n) * H;
@@ -808,7 +862,7 @@ struct NormLoop {
       }
       if (tid == 0) rstd[(t * N + n) * 2 + 1] = r;
     }
-#pragma omp barrier
+    barrier->wait();
   }
 
   void backward_step(int64_t t, int tid, int nt, int64_t u0, int64_t u1, const Panels<T>& recurrent) const {
@@ -838,7 +892,7 @@ struct NormLoop {
       }
       partial_c[(tid * N + n) * 2] = sum, partial_c[(tid * N + n) * 2 + 1] = dot;
     }
-#pragma omp barrier
+    barrier->wait();
     // 2. dc through LN(c), the gate gradients dpre (= dxp), and dâ = dpre⊙γ_hh with its row sums
     for (int64_t n = 0; n < N; ++n) {
       double sum = 0, dot = 0;
@@ -875,7 +929,7 @@ struct NormLoop {
       }
       partial_a[(tid * N + n) * 2] = sum, partial_a[(tid * N + n) * 2 + 1] = dot;
     }
-#pragma omp barrier
+    barrier->wait();
     // 3. da through LN(W_hh h): the gradient of the raw recurrent product
     for (int64_t n = 0; n < N; ++n) {
       if (!ok(t, n)) continue;
@@ -888,7 +942,7 @@ struct NormLoop {
 #pragma omp simd
         for (int64_t u = u0; u < u1; ++u) d_a[k * H + u] = r * (d_a[k * H + u] - m1 - a_hat[k * H + u] * m2);
     }
-#pragma omp barrier
+    barrier->wait();
     // 4. dh_{t-1} = da_t W_hh (valid rows restart from zero above; padded rows keep dh)
     gemm_panels(da + t * N * GH, GH, recurrent, dh, H, N, true);
   }
@@ -899,9 +953,9 @@ void drive_norm(NormLoop<T> loop, bool backward, const at::TensorOptions& option
   const int64_t H = loop.H, L = loop.L;
   std::vector<double> partial_a(loop.threads * loop.N * 2), partial_c(loop.threads * loop.N * 2);
   loop.partial_a = partial_a.data(), loop.partial_c = partial_c.data();
-#pragma omp parallel num_threads(loop.threads)
-  {
-    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+  StepBarrier barrier;
+  loop.barrier = &barrier;
+  run_team(loop.threads, barrier, [&](int tid, int nt) {
     const auto [u0, u1] = slice(H, nt, tid);
     if (backward) {
       const Panels<T> recurrent(loop.w_hh, H, 1, 4 * H, {{u0, u1}}, options);  // B = W_hh, this thread's columns
@@ -912,7 +966,7 @@ void drive_norm(NormLoop<T> loop, bool backward, const at::TensorOptions& option
       const Panels<T> recurrent(loop.w_hh, 1, H, H, columns, options);
       for (int64_t s = 0; s < L; ++s) loop.forward_step(loop.reverse ? L - 1 - s : s, tid, nt, u0, u1, recurrent);
     }
-  }
+  });
 }
 
 // xp is overwritten with the gate activations (the backward's `gates`). Without padding the
