@@ -76,7 +76,8 @@ class FusedRecurrence(torch.autograd.Function):
         # The compiled kernel's y may share hs's memory (one (L, N, H) buffer less), and torch.nn's RNN and GRU let
         # callers edit their output in place before backward (`out += residual`): y.detach() shares y's version
         # counter, so backward can tell whether hs was overwritten that way, and then recompute it.
-        ctx.output, ctx.output_version = y.detach(), y._version
+        shares = y.untyped_storage().data_ptr() == hs.untyped_storage().data_ptr()
+        ctx.output, ctx.output_version = (y.detach() if shares else None), y._version
         if kind == LSTM:
             return y, hs[final].clone(), cs[final].clone()
         return y, hs[final].clone()
@@ -90,7 +91,7 @@ class FusedRecurrence(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, dy, dh_n, dc_n):
         valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, gates, hs, cs, hn, hraw = ctx.saved_tensors
-        if ctx.output._version != ctx.output_version and ctx.output.untyped_storage().data_ptr() == hs.untyped_storage().data_ptr():
+        if ctx.output is not None and ctx.output._version != ctx.output_version:
             # the output, which is the states, was edited in place: run them once more, from the untouched h_0
             start = (0, x.shape[0])[ctx.reverse]
             h0, c0 = hs[start], cs[start] if ctx.lstm else None
