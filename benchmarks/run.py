@@ -377,9 +377,10 @@ CAVEATS = [
     "is the like-for-like peer of rnnkit's layer in that row."),
     ("Allocator history: a training step allocates and frees buffers of 3-134 MB. Whether glibc serves them from "
     "its heap or maps fresh pages (whose first touch page-faults) depends on its mmap threshold, which it raises as "
-    "large blocks are freed, so on what ran earlier in the process. At config B this swings whole rows: LSTM "
-    "training measured 1.29-1.31x (LayerNorm LSTM 0.88-0.90x of nn.LSTM) in runs of B alone, and 0.73-0.96x "
-    "(1.97-2.25x) in full runs that start with config A, with the same code. Run `--configs B` to see the other state."),
+    "large blocks are freed, so on what ran earlier in the process. At config B this swings whole rows. With the "
+    "same code, LSTM training measured 1.29-1.31x (LayerNorm LSTM 0.88-0.90x of nn.LSTM's time) in runs of B alone, "
+    "and 0.73-1.24x, four of five runs below 1.0x (LayerNorm LSTM 1.05-2.25x, three of five above 1.5x), in full "
+    "runs, which start with config A. Run `--configs B` to see the other state."),
 ]
 
 
