@@ -59,8 +59,8 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit.cells.base import CellSpec, CellWeights, State
 from rnnkit.engine import fused_build, fused_layer_norm, fused_loops, hoisted, reference
-from rnnkit.engine.gemm import linear, matmul
 from rnnkit.engine.fused_loops import GRU, KINDS, LSTM
+from rnnkit.engine.gemm import linear, matmul, recorded_by_autograd
 
 
 class FusedRecurrence(torch.autograd.Function):
@@ -177,17 +177,13 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
     if x.shape[0] == 1 and valid is None and (stepped := single_step(spec, x[0], state, weights)) is not None:
         return stepped[0].unsqueeze(0), (stepped[0].clone(), *stepped[1:])  # the state apart from the output
     loops = loops_for(x)
-    if isinstance(loops, fused_build.NativeLoops) and not _needs_grad(x, state, weights):
+    if isinstance(loops, fused_build.NativeLoops) and not recorded_by_autograd(x, *state, *weights[:5]):
         return _infer(kind, loops, x, h0, c0, weights, valid, reverse)
     y, *final = FusedRecurrence.apply(
         kind, loops, reverse, valid, x.contiguous(), weights.weight_ih, weights.weight_hh,
         weights.bias_ih, weights.bias_hh, weights.weight_hr, h0, c0,
     )  # fmt: skip
     return y, tuple(final)
-
-
-def _needs_grad(x: Tensor, state: State, weights: CellWeights) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *state, *weights[:5]))
 
 
 # For LSTM inference oneDNN's fused LSTM primitive (what torch.nn.LSTM runs on CPU) beats the
@@ -249,7 +245,7 @@ def single_step(spec: CellSpec, x: Tensor, state: State, weights: CellWeights) -
     """
     if spec.name not in KINDS or weights.weight_hr is not None or weights.layer_norm is not None:
         return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *state, *weights[:4])):
+    if recorded_by_autograd(x, *state, *weights[:4]):
         return None
     native = loops_for(x)
     if not isinstance(native, fused_build.NativeLoops):

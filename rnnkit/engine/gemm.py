@@ -33,6 +33,11 @@ ONEDNN_MIN_INNER = 128
 ONEDNN_MIN_FLOPS = 1 << 24
 
 
+def recorded_by_autograd(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an op on these tensors: grad mode is on and one of them requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``x W^T + b`` by oneDNN or MKL (torch.addmm), whichever the shape rule above picks.
 
@@ -41,7 +46,6 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """
     rows, inner = x.shape
     large = inner >= ONEDNN_MIN_INNER and 2 * rows * inner * weight.shape[0] >= ONEDNN_MIN_FLOPS
-    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if large and not recorded and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    if large and not recorded_by_autograd(x, weight, bias) and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
         return mkldnn_linear(x, weight, bias)
     return addmm_linear(x, weight, bias)
