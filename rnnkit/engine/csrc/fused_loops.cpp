@@ -35,11 +35,11 @@ namespace {
 
 enum Kind : int64_t { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
 
-// The barrier between the steps of a loop. libgomp's `omp barrier` lets a waiting thread sleep in
-// the kernel after a short spin (a short one when it counts more threads than CPUs, as with
-// PyTorch's pool and ours), and on a VM each wake-up costs tens of microseconds: at B=32, H=256 that
-// made the loops up to 1.5x slower in about half of the runs. This one spins with a pause and only
-// yields the CPU after a long wait, so an oversubscribed machine still makes progress.
+// The barrier between the steps of a loop. libgomp's `omp barrier` puts a waiting thread to sleep
+// in the kernel once its spin runs out, and on a VM a wake-up can cost tens of microseconds, paid
+// at every step: a B=32, H=256 LSTM training step ran 1.2-1.5x slower in 4 of 5 processes with it
+// and in 1 of 6 with this one. This one spins with a pause and only yields the CPU after a long
+// wait, so an oversubscribed machine still makes progress.
 class StepBarrier {
  public:
   void reset(int threads) {
