@@ -124,20 +124,20 @@ class FusedRecurrence(torch.autograd.Function):
 def _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
     """The input projections of every step in one GEMM, then the loop kernel: ``xp`` (now the gates), y, hs, cs, hn, hraw."""
     length, batch, _ = x.shape
-    hidden = w_ih.shape[0] // (4 if kind == LSTM else 3 if kind == GRU else 1)
-    bias, b_hn = _folded_bias(kind, b_ih, b_hh, hidden)
+    bias, b_hn = _folded_bias(kind, b_ih, b_hh)
     xp = linear(x.reshape(length * batch, x.shape[2]), w_ih, bias).view(length, batch, w_hh.shape[0])
     c0 = x.new_empty(0) if c0 is None else c0.contiguous()
     w_hr = None if w_hr is None else w_hr.contiguous()
     return xp, *loops.forward_loop(kind, xp, h0.contiguous(), c0, w_hh.contiguous(), b_hn, w_hr, valid, reverse)
 
 
-def _folded_bias(kind: int, b_ih: Tensor | None, b_hh: Tensor | None, hidden: int):
+def _folded_bias(kind: int, b_ih: Tensor | None, b_hh: Tensor | None):
     """The bias added to the input projections, and GRU's ``b_hn`` that must stay in the loop."""
     if b_ih is None:
         return None, None
     if kind != GRU:
         return b_ih + b_hh, None
+    hidden = b_ih.shape[0] // 3
     folded = torch.cat((b_ih[: 2 * hidden] + b_hh[: 2 * hidden], b_ih[2 * hidden :]))
     return folded, b_hh[2 * hidden :].contiguous()
 
@@ -225,8 +225,7 @@ def _infer(kind, loops, x, h0, c0, weights, valid, reverse):
     """Inference with the compiled kernel: the same math as :class:`FusedRecurrence`'s forward, keeping no history."""
     if kind == LSTM and onednn_lstm_applies(x, weights, valid):
         return _onednn_lstm(x, h0, c0, weights, reverse)
-    hidden = weights.weight_ih.shape[0] // (4 if kind == LSTM else 3 if kind == GRU else 1)
-    bias, b_hn = _folded_bias(kind, weights.bias_ih, weights.bias_hh, hidden)
+    bias, b_hn = _folded_bias(kind, weights.bias_ih, weights.bias_hh)
     w_hr = None if weights.weight_hr is None else weights.weight_hr.contiguous()
     y, h_n, c_n = loops.forward_inference(
         kind, x.contiguous(), weights.weight_ih.contiguous(), bias, h0.contiguous(), x.new_empty(0) if c0 is None else c0.contiguous(),
