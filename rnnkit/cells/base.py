@@ -18,7 +18,6 @@ without touching either.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit import errors
+from rnnkit import errors, ops
 
 State = tuple[Tensor, ...]
 
@@ -122,13 +121,6 @@ def registered_or_attribute(module: nn.Module, parameters: dict, name: str):
     return value if value is not None else getattr(module, name, None)
 
 
-@functools.cache
-def _single_step():
-    from rnnkit.engine import fused  # here, not at the top: the engine imports the cells
-
-    return fused.single_step
-
-
 class RecurrentCell(nn.Module):
     """Base of the stand-alone cells: owns weights, checks input, calls the step.
 
@@ -217,11 +209,10 @@ class RecurrentCell(nn.Module):
 
     def _compiled_step(self, x: Tensor, state: State) -> State | None:
         """The new state from the fused engine's one-step kernel, or None where it does not apply
-        (see :func:`rnnkit.engine.fused.single_step`)."""
-        single_step = _single_step()
+        (see :func:`rnnkit.ops.single_step`)."""
         if x.dim() == 2:
-            return single_step(self.spec, x, state, self.weights)
-        stepped = single_step(self.spec, x.unsqueeze(0), tuple(s.unsqueeze(0) for s in state), self.weights)
+            return ops.single_step(self.spec.name, x, state, self.weights)
+        stepped = ops.single_step(self.spec.name, x.unsqueeze(0), tuple(s.unsqueeze(0) for s in state), self.weights)
         return None if stepped is None else tuple(s.squeeze(0) for s in stepped)
 
     def extra_repr(self) -> str:

@@ -36,7 +36,8 @@ is built. That is what makes streaming, one step per call, cheap.
 from __future__ import annotations
 
 from rnnkit import errors
-from rnnkit.engine import fused, fused_build, hoisted, reference
+from rnnkit import ops
+from rnnkit.engine import fused, hoisted, reference
 
 ENGINES = {"reference": reference.run_direction, "fused": fused.run_direction}
 DEFAULT = "fused"
@@ -64,16 +65,16 @@ def describe(layer=None) -> str:
     if chosen == "reference":
         return prefix + "reference per-step loop (autograd records every step)"
     spec = getattr(layer, "spec", None)
-    if spec is not None and spec.name == "layer_norm_lstm" and not getattr(layer, "proj_size", 0) and _device(layer) == "cpu" and fused_build.native_loops() is not None:
-        return prefix + "fused C++ LayerNorm LSTM kernel (" + fused_build.status() + ")"
+    if spec is not None and spec.name == "layer_norm_lstm" and not getattr(layer, "proj_size", 0) and _device(layer) == "cpu" and ops.native_loops() is not None:
+        return prefix + "fused C++ LayerNorm LSTM kernel (" + ops.status() + ")"
     if spec is not None and (not fused.supports(spec) or getattr(layer, "layer_norm", False)):
         fallback = "the hoisted loop (input projections in one GEMM, per-step recurrence under autograd)" if hoisted.supports(spec) else "the reference per-step loop"
         return prefix + f"fused engine has no kernel for {spec.name!r}: runs {fallback}"
     device = _device(layer)
     if device != "cpu":
         return prefix + f"fused pure-PyTorch loop (the compiled kernel is CPU-only; parameters are on {device})"
-    fused_build.native_loops()
-    text = prefix + fused_build.status()
+    ops.native_loops()
+    text = prefix + ops.status()
     if spec is None or (spec.name == "lstm" and not getattr(layer, "proj_size", 0)):
         text += f"; LSTM inference in float32 without padding: oneDNN's LSTM primitive once batch x hidden >= {fused.ONEDNN_LSTM_MIN_BATCH_HIDDEN}"
     return text

@@ -55,70 +55,111 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from rnnkit import ops
+from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_SPECS
 from rnnkit.cells.base import CellSpec, CellWeights, State
-from rnnkit.engine import fused_build, fused_layer_norm, fused_loops, hoisted, reference
-from rnnkit.engine.fused_loops import GRU, KINDS, LSTM
+from rnnkit.engine import fused_layer_norm, fused_loops, hoisted, reference, transforms
+from rnnkit.engine.fused_loops import GRU, KINDS, LSTM, RNN_RELU, RNN_TANH
 from rnnkit.engine.gemm import linear, matmul, recorded_by_autograd
+
+STEPS = {RNN_TANH: RNN_SPECS["tanh"].step, RNN_RELU: RNN_SPECS["relu"].step, LSTM: LSTM_SPEC.step, GRU: GRU_SPEC.step}
+
+# Argument layouts of FusedRecurrence, for its vmap rule.
+_ROLES = (None, None, "mask", "seq", "weight", "weight", "weight", "weight", "weight", "state", "state")
 
 
 class FusedRecurrence(torch.autograd.Function):
-    """One layer and direction of any family; ``loops`` is the loop-kernel module to use."""
+    """One layer and direction of any plain family: ``(y, hs, cs, gates, hn, hraw)``.
+
+    ``y`` is empty where the output is hs's steps (no padding, no projection): the caller
+    takes it as a view (:func:`rnnkit.engine.transforms.outputs`). ``gates``, ``hn`` and
+    ``hraw`` are the backward's internals (see :mod:`rnnkit.engine.fused_loops`).
+    How each transform is served is in :mod:`rnnkit.engine.transforms`.
+    """
 
     @staticmethod
-    def forward(ctx, kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-        xp, y, hs, cs, hn, hraw = _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
-        final = (x.shape[0], 0)[reverse]
-        ctx.kind, ctx.loops, ctx.reverse, ctx.has_bias, ctx.lstm = kind, loops, reverse, b_ih is not None, kind == LSTM
+    def forward(kind, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+        xp, y, hs, cs, hn, hraw = _forward(kind, loops_for(x), reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
         gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
-        ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, gates, hs, cs, hn, hraw)
-        # The compiled kernel's y may share hs's memory (one (L, N, H) buffer less), and torch.nn's RNN and GRU let
-        # callers edit their output in place before backward (`out += residual`): y.detach() shares y's version
-        # counter, so backward can tell whether hs was overwritten that way, and then recompute it.
-        shares = y.untyped_storage().data_ptr() == hs.untyped_storage().data_ptr()
-        ctx.output, ctx.output_version = (y.detach() if shares else None), y._version
-        if kind == LSTM:
-            return y, hs[final].clone(), cs[final].clone()
-        return y, hs[final].clone()
+        return y, hs, cs, gates, hn, hraw
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_n, dc_n=None):
-        with torch.autocast(ctx.saved_tensors[1].device.type, enabled=False):  # gradients in the forward's precision
-            return FusedRecurrence._backward(ctx, dy, dh_n, dc_n)
+    def setup_context(ctx, inputs, output):
+        kind, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = inputs
+        _, hs, cs, gates, hn, hraw = output
+        ctx.mark_non_differentiable(gates, hn, hraw)
+        ctx.set_materialize_grads(False)
+        ctx.kind, ctx.reverse, ctx.view = kind, reverse, valid is None and w_hr is None
+        ctx.primals = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)  # for jvp; all saved for backward anyway
+        ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, transforms.keep_states(ctx, hs, ctx.view))
 
     @staticmethod
-    def _backward(ctx, dy, dh_n, dc_n):
-        valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, gates, hs, cs, hn, hraw = ctx.saved_tensors
-        if ctx.output is not None and ctx.output._version != ctx.output_version:
-            # the output, which is the states, was edited in place: run them once more, from the untouched h_0
-            start = (0, x.shape[0])[ctx.reverse]
-            h0, c0 = hs[start], cs[start] if ctx.lstm else None
-            hs = _forward(ctx.kind, ctx.loops, ctx.reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)[2]
-        kind, reverse = ctx.kind, ctx.reverse
-        length, batch, _ = x.shape
-        if dc_n is None:
-            dc_n = x.new_empty(0)
-        dgx, dgh_n, dh0, dc0, dproj = ctx.loops.backward_loop(
-            kind, gates, hs, cs, hn, hraw, w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(), valid, reverse,
-            dy, dh_n.contiguous(), dc_n.contiguous(),
-        )  # fmt: skip
-        steps = length * batch
-        dgx2d = dgx.view(steps, dgx.shape[2])
-        need = ctx.needs_input_grad
-        dx = linear(dgx2d, w_ih.t(), None).view_as(x) if need[4] else None
-        dw_ih = matmul(dgx2d.t(), x.reshape(steps, x.shape[2])) if need[5] else None
-        h_prev = hs[reverse : length + reverse].view(steps, hs.shape[2])
-        # GRU's recurrent-side gradient is [δr δz] (shared with dgx) then δn⊙r (dgh_n).
-        recurrent_parts = [dgx2d] if kind != GRU else [dgx2d[:, : 2 * dgh_n.shape[2]], dgh_n.view(steps, dgh_n.shape[2])]
-        dw_hh = torch.cat([matmul(part.t(), h_prev) for part in recurrent_parts]) if need[6] else None
-        db_ih = db_hh = None
-        if ctx.has_bias:
-            db_ih = dgx2d.sum(0)
-            db_hh = db_ih.clone() if kind != GRU else torch.cat([part.sum(0) for part in recurrent_parts])
-        dw_hr = matmul(dproj.view(steps, dproj.shape[2]).t(), hraw.view(steps, hraw.shape[2])) if w_hr is not None and need[9] else None
-        return None, None, None, None, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if ctx.lstm else None
+    def backward(ctx, d_y, d_hs, d_cs, *_internals):
+        saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing allows no second unpack
+        if torch.is_grad_enabled():  # create_graph=True or torch.func: the reference math, differentiable again
+            valid, primals = saved[0], saved[1:9]
+            return None, None, None, *transforms.reference_vjp(_reference(ctx.kind, ctx.reverse, valid, ctx.view), primals, (d_y, d_hs, d_cs))
+        with torch.autocast(saved[1].device.type, enabled=False):  # gradients in the forward's precision
+            return None, None, None, *_backward(ctx, saved, d_y, d_hs, d_cs)
+
+    @staticmethod
+    def jvp(ctx, _kind, _reverse, _valid, *tangents):
+        valid = None if ctx.view else ctx.saved_tensors[0]
+        y, hs, cs = transforms.reference_jvp(_reference(ctx.kind, ctx.reverse, valid, ctx.view), ctx.primals, tangents)
+        return y, hs, cs, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return transforms.vmap_by_batch(FusedRecurrence.apply, info, in_dims, args, _ROLES)
+
+
+def _reference(kind, reverse, valid, output_is_view):
+    """FusedRecurrence's differentiable outputs as a function of its tensor inputs, by the cell's own step."""
+
+    def outputs(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+        state = (h0, c0) if kind == LSTM else (h0,)
+        return transforms.reference_outputs(STEPS[kind], CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr), x, state, valid, reverse, output_is_view)
+
+    return outputs
+
+
+def _backward(ctx, saved, d_y, d_hs, d_cs):
+    """The compiled backward through time: gradients of (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)."""
+    valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, saved_hs = saved
+    kind, reverse = ctx.kind, ctx.reverse
+    loops = loops_for(x)
+    hs, edited = transforms.kept_states(ctx, saved_hs)
+    if edited:  # the output, which is the states, was edited in place: run them once more from h_0
+        hs = _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)[2]
+    length, batch, _ = x.shape
+    final = 0 if reverse else length
+    if ctx.view:  # d_hs holds the output's gradient and h_n's, at the same slots
+        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_hs is None else (d_hs[:-1] if reverse else d_hs[1:])
+        dh_n = h0.new_zeros(h0.shape)
+    else:
+        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_y is None else d_y
+        dh_n = h0.new_zeros(h0.shape) if d_hs is None else d_hs[final]
+    dc_n = x.new_empty(0) if kind != LSTM else (c0.new_zeros(c0.shape) if d_cs is None else d_cs[final])
+    dgx, dgh_n, dh0, dc0, dproj = loops.backward_loop(
+        kind, gates, hs, cs, hn, hraw, w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(), valid, reverse,
+        dy, dh_n.contiguous(), dc_n.contiguous(),
+    )  # fmt: skip
+    steps = length * batch
+    dgx2d = dgx.view(steps, dgx.shape[2])
+    need = ctx.needs_input_grad
+    dx = linear(dgx2d, w_ih.t(), None).view_as(x) if need[3] else None
+    dw_ih = matmul(dgx2d.t(), x.reshape(steps, x.shape[2])) if need[4] else None
+    h_prev = hs[reverse : length + reverse].reshape(steps, hs.shape[2])
+    # GRU's recurrent-side gradient is [δr δz] (shared with dgx) then δn⊙r (dgh_n).
+    recurrent_parts = [dgx2d] if kind != GRU else [dgx2d[:, : 2 * dgh_n.shape[2]], dgh_n.view(steps, dgh_n.shape[2])]
+    dw_hh = torch.cat([matmul(part.t(), h_prev) for part in recurrent_parts]) if need[5] else None
+    db_ih = db_hh = None
+    if b_ih is not None:
+        db_ih = dgx2d.sum(0)
+        db_hh = db_ih.clone() if kind != GRU else torch.cat([part.sum(0) for part in recurrent_parts])
+    dw_hr = matmul(dproj.view(steps, dproj.shape[2]).t(), hraw.view(steps, hraw.shape[2])) if w_hr is not None and need[8] else None
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None
 
 
 def _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
@@ -145,7 +186,7 @@ def _folded_bias(kind: int, b_ih: Tensor | None, b_hh: Tensor | None):
 def loops_for(x: Tensor):
     """The loop kernel for a tensor: compiled C++ for float32/float64 CPU tensors when it built, else pure PyTorch."""
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        native = fused_build.native_loops()
+        native = ops.native_loops()
         if native is not None:
             return native
     return fused_loops
@@ -172,18 +213,35 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
             x, state = _to_float32(x), tuple(_to_float32(s) for s in state)
             return run_direction(spec, x, state, weights, valid, reverse)
     kind = KINDS[spec.name]
-    h0 = state[0]
-    c0 = state[1] if kind == LSTM else None
-    if x.shape[0] == 1 and valid is None and (stepped := single_step(spec, x[0], state, weights)) is not None:
+    if not _tracing() and x.shape[0] == 1 and valid is None and (stepped := single_step(spec, x[0], state, weights)) is not None:
         return stepped[0].unsqueeze(0), (stepped[0].clone(), *stepped[1:])  # the state apart from the output
+    h0, c0 = state[0], state[1] if kind == LSTM else None
+    args = (kind, x.contiguous(), h0, c0, *weights[:5], valid, reverse)
+    # torch.func reaches an autograd.Function only when it is called directly, not inside an op's kernel.
+    y, h_n, c_n = _recurrence(*args) if transforms.functorch_active() else torch.ops.rnnkit.recurrence(*args)
+    return y, (h_n, c_n) if kind == LSTM else (h_n,)
+
+
+def _recurrence(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse):
+    """``rnnkit::recurrence``: one layer and direction, ``(y, h_n, c_n)`` (c_n empty but for the LSTM).
+
+    Without autograd on the compiled path it runs the inference kernel, which keeps no
+    history; otherwise :class:`FusedRecurrence`. The op is composite (its kernel runs these
+    Python calls), so a trace records it as one node and decides between the two at run time.
+    """
     loops = loops_for(x)
-    if isinstance(loops, fused_build.NativeLoops) and not recorded_by_autograd(x, *state, *weights[:5]):
-        return _infer(kind, loops, x, h0, c0, weights, valid, reverse)
-    y, *final = FusedRecurrence.apply(
-        kind, loops, reverse, valid, x.contiguous(), weights.weight_ih, weights.weight_hh,
-        weights.bias_ih, weights.bias_hh, weights.weight_hr, h0, c0,
-    )  # fmt: skip
-    return y, tuple(final)
+    if isinstance(loops, ops.NativeLoops) and not recorded_by_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        return _infer(kind, loops, x, h0, c0, CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr), valid, reverse)
+    y, hs, cs, *_ = FusedRecurrence.apply(kind, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+    return transforms.outputs(y, hs, cs, reverse, kind == LSTM, valid is None and w_hr is None)
+
+
+_LIBRARY = torch.library.Library("rnnkit", "FRAGMENT")
+_LIBRARY.define(
+    "recurrence(int kind, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+    "Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)"
+)
+_LIBRARY.impl("recurrence", _recurrence, "CompositeImplicitAutograd")
 
 
 # For LSTM inference oneDNN's fused LSTM primitive (what torch.nn.LSTM runs on CPU) beats the
@@ -197,6 +255,7 @@ def onednn_lstm_applies(x: Tensor, weights: CellWeights, valid: Tensor | None) -
     """Whether an LSTM inference call goes to oneDNN's LSTM primitive: float32 CPU, no padding, no proj_size, large enough."""
     return (
         x.device.type == "cpu"
+        and not torch.compiler.is_compiling()  # its op has no fake kernel
         and x.dtype == torch.float32
         and valid is None
         and weights.weight_hr is None
@@ -206,7 +265,7 @@ def onednn_lstm_applies(x: Tensor, weights: CellWeights, valid: Tensor | None) -
     )
 
 
-def _onednn_lstm(x: Tensor, h0: Tensor, c0: Tensor, weights: CellWeights, reverse: bool) -> tuple[Tensor, State]:
+def _onednn_lstm(x: Tensor, h0: Tensor, c0: Tensor, weights: CellWeights, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
     hidden = weights.weight_hh.shape[1]
     b_ih, b_hh = weights.bias_ih, weights.bias_hh
     if b_ih is None:
@@ -215,7 +274,7 @@ def _onednn_lstm(x: Tensor, h0: Tensor, c0: Tensor, weights: CellWeights, revers
         x.contiguous(), weights.weight_ih.contiguous(), weights.weight_hh.contiguous(), b_ih, b_hh, h0.contiguous(), c0.contiguous(),
         reverse, [], _ONEDNN_LSTM_MODE, hidden, 1, True, False, False, False,
     )  # fmt: skip
-    return y, (h_n, c_n)
+    return y, h_n, c_n
 
 
 _ONEDNN_LSTM_MODE = 2  # ATen's RNN mode numbering: 0 relu, 1 tanh, 2 LSTM, 3 GRU
@@ -231,27 +290,20 @@ def _infer(kind, loops, x, h0, c0, weights, valid, reverse):
         kind, x.contiguous(), weights.weight_ih.contiguous(), bias, h0.contiguous(), x.new_empty(0) if c0 is None else c0.contiguous(),
         weights.weight_hh.contiguous(), b_hn, w_hr, valid, reverse,
     )  # fmt: skip
-    return y, (h_n, c_n) if kind == LSTM else (h_n,)
+    return y, h_n, c_n
 
 
 def single_step(spec: CellSpec, x: Tensor, state: State, weights: CellWeights) -> State | None:
-    """The new state after one step of x (N, H_in) through the compiled one-step kernel, or None where it does not apply.
+    """The new state after one step of x (N, H_in) through the compiled one-step kernel, or None where it does not apply
+    (see :func:`rnnkit.ops.single_step`); only where :func:`loops_for` picks the compiled kernels."""
+    if not isinstance(loops_for(x), ops.NativeLoops):
+        return None
+    return ops.single_step(spec.name, x, state, weights)
 
-    It applies to inference only (nothing needs a gradient), on float32/float64
-    CPU tensors, for the plain families without a projection, and when the
-    kernel is built. Same math as the cell's step, one call instead of about
-    eight dispatched ops: for one step at a time, that overhead is the whole cost.
-    """
-    if spec.name not in KINDS or weights.weight_hr is not None or weights.layer_norm is not None:
-        return None
-    if recorded_by_autograd(x, *state, *weights[:4]):
-        return None
-    native = loops_for(x)
-    if not isinstance(native, fused_build.NativeLoops):
-        return None
-    kind = KINDS[spec.name]
-    h, c = native.cell_step(kind, x, state[0], state[-1], *weights[:4])  # state[-1]: c, read only by the LSTM
-    return (h, c) if kind == LSTM else (h,)
+
+def _tracing() -> bool:
+    """Whether a trace or compiler records this call: it must record the op, which serves every length."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _to_float32(t: Tensor) -> Tensor:

@@ -2,16 +2,15 @@ r"""The fused LayerNorm LSTM: one autograd node per layer and direction, with ha
 
 The cell is haste's LayerNormLSTM (equations in :mod:`rnnkit.cells.lstm`)::
 
-    xp_t  = LN(W_ih x_t) ⊙ γ_ih + b_ih + b_hh         all steps at once, under autograd
+    xp_t  = LN(W_ih x_t) ⊙ γ_ih + b_ih + b_hh         all steps at once: one GEMM, one LayerNorm
     â_t   = LN(a_t),  a_t = h_{t-1} W_hh^T             per step, in the compiled loop
     [i f g o] = [σ σ tanh σ](xp_t + â_t ⊙ γ_hh)
     c_t   = f⊙c_{t-1} + i⊙g,   ĉ_t = LN(c_t),   h_t = o ⊙ tanh(ĉ_t ⊙ γ_c + β_c)
 
-The input side does not depend on the state, so it stays ordinary batched
-autograd ops over all steps (as in the hoisted loop): one GEMM, one LayerNorm.
-The recurrence is :class:`FusedLayerNormLSTM`, whose forward and backward are
-the compiled loop kernels ``layer_norm_lstm_forward/backward`` in
-``csrc/fused_loops.cpp``. Backward per step, with ``LN'`` the LayerNorm
+The input side does not depend on the state, so it runs over all steps at once.
+The recurrence's forward and backward are the compiled loop kernels
+``layer_norm_lstm_forward/backward`` (:mod:`rnnkit.ops`), inside
+:class:`FusedLayerNormLSTM`. Backward per step, with ``LN'`` the LayerNorm
 gradient ``dv = rstd ⊙ (dv̂ - mean(dv̂) - v̂ ⊙ mean(dv̂ ⊙ v̂))`` over a row::
 
     dn  = dh_t ⊙ o ⊙ tanh'(ĉγ_c+β_c)        dγ_c += Σ dn⊙ĉ,  dβ_c += Σ dn
@@ -21,8 +20,8 @@ gradient ``dv = rstd ⊙ (dv̂ - mean(dv̂) - v̂ ⊙ mean(dv̂ ⊙ v̂))`` over
     dxp_t = [δi δf δg δo]                  dγ_hh += Σ dxp_t ⊙ â_t
     da_t  = LN'(dxp_t ⊙ γ_hh),             dh_{t-1} = da_t W_hh
 
-then ``dW_hh = Σ_t da_t^T h_{t-1}`` is one GEMM over all steps, and ``dxp``
-flows back into the input side's autograd graph.
+then ``dW_hh = Σ_t da_t^T h_{t-1}`` is one GEMM over all steps, and ``dxp`` goes
+through ATen's LayerNorm backward and two GEMMs to the input side's gradients.
 
 It covers the LayerNorm LSTM without ``proj_size``, on CPU float32/float64
 when the C++ kernel is built; everything else runs the hoisted loop.
@@ -31,69 +30,148 @@ when the C++ kernel is built; everything else runs the hoisted loop.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from rnnkit.cells.base import LAYER_NORM_EPS, CellSpec, CellWeights, State
-from rnnkit.engine import fused_build
+from rnnkit import ops
+from rnnkit.cells.base import LAYER_NORM_EPS, CellSpec, CellWeights, LayerNormWeights, State
+from rnnkit.cells.lstm import layer_norm_lstm_step
+from rnnkit.engine import transforms
 from rnnkit.engine.gemm import linear
+
+_ROLES = (None, "mask", "seq", *["weight"] * 8, "state", "state")
 
 
 class FusedLayerNormLSTM(torch.autograd.Function):
-    """The recurrence of one layer and direction, from the projected inputs ``xp`` (L, N, 4H)."""
+    """One layer and direction: ``(y, hs, cs, *internals)``, y empty where it is a view of hs (no padding).
+
+    Inputs: ``reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0``.
+    The input side, ``LN(x W_ih^T) γ_ih + b_ih + b_hh``, runs here too (its backward is
+    ATen's LayerNorm backward and two GEMMs), so that the higher-order path can recompute
+    everything from x. How each transform is served is in :mod:`rnnkit.engine.transforms`.
+    """
 
     @staticmethod
-    def forward(ctx, ops, reverse, valid, xp, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
-        # xp is a temporary of run_direction that only this node reads (the LayerNorm that made it
-        # saved its input, not its output): the kernel overwrites it with the gate activations,
-        # which saves allocating, and page-faulting in, another (L, N, 4H) buffer.
-        gates = xp.contiguous()
-        y, hs, cs, ahat, chat, rstd = ops.layer_norm_lstm_forward(
-            gates, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), gain_hh.contiguous(),
-            gain_cell.contiguous(), bias_cell.contiguous(), valid, reverse,
-        )  # fmt: skip
-        ctx.ops, ctx.reverse = ops, reverse
-        ctx.save_for_backward(valid, w_hh, gain_hh, gain_cell, bias_cell, gates, hs, cs, ahat, chat, rstd)
-        final = (xp.shape[0], 0)[reverse]
-        return y, hs[final].clone(), cs[final].clone()
+    def forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
+        return _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_n, dc_n):
-        valid, w_hh, gain_hh, gain_cell, bias_cell, gates, hs, cs, ahat, chat, rstd = ctx.saved_tensors
-        dxp, da, dh0, dc0, dgain_hh, dgain_cell, dbias_cell = ctx.ops.layer_norm_lstm_backward(
-            gates, hs, cs, ahat, chat, rstd, w_hh.contiguous(), gain_hh.contiguous(), gain_cell.contiguous(),
-            bias_cell.contiguous(), valid, ctx.reverse, dy, dh_n.contiguous(), dc_n.contiguous(),
-        )  # fmt: skip
-        length, batch, gate_size = da.shape
-        h_prev = hs[ctx.reverse : length + ctx.reverse].reshape(length * batch, hs.shape[2])
-        dw_hh = da.view(length * batch, gate_size).t() @ h_prev if ctx.needs_input_grad[4] else None
-        return None, None, None, dxp, dw_hh, dgain_hh, dgain_cell, dbias_cell, dh0, dc0
+    def setup_context(ctx, inputs, output):
+        reverse, valid, *primals = inputs
+        _, hs, cs, *internals = output
+        ctx.mark_non_differentiable(*internals)
+        ctx.set_materialize_grads(False)
+        ctx.reverse, ctx.view = reverse, valid is None
+        ctx.primals, ctx.valid = tuple(primals), valid  # for jvp; all saved for backward anyway
+        ctx.save_for_backward(valid, *primals, cs, *internals, transforms.keep_states(ctx, hs, ctx.view))
+
+    @staticmethod
+    def backward(ctx, d_y, d_hs, d_cs, *_internals):
+        saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing allows no second unpack
+        if torch.is_grad_enabled():  # create_graph=True or torch.func: the reference math, differentiable again
+            return None, None, *transforms.reference_vjp(_reference(ctx.reverse, saved[0], ctx.view), saved[1:12], (d_y, d_hs, d_cs))
+        return None, None, *_backward(ctx, saved, d_y, d_hs, d_cs)
+
+    @staticmethod
+    def jvp(ctx, _reverse, _valid, *tangents):
+        y, hs, cs = transforms.reference_jvp(_reference(ctx.reverse, ctx.valid, ctx.view), ctx.primals, tangents)
+        return y, hs, cs, *[None] * 7
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return transforms.vmap_by_batch(FusedLayerNormLSTM.apply, info, in_dims, args, _ROLES)
+
+
+def _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
+    length, batch, features = x.shape
+    projected = linear(x.reshape(length * batch, features), w_ih, None)
+    # LN(W_ih x)γ_ih + b_ih, plus b_hh, which is added after the recurrent LayerNorm and so folds in here, as one
+    # layer_norm call: each extra op would be another (L, N, 4H) pass and buffer.
+    bias = None if b_ih is None else b_ih + b_hh
+    xp, mean, rstd_in = torch.native_layer_norm(projected, (projected.shape[1],), gain_ih, bias, LAYER_NORM_EPS)
+    # The kernel overwrites xp, which only it reads, with the gate activations: no other (L, N, 4H) buffer to fault in.
+    y, hs, cs, ahat, chat, rstd = ops.native_loops().layer_norm_lstm_forward(
+        xp.view(length, batch, -1), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), gain_hh.contiguous(),
+        gain_cell.contiguous(), bias_cell.contiguous(), valid, reverse,
+    )  # fmt: skip
+    return y, hs, cs, xp.view(length, batch, -1), ahat, chat, rstd, projected, mean, rstd_in
+
+
+def _reference(reverse, valid, output_is_view):
+    """FusedLayerNormLSTM's differentiable outputs as a function of its tensor inputs, by the cell's own step."""
+
+    def outputs(x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
+        weights = CellWeights(w_ih, w_hh, b_ih, b_hh, None, LayerNormWeights(gain_ih, gain_hh, gain_cell, bias_cell))
+        return transforms.reference_outputs(layer_norm_lstm_step, weights, x, (h0, c0), valid, reverse, output_is_view)
+
+    return outputs
+
+
+def _backward(ctx, saved, d_y, d_hs, d_cs):
+    """The compiled backward: gradients of (x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)."""
+    valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, cs, gates, ahat, chat, rstd, projected, mean, rstd_in, saved_hs = saved
+    hs, edited = transforms.kept_states(ctx, saved_hs)
+    if edited:  # the output, which is the states, was edited in place: run them once more from h_0
+        _, hs, cs, gates, ahat, chat, rstd, *_ = _forward(ctx.reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
+    length, batch, _ = x.shape
+    final = 0 if ctx.reverse else length
+    if ctx.view:  # d_hs holds the output's gradient and h_n's, at the same slots
+        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_hs is None else (d_hs[:-1] if ctx.reverse else d_hs[1:])
+        dh_n = h0.new_zeros(h0.shape)
+    else:
+        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_y is None else d_y
+        dh_n = h0.new_zeros(h0.shape) if d_hs is None else d_hs[final]
+    dc_n = c0.new_zeros(c0.shape) if d_cs is None else d_cs[final]
+    dxp, da, dh0, dc0, dgain_hh, dgain_cell, dbias_cell = ops.native_loops().layer_norm_lstm_backward(
+        gates, hs, cs, ahat, chat, rstd, w_hh.contiguous(), gain_hh.contiguous(), gain_cell.contiguous(),
+        bias_cell.contiguous(), valid, ctx.reverse, dy, dh_n.contiguous(), dc_n.contiguous(),
+    )  # fmt: skip
+    steps = length * batch
+    h_prev = hs[ctx.reverse : length + ctx.reverse].reshape(steps, hs.shape[2])
+    need = ctx.needs_input_grad
+    dw_hh = da.view(steps, da.shape[2]).t() @ h_prev if need[7] else None
+    bias = None if b_ih is None else b_ih + b_hh
+    d_projected, dgain_ih, dbias = torch.ops.aten.native_layer_norm_backward(
+        dxp.view(steps, -1), projected, [projected.shape[1]], mean, rstd_in, gain_ih, bias, [True, need[6], bias is not None]
+    )
+    dx = linear(d_projected, w_ih.t(), None).view_as(x) if need[2] else None
+    dw_ih = d_projected.t() @ x.reshape(steps, x.shape[2]) if need[3] else None
+    db = (dbias, dbias.clone()) if bias is not None else (None, None)
+    return dx, dw_ih, *db, dgain_ih, dw_hh, dgain_hh, dgain_cell, dbias_cell, dh0, dc0
 
 
 def supports(spec: CellSpec, x: Tensor, weights: CellWeights) -> bool:
-    """Whether the compiled LayerNorm LSTM loop covers this call."""
+    """Whether the compiled LayerNorm LSTM loop covers this call.
+
+    """
     return (
         spec.name == "layer_norm_lstm"
         and weights.weight_hr is None
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and not torch.is_autocast_enabled("cpu")
-        and fused_build.native_loops() is not None
+        and ops.native_loops() is not None
     )
 
 
 def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`, for a call :func:`supports` covers."""
     norm = weights.layer_norm
-    length, batch, features = x.shape
-    projected = linear(x.reshape(length * batch, features), weights.weight_ih, None)
-    # spec.project_input's LN(W_ih x)γ_ih + b_ih, plus b_hh, which is added after the recurrent LayerNorm and
-    # so folds in here, all as one layer_norm call: each extra op would be another (L, N, 4H) pass and buffer.
-    bias = None if weights.bias_ih is None else weights.bias_ih + weights.bias_hh
-    xp = F.layer_norm(projected, (projected.shape[1],), norm.gain_ih, bias, LAYER_NORM_EPS).view(length, batch, -1)
-    y, h_n, c_n = FusedLayerNormLSTM.apply(
-        fused_build.native_loops(), reverse, valid, xp, weights.weight_hh, norm.gain_hh, norm.gain_cell, norm.bias_cell, *state
-    )
+    h0, c0 = state
+    args = (x, h0, c0, weights.weight_ih, weights.weight_hh, weights.bias_ih, weights.bias_hh, norm.gain_ih, norm.gain_hh, norm.gain_cell, norm.bias_cell, valid, reverse)
+    # torch.func reaches an autograd.Function only when it is called directly, not inside an op's kernel.
+    y, h_n, c_n = _layer_norm_lstm(*args) if transforms.functorch_active() else torch.ops.rnnkit.layer_norm_lstm(*args)
     return y, (h_n, c_n)
+
+
+def _layer_norm_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, gain_ih, gain_hh, gain_cell, bias_cell, valid, reverse):
+    """``rnnkit::layer_norm_lstm``: one layer and direction, ``(y, h_n, c_n)``."""
+    y, hs, cs, *_ = FusedLayerNormLSTM.apply(reverse, valid, x.contiguous(), w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
+    return transforms.outputs(y, hs, cs, reverse, True, valid is None)
+
+
+_LIBRARY = torch.library.Library("rnnkit", "FRAGMENT")
+_LIBRARY.define(
+    "layer_norm_lstm(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor gain_ih, "
+    "Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)"
+)
+_LIBRARY.impl("layer_norm_lstm", _layer_norm_lstm, "CompositeImplicitAutograd")

@@ -12,6 +12,7 @@ index the state history, so that a step always reads ``hs[before]`` and writes
 
     forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse)
         -> y (L,N,H_out), hs (L+1,N,H_out), cs (L+1,N,H), hn (L,N,H), hraw (L,N,H)
+           (y is empty without padding and projection: the output is then hs's steps, a view taken by the caller)
     backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n)
         -> dgx (L,N,G*H), dgh_n (L,N,H), dh0 (N,H_out), dc0 (N,H), dproj (L,N,H_out)
 
@@ -27,8 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
-KINDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "lstm": LSTM, "gru": GRU}
+from rnnkit.ops.kinds import GRU, KINDS, LSTM, RNN_RELU, RNN_TANH  # noqa: F401 - KINDS re-exported
 
 
 def _empty(like: Tensor) -> Tensor:
@@ -39,7 +39,8 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
     length, batch, _ = xp.shape
     out_size = h0.shape[1]
     hidden = w_hh.shape[0] // {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}[kind]
-    y = xp.new_empty(length, batch, out_size)
+    aliased = valid is None and w_hr is None  # the output is then exactly hs's steps: returned empty, as the C++ kernel does
+    y = _empty(xp) if aliased else xp.new_empty(length, batch, out_size)
     hs = xp.new_empty(length + 1, batch, out_size)
     hs[length if reverse else 0] = h0
     cs = xp.new_empty(length + 1, batch, hidden) if kind == LSTM else _empty(xp)
@@ -80,7 +81,7 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
             h_new = torch.where(keep, h_new, h_prev)
             if kind == LSTM:
                 c_new = torch.where(keep, c_new, cs[before])
-        else:
+        elif not aliased:
             y[t] = h_new
         hs[after] = h_new
         if kind == LSTM:

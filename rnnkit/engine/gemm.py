@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rnnkit.ops import recorded_by_autograd
+
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """A weight gradient ``a @ b`` (MKL handles the transposed operands without a copy)."""
@@ -31,11 +33,6 @@ def addmm_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 # oneDNN 1.1-1.7x faster at K >= 128 and >= 16 MFLOP, 0.3-0.9x on smaller or narrower products.
 ONEDNN_MIN_INNER = 128
 ONEDNN_MIN_FLOPS = 1 << 24
-
-
-def recorded_by_autograd(*tensors: Tensor | None) -> bool:
-    """Whether autograd records an op on these tensors: grad mode is on and one of them requires grad."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

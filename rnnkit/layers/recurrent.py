@@ -20,6 +20,7 @@ Layer ``k``'s direction ``d`` reads weights named like torch.nn's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
 import warnings
@@ -186,11 +187,12 @@ class RecurrentLayer(nn.Module):
         """
         if lengths is None and (stepped := self._inference_step(input, hx)) is not None:
             return stepped
-        x, valid, layout = to_time_major(input, self.batch_first, lengths)
-        self._check_input(x)
-        if self.check_finite:
-            errors.check_finite("input", x, valid)
-        states = self._initial_states(hx, x, layout.unbatched)
+        with _checks_at_trace_time():
+            x, valid, layout = to_time_major(input, self.batch_first, lengths)
+            self._check_input(x)
+            if self.check_finite:
+                errors.check_finite("input", x, valid)
+            states = self._initial_states(hx, x, layout.unbatched)
         x, finals = self._run_layers(x, states, valid, self.run_direction)
         return layout.output(x), _final_state(finals, layout.unbatched)
 
@@ -211,6 +213,8 @@ class RecurrentLayer(nn.Module):
         ``run_direction``, which handles autocast).
         """
         if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or self.check_finite or self.run_direction is not fused.run_direction:
+            return None
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # a trace must hold the op that serves every length
             return None
         if not isinstance(input, Tensor):
             return None
@@ -327,6 +331,19 @@ def _one_step(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, val
         return stepped[0], stepped
     y, final = fused.run_direction(spec, x.unsqueeze(0), state, weights, valid, reverse)
     return y.squeeze(0), final
+
+
+@contextlib.contextmanager
+def _checks_at_trace_time():
+    """Input checks under ``torch.jit.trace`` compare traced sizes with Python numbers, and the tracer warns that
+    those comparisons are not recorded. That is what is meant: the checks validate the example input at trace
+    time, and the recorded ops serve any batch size and length. Elsewhere this does nothing."""
+    if not torch.jit.is_tracing():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
 
 
 def _final_state(finals: list[State], unbatched: bool):

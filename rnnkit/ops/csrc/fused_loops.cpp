@@ -19,6 +19,9 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 #include <omp.h>
 
@@ -560,10 +563,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
   at::Tensor hs = at::empty({L + 1, N, Hout}, xp.options());
-  // Without padding or projection the output is exactly the states it saves: y shares hs's memory,
-  // one (L, N, H) buffer less (the loop's writes to y repeat its writes to hs). It is not a view
-  // (autograd forbids in-place edits of a view returned by a multi-output Function, and torch.nn's
-  // RNN and GRU allow them); fused.py watches y's version and recomputes hs if y was edited.
+  // Without padding or projection the output is exactly the states it saves: the loop's writes to y
+  // land in hs, one (L, N, H) buffer less. Operator outputs must not alias each other (torch.compile
+  // and export rely on it), so y is then returned empty and Python takes the output as a view of hs.
   const bool alias = !valid.has_value() && !proj;
   at::Tensor y = alias ? at::empty({0}, xp.options()).set_(hs.storage(), hs.storage_offset() + (reverse ? 0 : N * Hout), {L, N, Hout}, {N * Hout, Hout, 1})
                        : at::empty({L, N, Hout}, xp.options());
@@ -577,7 +579,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_fused_forward", [&] {
     drive_forward(forward_state<scalar_t>(kind, G, proj, reverse, valid_t, xp, y, hs, cs, hn, hraw, w_hh, b_hn_t, w_hr, scratch), xp.options());
   });
-  return {y, hs, cs, hn, hraw};
+  return {alias ? at::empty({0}, xp.options()) : y, hs, cs, hn, hraw};
 }
 
 // Steps per chunk of the inference loop: about 256K projected values (1 MB in float32).
@@ -978,7 +980,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor hs = at::empty({L + 1, N, H}, xp.options()), cs = at::empty({L + 1, N, H}, xp.options());
   hs.select(0, reverse ? L : 0).copy_(h0);
   cs.select(0, reverse ? L : 0).copy_(c0);
-  at::Tensor y = valid.has_value() ? at::empty({L, N, H}, xp.options()) : hs.narrow(0, reverse ? 0 : 1, L);
+  at::Tensor y = valid.has_value() ? at::empty({L, N, H}, xp.options()) : hs.narrow(0, reverse ? 0 : 1, L);  // returned empty, as in forward_loop
   at::Tensor gates = xp, ahat = at::empty_like(xp);
   at::Tensor chat = at::empty({L, N, H}, xp.options()), rstd = at::empty({L, N, 2}, xp.options());
   at::Tensor scratch = at::empty({N, 4 * H}, xp.options());
@@ -992,7 +994,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                             scratch.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, thread_count(H)};
     drive_norm(loop, false, xp.options());
   });
-  return {y, hs, cs, ahat, chat, rstd};
+  return {valid.has_value() ? y : at::empty({0}, xp.options()), hs, cs, ahat, chat, rstd};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_backward(
@@ -1021,13 +1023,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {dgx, da, dh, dc, dgain_hh.to(gates.scalar_type()), dgain_cell.to(gates.scalar_type()), dbias_cell.to(gates.scalar_type())};
 }
 
+// ---- The Autograd kernel of every op: refuse what autograd would have to record ----
+inline bool recorded(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+inline bool recorded(const std::optional<at::Tensor>& t) { return t.has_value() && recorded(*t); }
+template <typename T>
+inline bool recorded(const T&) { return false; }
+
+template <typename Signature, Signature* kernel, const char* name>
+struct InferenceOnly;
+
+template <typename Ret, typename... Args, Ret (*kernel)(Args...), const char* name>
+struct InferenceOnly<Ret(Args...), kernel, name> {
+  static Ret call(Args... args) {
+    TORCH_CHECK(!at::GradMode::is_enabled() || !(recorded(args) || ...), "rnnkit_fused::", name,
+                " has no autograd formula of its own (rnnkit's autograd.Functions differentiate around it), but an input "
+                "requires grad; call it under torch.no_grad() or through rnnkit's layers and cells");
+    // Below autograd, so that fake and meta tensors reach their kernels (torch.compile, export).
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow((std::string("rnnkit_fused::") + name).c_str(), "").typed<Ret(Args...)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(args...);
+  }
+};
+
+constexpr char k_forward_loop[] = "forward_loop", k_cell_step[] = "cell_step", k_forward_inference[] = "forward_inference",
+               k_backward_loop[] = "backward_loop", k_layer_norm_lstm_forward[] = "layer_norm_lstm_forward",
+               k_layer_norm_lstm_backward[] = "layer_norm_lstm_backward";
+
 }  // namespace
 
 TORCH_LIBRARY(rnnkit_fused, m) {
-  m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &forward_loop);
-  m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)", &cell_step);
-  m.def("layer_norm_lstm_forward(Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", &layer_norm_lstm_forward);
-  m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", &layer_norm_lstm_backward);
-  m.def("forward_inference(int kind, Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)", &forward_inference);
-  m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &backward_loop);
+  m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)");
+  m.def("layer_norm_lstm_forward(Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("forward_inference(int kind, Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)");
+  m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(rnnkit_fused, CPU, m) {
+  m.impl("forward_loop", &forward_loop);
+  m.impl("cell_step", &cell_step);
+  m.impl("layer_norm_lstm_forward", &layer_norm_lstm_forward);
+  m.impl("layer_norm_lstm_backward", &layer_norm_lstm_backward);
+  m.impl("forward_inference", &forward_inference);
+  m.impl("backward_loop", &backward_loop);
+}
+
+// The kernels have no derivatives of their own: rnnkit/engine differentiates whole sequences
+// around them (autograd.Functions with hand-written backward through time). Their Autograd kernel
+// refuses a call that autograd would have to record, rather than let gradients stop silently.
+TORCH_LIBRARY_IMPL(rnnkit_fused, Autograd, m) {
+  m.impl("forward_loop", &InferenceOnly<decltype(forward_loop), forward_loop, k_forward_loop>::call);
+  m.impl("cell_step", &InferenceOnly<decltype(cell_step), cell_step, k_cell_step>::call);
+  m.impl("layer_norm_lstm_forward", &InferenceOnly<decltype(layer_norm_lstm_forward), layer_norm_lstm_forward, k_layer_norm_lstm_forward>::call);
+  m.impl("layer_norm_lstm_backward", &InferenceOnly<decltype(layer_norm_lstm_backward), layer_norm_lstm_backward, k_layer_norm_lstm_backward>::call);
+  m.impl("forward_inference", &InferenceOnly<decltype(forward_inference), forward_inference, k_forward_inference>::call);
+  m.impl("backward_loop", &InferenceOnly<decltype(backward_loop), backward_loop, k_backward_loop>::call);
 }

@@ -1,4 +1,4 @@
-"""Building and loading the fused engine's compiled loop kernel (``csrc/fused_loops.cpp``).
+"""Building and loading the compiled kernels (``csrc/fused_loops.cpp``): the library behind :mod:`rnnkit.ops`.
 
 The kernel is JIT-compiled with :func:`torch.utils.cpp_extension.load` the first
 time a CPU layer runs on the fused engine, once per process, and cached on
@@ -28,7 +28,8 @@ import warnings
 
 import torch
 
-from rnnkit.engine import fused_loops
+from rnnkit.ops import fakes
+
 
 SOURCE = pathlib.Path(__file__).with_name("csrc") / "fused_loops.cpp"
 NO_BUILD_ENV = "RNNKIT_ENGINE_NO_BUILD"
@@ -114,6 +115,7 @@ def _build() -> None:
             )
         ops = torch.ops.rnnkit_fused
         ops.forward_loop, ops.cell_step  # noqa: B018 - raises if the library did not register its ops
+        fakes.register_fakes()
     except Exception as error:  # noqa: BLE001 - any failure means: use the fallback, and say why
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         _state["reason"] = f"C++ build failed ({type(error).__name__}: {first_line[:300]})"
@@ -138,4 +140,4 @@ def status() -> str:
     return f"fused pure-PyTorch fallback: {_state['reason']}"
 
 
-__all__ = ["NativeLoops", "build_dir", "native_loops", "status", "fused_loops"]
+__all__ = ["NativeLoops", "build_dir", "native_loops", "status"]

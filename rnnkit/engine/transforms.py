@@ -1,0 +1,150 @@
+"""What the fused engine's autograd Functions share so that every PyTorch transform sees one differentiable op.
+
+Each fused Function (:class:`rnnkit.engine.fused.FusedRecurrence`,
+:class:`rnnkit.engine.fused_layer_norm.FusedLayerNormLSTM`) returns the output ``y`` (empty
+when it is a view of the states), the state history ``hs`` (L+1, N, H_out), the cell history
+``cs`` (LSTM, else empty) and non-differentiable internals kept for backward. The rules:
+
+* **First order** (``backward`` with grad mode off): the compiled backward through time.
+* **Higher order** (grad mode on in ``backward``: ``create_graph=True``, or inside torch.func,
+  whose transforms always differentiate that way): the vector-Jacobian product of
+  :func:`reference_outputs`, the cells' own step math under ``torch.func.vjp``, which is
+  differentiable again. It recomputes the sequence once; the results are the reference engine's.
+* **Forward mode** (``jvp``/``jacfwd``): ``torch.func.jvp`` of the same reference outputs.
+* **vmap**: the vmapped dimension is folded into the batch dimension N, which the kernels
+  already treat row by row (:func:`vmap_by_batch`); a batched weight runs one call per sample.
+* **In-place edits of the output**: where ``y`` is a view of ``hs``, ``hs`` is kept as a
+  detached alias whose version is checked in backward; an edited history is recomputed
+  (:func:`keep_states` / :func:`kept_states`), as torch.nn's RNN and GRU allow such edits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jvp, ...) is running around this call."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def outputs(y: Tensor, hs: Tensor, cs: Tensor, reverse: bool, lstm: bool, output_is_view: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The layer-facing ``(y, h_n, c_n)`` from a Function's outputs (c_n empty but for the LSTM).
+
+    h_n and c_n are copies, so they never share memory with the output; y is a view of hs's
+    steps where the Function returned it empty.
+    """
+    final = 0 if reverse else -1
+    if output_is_view:
+        y = hs[:-1] if reverse else hs[1:]  # slices, not narrow(length): no size to guard on under export
+    return y, hs[final].clone(), cs[final].clone() if lstm else cs
+
+
+def keep_states(ctx, hs: Tensor, output_is_view: bool) -> Tensor | None:
+    """Watch hs where the output is a view of it (eager only); return it for save_for_backward otherwise."""
+    watch = output_is_view and not torch.compiler.is_compiling() and not functorch_active()
+    ctx.watched_states = hs.detach() if watch else None  # detached: no reference cycle through hs's grad_fn
+    ctx.watched_version = hs._version if watch else None
+    return None if watch else hs
+
+
+def kept_states(ctx, saved: Tensor | None) -> tuple[Tensor, bool]:
+    """The state history for backward, and whether the caller edited it in place (then it must be recomputed)."""
+    if ctx.watched_states is None:
+        return saved, False
+    return ctx.watched_states, ctx.watched_states._version != ctx.watched_version
+
+
+def reference_outputs(step, weights, x: Tensor, state: tuple[Tensor, ...], valid: Tensor | None, reverse: bool, output_is_view: bool):
+    """The Function's differentiable outputs ``(y, hs, cs)`` computed by a cell's step, one step at a time.
+
+    Same layout as the kernels: ``hs[before]`` enters step t and ``hs[after]`` leaves it
+    (``before = t + reverse``, ``after = t + 1 - reverse``); padded steps hold the state and
+    output zeros; ``y`` is empty where it is a view of hs; ``cs`` is empty but for the LSTM.
+    """
+    length = x.shape[0]
+    lstm = len(state) == 2
+    hs: list[Tensor | None] = [None] * (length + 1)
+    cs: list[Tensor | None] = [None] * (length + 1)
+    start = length if reverse else 0
+    hs[start], cs[start] = state[0], state[-1]
+    ys: list[Tensor | None] = [None] * length
+    for t in range(length - 1, -1, -1) if reverse else range(length):
+        y, new = step(x[t], state, weights)
+        if valid is not None:
+            keep = valid[t].unsqueeze(-1)
+            y = torch.where(keep, y, torch.zeros((), dtype=y.dtype, device=y.device))
+            new = tuple(torch.where(keep, n, o) for n, o in zip(new, state))
+        ys[t], state = y, new
+        hs[t + 1 - reverse], cs[t + 1 - reverse] = new[0], new[-1]
+    empty = x.new_empty(0)
+    y_out = empty if output_is_view or length == 0 else torch.stack(ys)
+    return y_out, torch.stack(hs), torch.stack(cs) if lstm else empty
+
+
+def reference_vjp(function, primals: tuple[Tensor | None, ...], cotangents: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+    """``vjp`` of ``function(*primals) -> outputs`` for the primals that are tensors (None elsewhere), differentiable again."""
+    present = [i for i, p in enumerate(primals) if p is not None]
+
+    def of_present(*tensors):
+        full = list(primals)
+        for i, t in zip(present, tensors):
+            full[i] = t
+        return function(*full)
+
+    outs, pullback = torch.func.vjp(of_present, *(primals[i] for i in present))
+    cotangents = tuple(torch.zeros_like(o) if c is None else c for o, c in zip(outs, cotangents))
+    grads = pullback(cotangents)
+    result: list[Tensor | None] = [None] * len(primals)
+    for i, g in zip(present, grads):
+        result[i] = g
+    return tuple(result)
+
+
+def reference_jvp(function, primals: tuple[Tensor | None, ...], tangents: tuple[Tensor | None, ...]) -> tuple[Tensor, ...]:
+    """``jvp`` of ``function(*primals) -> outputs`` (a None tangent is zero)."""
+    present = [i for i, p in enumerate(primals) if p is not None]
+
+    def of_present(*tensors):
+        full = list(primals)
+        for i, t in zip(present, tensors):
+            full[i] = t
+        return function(*full)
+
+    primal_in = tuple(primals[i] for i in present)
+    tangent_in = tuple(torch.zeros_like(primals[i]) if tangents[i] is None else tangents[i] for i in present)
+    return torch.func.jvp(of_present, primal_in, tangent_in)[1]
+
+
+def vmap_by_batch(apply, info, in_dims, args, roles):
+    """vmap rule: fold the vmapped dimension into the batch dimension N, or run per sample if a weight is batched.
+
+    ``roles`` names each argument's layout: ``"seq"`` (L, N, F), ``"mask"`` (L, N), ``"state"``
+    (N, F), ``"weight"`` (anything, must not be batched to fold) or ``None`` (not a tensor).
+    Every output of ``apply`` is time-major ``(T, N, F)`` or an empty placeholder.
+    """
+    size = info.batch_size
+    if any(d is not None for d, role in zip(in_dims, roles) if role == "weight"):
+        per_sample = [apply(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims))) for i in range(size)]
+        stacked = tuple(torch.stack(parts) for parts in zip(*per_sample))
+        return stacked, tuple(0 for _ in stacked)
+    batch_axis = {"seq": 1, "mask": 1, "state": 0}
+    folded = []
+    for a, d, role in zip(args, in_dims, roles):
+        if role not in batch_axis or a is None:
+            folded.append(a)
+            continue
+        axis = batch_axis[role]
+        a = a.unsqueeze(axis).expand(*a.shape[:axis], size, *a.shape[axis:]) if d is None else a.movedim(d, axis)
+        folded.append(a.reshape(*a.shape[:axis], size * a.shape[axis + 1], *a.shape[axis + 2 :]))
+    results = apply(*folded)
+    unfolded, dims = [], []
+    for r in results:
+        if r.dim() == 3:
+            unfolded.append(r.view(r.shape[0], size, r.shape[1] // size, r.shape[2]))
+            dims.append(1)
+        else:
+            unfolded.append(r)
+            dims.append(None)
+    return tuple(unfolded), tuple(dims)

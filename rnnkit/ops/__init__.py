@@ -1,0 +1,74 @@
+"""The one seam between Python and the compiled kernels: operators registered with ``torch.library``.
+
+Every compiled kernel is an op of the ``rnnkit_fused`` library (``csrc/fused_loops.cpp``,
+built on first use by :mod:`rnnkit.ops.build`):
+
+=============================  ==========================================================
+``forward_loop``               a sequence's recurrence from its input projections, with history
+``backward_loop``              the same recurrence walked backwards: every step's gate gradients
+``forward_inference``          a whole direction without history (nothing needs a gradient)
+``cell_step``                  one step of a stand-alone cell, for inference
+``layer_norm_lstm_forward``    the LayerNorm LSTM's recurrence, with history
+``layer_norm_lstm_backward``   and its backward
+=============================  ==========================================================
+
+Each op has a schema (C++ ``TORCH_LIBRARY``), a CPU kernel, a fake kernel for shape
+propagation (:mod:`rnnkit.ops.fakes`, used by torch.compile, torch.export and FakeTensor
+tracing), and an Autograd kernel that refuses a call autograd would have to record: the
+kernels are not differentiated one by one. The engines differentiate whole sequences
+around them (:mod:`rnnkit.engine.fused`), and expose those as the composite ops
+``rnnkit::recurrence`` and ``rnnkit::layer_norm_lstm``. Cells, layers and engines reach the
+kernels only through the ops here; nothing else loads the library.
+
+Loading: ``import rnnkit`` registers nothing native until a CPU layer or cell first runs (or
+:func:`native_loops` is called); a saved TorchScript or ``torch.export`` program that calls
+these ops needs ``import rnnkit`` and one such call (or :func:`load`) first.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkit.ops.build import NativeLoops, build_dir, native_loops, status
+from rnnkit.ops.kinds import GRU, KINDS, LSTM, RNN_RELU, RNN_TANH
+
+
+def load() -> bool:
+    """Build or load the compiled library and register its ops; whether it is available (see :func:`status`)."""
+    return native_loops() is not None
+
+
+def recorded_by_autograd(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an op on these tensors: grad mode is on and one of them requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def single_step(name: str, x: Tensor, state: tuple[Tensor, ...], weights) -> tuple[Tensor, ...] | None:
+    """The new state after one step of x (N, H_in) through ``cell_step``, or None where that kernel does not apply.
+
+    It applies to inference only (nothing needs a gradient), on float32/float64 CPU
+    tensors, for the plain families (``name`` a key of :data:`KINDS`) without a projection
+    or LayerNorm (``weights`` is a :class:`rnnkit.cells.CellWeights`), when the library is
+    built, and outside tracing (a trace must record the differentiable path). It is the
+    same math as the cell's step in one call instead of about eight dispatched ops: for one
+    step at a time, that overhead is the whole cost.
+    """
+    if name not in KINDS or weights.weight_hr is not None or weights.layer_norm is not None:
+        return None
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or recorded_by_autograd(x, *state, *weights[:4]):
+        return None
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    native = native_loops()
+    if native is None:
+        return None
+    kind = KINDS[name]
+    h, c = native.cell_step(kind, x, state[0], state[-1], *weights[:4])  # state[-1]: c, read only by the LSTM
+    return (h, c) if kind == LSTM else (h,)
+
+
+__all__ = [
+    "GRU", "KINDS", "LSTM", "RNN_RELU", "RNN_TANH", "NativeLoops", "build_dir", "load", "native_loops",
+    "recorded_by_autograd", "single_step", "status",
+]  # fmt: skip

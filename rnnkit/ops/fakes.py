@@ -1,0 +1,83 @@
+"""Fake (meta) kernels of the compiled ops: output shapes without running anything.
+
+torch.compile, torch.export and FakeTensor tracing call these instead of the C++
+kernels, which read raw data pointers. Each mirrors its kernel's outputs exactly
+(shape, dtype, device), including the empty placeholders a kernel returns for
+results a family does not have. Legend: L steps, N batch, H hidden, H_out output
+size (``proj_size`` or H), G gates, GH = G*H.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkit.ops.kinds import GRU, LSTM
+
+
+def _check_time_major(name: str, t: Tensor) -> None:
+    torch._check(t.dim() == 3, lambda: f"{name}: expected (L, N, features), got shape {tuple(t.shape)}")
+
+
+def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
+    _check_time_major("xp", xp)
+    length, batch, gate_size = xp.shape
+    hidden = gate_size // {LSTM: 4, GRU: 3}.get(kind, 1)
+    out_size = h0.shape[1]
+    aliased = valid is None and w_hr is None  # y is then a view of hs, taken in Python
+    y = xp.new_empty(0) if aliased else xp.new_empty(length, batch, out_size)
+    hs = xp.new_empty(length + 1, batch, out_size)
+    cs = xp.new_empty(length + 1, batch, hidden) if kind == LSTM else xp.new_empty(0)
+    hn = xp.new_empty(length, batch, hidden) if kind == GRU else xp.new_empty(0)
+    hraw = xp.new_empty(length, batch, hidden) if w_hr is not None else xp.new_empty(0)
+    return y, hs, cs, hn, hraw
+
+
+def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n):
+    _check_time_major("dy", dy)
+    length, batch, _ = dy.shape
+    gate_size = w_hh.shape[0]
+    hidden = gate_size // {LSTM: 4, GRU: 3}.get(kind, 1)
+    dgx = dy.new_empty(length, batch, gate_size)
+    dgh_n = dy.new_empty(length, batch, hidden) if kind == GRU else dy.new_empty(0)
+    dc = dy.new_empty(dc_n.shape) if kind == LSTM else dy.new_empty(0)
+    dproj = dy.new_empty(length, batch, hs.shape[2]) if w_hr is not None else dy.new_empty(0)
+    return dgx, dgh_n, dy.new_empty(dh_n.shape), dc, dproj
+
+
+def forward_inference(kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
+    _check_time_major("x", x)
+    length, batch, _ = x.shape
+    hidden = w_hh.shape[0] // {LSTM: 4, GRU: 3}.get(kind, 1)
+    c_n = x.new_empty(batch, hidden) if kind == LSTM else x.new_empty(0)
+    return x.new_empty(length, batch, h0.shape[1]), x.new_empty(batch, h0.shape[1]), c_n
+
+
+def cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    batch = x.shape[0]
+    return x.new_empty(batch, h.shape[1]), x.new_empty(batch if kind == LSTM else 0, h.shape[1])
+
+
+def layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse):
+    _check_time_major("xp", xp)
+    length, batch, gate_size = xp.shape
+    hidden = h0.shape[1]
+    y = xp.new_empty(length, batch, hidden) if valid is not None else xp.new_empty(0)
+    states = (xp.new_empty(length + 1, batch, hidden), xp.new_empty(length + 1, batch, hidden))
+    return y, *states, xp.new_empty(length, batch, gate_size), xp.new_empty(length, batch, hidden), xp.new_empty(length, batch, 2)
+
+
+def layer_norm_lstm_backward(gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, dy, dh_n, dc_n):
+    return (
+        gates.new_empty(gates.shape), gates.new_empty(gates.shape), dh_n.new_empty(dh_n.shape), dc_n.new_empty(dc_n.shape),
+        gain_hh.new_empty(gain_hh.shape), gain_cell.new_empty(gain_cell.shape), bias_cell.new_empty(bias_cell.shape),
+    )  # fmt: skip
+
+
+KERNELS = (forward_loop, backward_loop, forward_inference, cell_step, layer_norm_lstm_forward, layer_norm_lstm_backward)
+
+
+def register_fakes() -> None:
+    """Register every fake kernel with its op (once the library is loaded: the ops must exist)."""
+    for fake in KERNELS:
+        torch.library.register_fake(f"rnnkit_fused::{fake.__name__}", fake)

@@ -1,0 +1,4 @@
+"""The kernels' numbering of the cell families (the ``kind`` argument of every op)."""
+
+RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
+KINDS = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "lstm": LSTM, "gru": GRU}
