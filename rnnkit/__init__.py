@@ -6,8 +6,9 @@ choice of execution ``engine=``.
 """
 
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
+from rnnkit.engine.onnx_export import translation_table as onnx_translation_table
 from rnnkit.layers import GRU, LSTM, RNN, RecurrentLayer
 
 __version__ = "0.1.0"
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "RecurrentLayer", "__version__"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "RecurrentLayer", "__version__", "onnx_translation_table"]

@@ -108,7 +108,7 @@ def normalized_linear(x: Tensor, weight: Tensor, gain: Tensor, bias: Tensor | No
 
 def init_uniform_(parameters, hidden_size: int) -> None:
     """torch.nn's RNN initialisation: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
-    bound = 1.0 / math.sqrt(hidden_size)
+    bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0  # as torch.nn for a zero-size cell
     with torch.no_grad():
         for p in parameters:
             p.uniform_(-bound, bound)
@@ -141,9 +141,10 @@ class RecurrentCell(nn.Module):
     ) -> None:
         super().__init__()
         errors.check_positive_int("input_size", input_size)
-        errors.check_positive_int("hidden_size", hidden_size)
+        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 0:  # 0 as torch.nn: (N, 0) states
+            raise errors.fail("hidden_size", "a non-negative int", repr(hidden_size))
         errors.check_bool("bias", bias)
-        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not (proj_size == 0 or 0 < proj_size < hidden_size):
             raise errors.fail("proj_size", f"an int in [0, hidden_size={hidden_size})", repr(proj_size))
         self.input_size = input_size
         self.hidden_size = hidden_size

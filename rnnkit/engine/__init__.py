@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from rnnkit import errors
 from rnnkit import ops
-from rnnkit.engine import fused, hoisted, reference
+from rnnkit.engine import fused, hoisted, onnx_export, reference
 
 ENGINES = {"reference": reference.run_direction, "fused": fused.run_direction}
 DEFAULT = "fused"
@@ -84,5 +84,7 @@ def _device(layer) -> str:
     parameter = None if layer is None else next(layer.parameters(), None)
     return "cpu" if parameter is None else parameter.device.type
 
+
+onnx_export.register_symbolic()
 
 __all__ = ["DEFAULT", "ENGINES", "describe", "resolve"]

@@ -91,7 +91,7 @@ class FusedRecurrence(torch.autograd.Function):
         ctx.mark_non_differentiable(gates, hn, hraw)
         ctx.set_materialize_grads(False)
         ctx.kind, ctx.reverse, ctx.view = kind, reverse, valid is None and w_hr is None
-        ctx.primals = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)  # for jvp; all saved for backward anyway
+        ctx.primals, ctx.valid = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), valid  # for jvp; all saved for backward anyway
         ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, transforms.keep_states(ctx, hs, ctx.view))
 
     @staticmethod
@@ -105,8 +105,7 @@ class FusedRecurrence(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _kind, _reverse, _valid, *tangents):
-        valid = None if ctx.view else ctx.saved_tensors[0]
-        y, hs, cs = transforms.reference_jvp(_reference(ctx.kind, ctx.reverse, valid, ctx.view), ctx.primals, tangents)
+        y, hs, cs = transforms.reference_jvp(_reference(ctx.kind, ctx.reverse, ctx.valid, ctx.view), ctx.primals, tangents)
         return y, hs, cs, None, None, None
 
     @staticmethod
@@ -133,7 +132,7 @@ def _backward(ctx, saved, d_y, d_hs, d_cs):
     if edited:  # the output, which is the states, was edited in place: run them once more from h_0
         hs = _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)[2]
     length, batch, _ = x.shape
-    final = 0 if reverse else length
+    final = 0 if reverse else -1  # not the index L: a symbolic size under torch.compile would be specialised
     if ctx.view:  # d_hs holds the output's gradient and h_n's, at the same slots
         dy = hs.new_zeros(length, batch, hs.shape[2]) if d_hs is None else (d_hs[:-1] if reverse else d_hs[1:])
         dh_n = h0.new_zeros(h0.shape)

@@ -113,7 +113,7 @@ def _backward(ctx, saved, d_y, d_hs, d_cs):
     if edited:  # the output, which is the states, was edited in place: run them once more from h_0
         _, hs, cs, gates, ahat, chat, rstd, *_ = _forward(ctx.reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
     length, batch, _ = x.shape
-    final = 0 if ctx.reverse else length
+    final = 0 if ctx.reverse else -1  # not the index L: a symbolic size under torch.compile would be specialised
     if ctx.view:  # d_hs holds the output's gradient and h_n's, at the same slots
         dy = hs.new_zeros(length, batch, hs.shape[2]) if d_hs is None else (d_hs[:-1] if ctx.reverse else d_hs[1:])
         dh_n = h0.new_zeros(h0.shape)

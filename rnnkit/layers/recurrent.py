@@ -76,8 +76,8 @@ class RecurrentLayer(nn.Module):
         errors.check_positive_int("num_layers", num_layers)
         for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional), ("layer_norm", layer_norm), ("check_finite", check_finite)):
             errors.check_bool(name, flag)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-            raise errors.fail("dropout", "a number in [0, 1)", repr(dropout))
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+            raise errors.fail("dropout", "a number in [0, 1]", repr(dropout))
         if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
             raise errors.fail("proj_size", f"an int in [0, hidden_size={hidden_size})", repr(proj_size))
         if dropout > 0 and num_layers == 1:
@@ -123,6 +123,11 @@ class RecurrentLayer(nn.Module):
                     name = self._param_name(kind, layer, direction)
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                     self._flat_weights_names.append(name)
+        # Each cell's parameter names, looked up on every call (a plain list: torch.compile traces it as it is).
+        self._cell_names = [
+            _cell_weight_names(layer, direction, bias, bool(proj_size), layer_norm, spec.state_count == 2)
+            for layer in range(num_layers) for direction in range(directions)
+        ]  # fmt: skip
         self.reset_parameters()
 
     # -- parameters ---------------------------------------------------------
@@ -153,10 +158,21 @@ class RecurrentLayer(nn.Module):
 
     def cell_weights(self, layer: int, direction: int) -> CellWeights:
         parameters = self._parameters
-        names = _cell_weight_names(layer, direction, self.bias, bool(self.proj_size), self.layer_norm, self.spec.state_count == 2)
+        names = self._cell_names[layer * self.num_directions + direction]
         # Only the names this configuration has: a missing one would cost an AttributeError in nn.Module.__getattr__.
         w = [None if name is None else registered_or_attribute(self, parameters, name) for name in names]
         return CellWeights(*w[:5], LayerNormWeights(*w[5:]) if self.layer_norm else None)
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """torch.nn's flat list of the weights, in ``_flat_weights_names`` order (third-party code reads it)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script cannot compile rnnkit.{type(self).__name__}: its engines are Python and registered ops. "
+            "Use torch.jit.trace (it records the rnnkit::recurrence op), torch.export or torch.compile instead."
+        )
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -170,7 +186,7 @@ class RecurrentLayer(nn.Module):
 
     # -- forward ------------------------------------------------------------
 
-    def forward(self, input: Tensor | PackedSequence, hx=None, *, lengths=None):
+    def forward(self, input: Tensor | PackedSequence, hx=None, lengths=None):
         """Run the layer.
 
         Args:
@@ -242,7 +258,7 @@ class RecurrentLayer(nn.Module):
                 outputs.append(y)
                 finals.append(final)
             x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
-            if self.dropout and self.training and layer < self.num_layers - 1:
+            if self.training and layer < self.num_layers - 1 and self.dropout != 0.0:
                 x = F.dropout(x, self.dropout, training=True)
         return x, finals
 

@@ -85,7 +85,9 @@ def _check_lengths(lengths, batch: int, seq_len: int) -> Tensor:
         raise errors.fail("lengths", "a list of ints or a 1-D integer tensor", type(lengths).__name__)
     if values.numel() != batch:
         raise errors.fail("lengths", f"{batch} values, one per sequence in the batch", f"{values.numel()} values")
-    if values.numel():
+    if torch.compiler.is_compiling():  # the values are data: checked when the compiled program runs, not traced
+        torch._assert_async(((values >= 1) & (values <= seq_len)).all(), "lengths: expected values in [1, the sequence length]")
+    elif values.numel():
         shortest, longest = int(values.min()), int(values.max())
         if shortest <= 0:
             raise errors.fail("lengths", "values >= 1", f"{shortest} at batch index {int(values.argmin())}")
@@ -95,8 +97,13 @@ def _check_lengths(lengths, batch: int, seq_len: int) -> Tensor:
 
 
 def _valid_mask(lengths: Tensor, seq_len: int, device: torch.device) -> Tensor | None:
-    """(L, N) mask, True where t < lengths[n]; None when no sequence is padded."""
-    if lengths.numel() == 0 or int(lengths.min()) == seq_len:
+    """(L, N) mask, True where t < lengths[n]; None when no sequence is padded.
+
+    A trace or compiled program serves any lengths, so there the mask is always made.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        pass
+    elif lengths.numel() == 0 or int(lengths.min()) == seq_len:
         return None
     steps = torch.arange(seq_len).unsqueeze(1)
     return (steps < lengths.unsqueeze(0)).to(device)
