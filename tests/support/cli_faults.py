@@ -5,9 +5,8 @@ usage: python -m tests.support.cli_faults [FAULT ...] -- COMMAND [ARGS ...]
 Faults (each changes timing or fails one thing, never what a step computes):
   --step-delay S        sleep S seconds after every training step (a window to send signals in)
   --decode-delay S      sleep S seconds in every generation step
-  --block-read          reading a data file blocks (a slow disk; a window to interrupt data loading)
+  --block-read          reading data (a file, an archive, standard input) prints "[fault] blocked reading ..." and blocks
   --full-disk-at N      the N-th write of a checkpoint.safetensors fails with ENOSPC (a full disk)
-  --nan-at-step N       the loss of training step N is NaN
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ def main() -> int:
     parser.add_argument("--decode-delay", type=float)
     parser.add_argument("--block-read", action="store_true")
     parser.add_argument("--full-disk-at", type=int)
-    parser.add_argument("--nan-at-step", type=int)
     faults = parser.parse_args(argv[:split])
 
     from rnnkit.training import callbacks, checkpoint, trainer
@@ -53,10 +51,12 @@ def main() -> int:
     if faults.block_read:
         from rnnkit.tasks import common
 
-        def blocked(path):
+        def blocked(what, *args):
+            print(f"[fault] blocked reading {what}", flush=True)
             time.sleep(600)
 
-        common.read_bytes = blocked
+        common.read_bytes = common.read_member = common.cached_package = blocked
+        sys.stdin = type("BlockedStdin", (), {"read": lambda self, *args: blocked("standard input")})()
     if faults.full_disk_at:
         replace_with, writes = checkpoint._replace_with, []
 
@@ -68,15 +68,6 @@ def main() -> int:
             replace_with(path, payload)
 
         checkpoint._replace_with = fill_disk
-    if faults.nan_at_step:
-        window_loss = trainer.Trainer._window_loss
-
-        def poisoned(self, *args):
-            loss, carry, lagged = window_loss(self, *args)
-            return (loss * float("nan") if self.position.step + 1 == faults.nan_at_step else loss), carry, lagged
-
-        trainer.Trainer._window_loss = poisoned
-
     from rnnkit.cli.main import main as rnnkit
 
     return rnnkit(argv[split + 1 :])
