@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from rnnkit.cli.main import main
-from rnnkit.training import Trainer, load_checkpoint
+from rnnkit.training import Trainer, checkpoint, load_checkpoint
 from rnnkit.training.callbacks import read_metrics
 from tests.test_tasks_charlm import write_text
 
@@ -302,3 +302,22 @@ def test_ctrl_c_during_the_first_kernel_build_exits_cleanly(tmp_path, reference)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert one_line(stderr) == "rnnkit train: interrupted by SIGINT before the first checkpoint; nothing to resume (run the same command again)"
+
+
+def test_overwrite_deletes_the_old_run_at_the_new_ones_first_checkpoint(tmp_path, reference, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference.run, run)
+    replace_with, writes = checkpoint._replace_with, []
+
+    def full_after_the_first_checkpoint(path, payload):
+        writes.append(path.name)
+        if writes.count("checkpoint.safetensors") == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        replace_with(path, payload)
+
+    monkeypatch.setattr(checkpoint, "_replace_with", full_after_the_first_checkpoint)
+    assert main([str(a) for a in reference.train(run, "--overwrite")]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the old run went at the first checkpoint; the new one stays
+    assert step_of(run) == 5 and not (run / "model.safetensors").exists()
