@@ -104,7 +104,7 @@ def reference(tmp_path_factory) -> Reference:
 
 def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path, reference):
     run = tmp_path / "run"
-    process = start(reference.train(run), faults=["--step-delay", "0.05"])
+    process = start(reference.train(run), faults=["--step-delay", "0.1"])
     wait_for(lambda: (run / "checkpoint.safetensors").exists(), process)
     process.kill()
     process.communicate(timeout=30)
@@ -119,7 +119,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path, reference):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_checkpoints_at_the_next_update_and_exits(tmp_path, reference, signum):
     run = tmp_path / "run"
-    process = start(reference.train(run), faults=["--step-delay", "0.05"])
+    process = start(reference.train(run), faults=["--step-delay", "0.1"])
     wait_for(lambda: (run / "checkpoint.safetensors").exists(), process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
@@ -134,10 +134,11 @@ def test_a_signal_checkpoints_at_the_next_update_and_exits(tmp_path, reference, 
 
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, reference):
     run = tmp_path / "run"
-    process = start(reference.train(run, "trainer.checkpoint_every=1"), faults=["--step-delay", "1.0"])
-    wait_for(lambda: (run / "checkpoint.safetensors").exists(), process)  # step 1's; step 2 is under way
+    process = start(reference.train(run, "trainer.checkpoint_every=1"), faults=["--stall-at-step", "2"])
+    wait_for(lambda: (run / "checkpoint.safetensors").exists(), process)  # step 1's; step 2 is under way, then stalls
     process.send_signal(signal.SIGINT)
-    time.sleep(0.1)
+    time.sleep(0.5)
+    assert process.poll() is None  # the first Ctrl-C waits for the update to end (which it never does here)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
@@ -146,9 +147,12 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, r
     assert not list(run.glob(".checkpoint*"))  # no temporary file left behind
 
 
-def test_resume_takes_a_longer_budget_in_the_same_metrics(tmp_path, reference):
+def test_resume_takes_the_same_command_line_or_a_longer_budget(tmp_path, reference):
     run = tmp_path / "run"
     shutil.copytree(reference.run, run)
+    assert main([str(a) for a in reference.train(run, "--resume", run)]) == 0  # the whole command line repeated
+    assert outcome(run) == outcome(reference.run)  # a finished run: rewritten the same, not trained further
+    assert main(["train", "charlm", "--size", "demo", "--resume", str(run)]) == 2  # another config
     assert main(["train", "--resume", str(run), f"trainer.max_steps={STEPS + 4}"]) == 0
     rows = [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(run / "metrics.csv")]
     assert [int(r["step"]) for r in rows if r["split"] == "train"] == list(range(1, STEPS + 5))

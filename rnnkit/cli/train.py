@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 def handle(args) -> int:
     _shared.set_threads(args)
     say = lambda message: print(f"  {message}", flush=True)  # noqa: E731
-    task, config, out, resume = plan(args)
+    task, config, out, resume = plan(args, say)
     replaced = None if resume else _runs.prepare_new_run(out, args.overwrite, say)
     if resume:
         step = _runs.checkpoint_step(out)
@@ -86,7 +86,7 @@ def handle(args) -> int:
     return 0
 
 
-def plan(args):
+def plan(args, say=print):
     """``(task, config, run folder, resume?)`` from the command line; a resumed run's config must match (see _runs)."""
     overrides, name = list(args.overrides), args.task
     if name is not None and "=" in name:  # `train --resume RUN key=value`: the first override took TASK's place
@@ -100,6 +100,7 @@ def plan(args):
         task = tasks.get(name)
         return task, task.config(args.size or "default", overrides, data), Path(args.out or f"runs/{task.name}"), False
     run = Path(args.resume)
+    _runs.recover_killed_overwrite(run, say)
     if args.overwrite:
         raise _shared.UsageError("--overwrite: expected it without --resume (which continues the run in place), got both")
     if args.out is not None and Path(args.out).resolve() != run.resolve():

@@ -4,6 +4,7 @@ usage: python -m tests.support.cli_faults [FAULT ...] -- COMMAND [ARGS ...]
 
 Faults (each changes timing or fails one thing, never what a step computes):
   --step-delay S        sleep S seconds after every training step (a window to send signals in)
+  --stall-at-step N     sleep for ten minutes after training step N
   --decode-delay S      sleep S seconds in every generation step
   --block-read          reading data (a file, an archive, standard input) prints "[fault] blocked reading ..." and blocks
   --full-disk-at N      the N-th write of a checkpoint.safetensors fails with ENOSPC (a full disk)
@@ -23,6 +24,7 @@ def main() -> int:
     split = argv.index("--")
     parser = argparse.ArgumentParser()
     parser.add_argument("--step-delay", type=float)
+    parser.add_argument("--stall-at-step", type=int)
     parser.add_argument("--decode-delay", type=float)
     parser.add_argument("--block-read", action="store_true")
     parser.add_argument("--full-disk-at", type=int)
@@ -30,12 +32,12 @@ def main() -> int:
 
     from rnnkit.training import callbacks, checkpoint, trainer
 
-    if faults.step_delay:
+    if faults.step_delay or faults.stall_at_step:
         defaults = trainer.default_callbacks
 
         class Slow(callbacks.Callback):
             def on_step_end(self, runner, record):
-                time.sleep(faults.step_delay)
+                time.sleep(600 if record["step"] == faults.stall_at_step else faults.step_delay or 0)
 
         trainer.default_callbacks = lambda config, is_main: [*defaults(config, is_main), Slow()]
     if faults.decode_delay:
