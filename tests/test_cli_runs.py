@@ -1,7 +1,7 @@
 """`rnnkit train` from the command line: resume bit for bit after SIGKILL, SIGINT and SIGTERM, no silent overwrite, faults while writing.
 
 Every run is a tiny charlm (30 updates of a 32-unit GRU on 20,000 generated
-characters, a checkpoint every 5), started in a subprocess through
+characters, a checkpoint every 5), most of them in a subprocess through
 tests/support/cli_faults.py, which can slow steps down or inject a fault.
 """
 
