@@ -1,4 +1,4 @@
-"""``rnnkit train TASK``: train a task's model on its data and write a run folder; ``--resume RUN`` continues one."""
+"""``rnnkit train TASK``: train a task's model on its data and write a run folder, or continue one with --resume RUN."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ loss.png (and other plots), results.json and REPORT.md.
 
 A folder that holds a run is never replaced silently: --resume continues it,
 --overwrite replaces it (the old run is deleted only once the new one has
-written its first checkpoint). A resumed run keeps its config; only
-{safe} may change. Ctrl-C or SIGTERM
-stops at the next update with a checkpoint (exit 130 or 143); a second
-Ctrl-C stops at once."""
+written its first checkpoint). A resumed run keeps its config; only these
+keys may change: {safe}.
+Ctrl-C or SIGTERM stops at the next update with a checkpoint (exit 130 or
+143); a second Ctrl-C stops at once. See docs/tasks.md."""
 
 
 def register(subparsers) -> None:
