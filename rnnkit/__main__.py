@@ -1,5 +1,9 @@
 import sys
 
-from rnnkit.cli.main import main
+try:
+    from rnnkit.cli.main import main
+except KeyboardInterrupt:  # Ctrl-C while torch is still importing: no traceback either
+    print("rnnkit: interrupted by SIGINT; stopped", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnkit.training import CheckpointError, load_checkpoint, save_checkpoint
+from rnnkit.training import CheckpointError, Trainer, load_checkpoint, save_checkpoint
 from rnnkit.training.callbacks import read_metrics
 from tests.support.resumable_run import build
 
@@ -131,3 +132,28 @@ def test_metadata_must_be_json(tmp_path):
     with pytest.raises(CheckpointError, match="metadata: expected JSON-serialisable values"):
         save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(1)}, {"bad": object()})
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_a_run_that_had_spent_its_budget_trains_no_further_when_resumed(tmp_path):
+    trainer, (train, val) = build(str(tmp_path))
+    trainer.config.max_steps = 7
+    trainer.fit(train, val)
+    resumed, (train, val) = build(str(tmp_path))
+    resumed.config.max_steps = 7
+    resumed.resume(tmp_path / "checkpoint.safetensors").fit(train, val)
+    assert resumed.position.step == 7 and _losses(tmp_path)[-1][0] == "7"
+
+
+def test_a_run_stopped_early_stays_stopped_when_resumed(tmp_path):
+    def early_stopping_run():
+        trainer, data = build(str(tmp_path))
+        config = dataclasses.replace(trainer.config, early_stopping_patience=1, early_stopping_min_delta=100.0)
+        return Trainer(trainer.model, trainer.optimizer, config, scheduler=trainer.scheduler), data
+
+    trainer, (train, val) = early_stopping_run()
+    trainer.fit(train, val)
+    stopped_at = trainer.position.step
+    assert stopped_at == 8  # the second evaluation (every 4 steps) could not improve by 100
+    resumed, (train, val) = early_stopping_run()
+    resumed.resume(tmp_path / "checkpoint.safetensors").fit(train, val)
+    assert resumed.position.step == stopped_at and _losses(tmp_path)[-1][0] == str(stopped_at)

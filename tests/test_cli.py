@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +138,62 @@ def test_demo_fast_trains_every_task_and_writes_a_report(tmp_path, capsys):
     assert all((tmp_path / name / "results.json").is_file() for name in names)
     assert "![forecast.png](co2/forecast.png)" in report and (tmp_path / "co2" / "forecast.png").is_file()
     assert "bag-of-words MLP" in report and "seasonal naive (m=52)" in report and "Witten-Bell" in report
+
+
+# -- bad input and Ctrl-C, from the command line -----------------------------------------------------
+
+
+def rnnkit(args, stdin: str | None = None, faults=()) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "tests.support.cli_faults", *faults, "--", *map(str, args)]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+
+
+@pytest.mark.parametrize("run,args,stdin,code,message", [
+    ("sentiment", ["predict", ""], None, 2, "TEXT: expected text with something in it, got ''"),
+    ("sentiment", ["predict", " \t\n"], None, 2, "TEXT: expected text with something in it, got ' \\t\\n'"),
+    ("sentiment", ["predict", "good " * 2001], None, 2, "TEXT: expected at most 10,000 characters, got 10,005"),
+    ("co2", ["predict", "-"], "1 " * 6000, 1, "TEXT (standard input): expected at most 10,000 characters, got more"),
+    ("co2", ["predict", "-"], "  \n", 1, "TEXT (standard input): expected text with something in it, got '  \\n'"),
+    ("charlm", ["generate", "--length", "10001"], None, 2, "--length: expected 1 to 10,000 tokens to generate, got 10,001"),
+    ("charlm", ["generate", "--length", "0"], None, 2, "--length: expected 1 to 10,000 tokens to generate, got 0"),
+    ("charlm", ["generate", "--prime", "e" * 10_001], None, 2, "--prime: expected at most 10,000 characters, got 10,001"),
+])  # fmt: skip
+def test_bad_input_is_refused_in_one_line(runs, run, args, stdin, code, message):
+    command, *rest = args
+    result = rnnkit([command, runs[run], *rest], stdin=stdin)
+    assert result.returncode == code
+    assert result.stderr == f"rnnkit {command}: error: {message}\n" and result.stdout == ""
+
+
+def test_a_file_over_the_size_limit_is_refused(runs, tmp_path):
+    huge = tmp_path / "huge.wav"
+    with huge.open("wb") as f:
+        f.truncate(21 * 2**20)  # sparse: no disk used
+    result = rnnkit(["predict", runs["sentiment"], huge])
+    assert result.returncode == 1
+    assert result.stderr == f"rnnkit predict: error: TEXT: expected a file of at most 20 MB, got {huge} of {21 * 2**20:,} bytes\n"
+
+
+def test_generate_streams_its_output_and_stops_on_ctrl_c(runs):
+    command = [sys.executable, "-m", "tests.support.cli_faults", "--decode-delay", "0.01", "--",
+               "generate", str(runs["charlm"]), "--prime", "the ", "--length", "10000"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env) as process:
+        first = process.stdout.read(24)  # arrives while the rest is still being drawn (all of it would take 100 s)
+        process.send_signal(signal.SIGINT)
+        rest, stderr = process.communicate(timeout=60)
+    assert first.startswith("the ") and process.returncode == 130
+    assert stderr == "rnnkit generate: interrupted by SIGINT; stopped\n"
+    assert 24 <= len(first + rest.rstrip("\n")) < 4 + 10_000
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "demo"])
+def test_other_commands_stop_cleanly_on_ctrl_c(runs, command, tmp_path):
+    args = {"predict": [runs["co2"], "-"], "eval": [runs["co2"]], "demo": ["--fast", "--out", tmp_path]}[command]
+    line = [sys.executable, "-m", "tests.support.cli_faults", "--block-read", "--", command, *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env) as process:
+        assert any(line.startswith("[fault] blocked reading") for line in process.stdout)  # the signal comes mid-command
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr == f"rnnkit {command}: interrupted by SIGINT; stopped\n"

@@ -15,7 +15,8 @@ DEMO = ["sentiment", "co2", "stocks", "charlm", "translation", "captioning", "mu
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="train and report a small model for every task (a few minutes)",
                                    description=__doc__.split(":", 1)[1].strip(), formatter_class=_shared.formatter,
-                                   epilog="The data comes from `make data`. Each task's run folder sits in OUT; OUT/REPORT.md gathers them.")  # fmt: skip
+                                   epilog="The data comes from `make data`. Each task's run folder sits in OUT; OUT/REPORT.md gathers them.\n"
+                                          "Unlike `rnnkit train`, the demo replaces what a previous demo left in OUT.")  # fmt: skip
     parser.add_argument("--fast", action="store_true", help="tiny models, for tests and CI: the numbers mean little")
     parser.add_argument("--out", default="runs/demo", metavar="DIR", help="where to write (default runs/demo)")
     _shared.add_threads(parser)

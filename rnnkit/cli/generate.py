@@ -1,10 +1,13 @@
-"""``rnnkit generate RUN``: sample from a trained language model: text (charlm), or note events written as a MIDI file and a piano roll (music)."""
+"""``rnnkit generate RUN``: sample from a trained language model: text (charlm), or note events written as a MIDI file and a piano roll (music).
+
+The output is printed as it is drawn, token by token; Ctrl-C stops it (exit 130).
+--length is at most 10,000 tokens, --prime at most 10,000 characters."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from rnnkit import tasks
 from rnnkit.cli import _shared
 
 
@@ -17,7 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--prime", default="\n",
                         help='text to start from (charlm), or note events such as "E5:1 D5:0.5" (music); default: a newline (music: none)')
     parser.add_argument("--temperature", type=float, default=0.8, help="below 1: safer text; above 1: wilder (default 0.8)")
-    parser.add_argument("--length", type=int, default=500, help="characters (charlm) or note events (music) to generate (default 500)")
+    parser.add_argument("--length", type=int, default=500,
+                        help=f"characters (charlm) or note events (music) to generate, 1 to {_shared.MAX_GENERATE_LENGTH:,} (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _shared.add_threads(parser)
     parser.set_defaults(handler=handle)
@@ -25,8 +29,18 @@ def register(subparsers) -> None:
 
 @_shared.reports_errors("generate")
 def handle(args) -> int:
+    if not 1 <= args.length <= _shared.MAX_GENERATE_LENGTH:
+        raise _shared.UsageError(f"--length: expected 1 to {_shared.MAX_GENERATE_LENGTH:,} tokens to generate, got {args.length:,}")
+    if len(args.prime) > _shared.MAX_TEXT_CHARS:
+        raise _shared.UsageError(f"--prime: expected at most {_shared.MAX_TEXT_CHARS:,} characters, got {len(args.prime):,}")
     task, config, module = _shared.open_run(args, "generate", "a language-model run (charlm, music)", "try `rnnkit predict`")
-    if args.length < 1:
-        raise tasks.DataError(f"--length: expected a positive number of tokens to generate, got {args.length}")
-    print(module.generate(config, Path(args.run), args.prime, args.temperature, args.length, args.seed))
+    wrote = False
+    try:
+        for piece in module.generate_stream(config, Path(args.run), args.prime, args.temperature, args.length, args.seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            wrote = True
+    finally:
+        if wrote:
+            print(flush=True)  # end the line, also when Ctrl-C cut it short
     return 0

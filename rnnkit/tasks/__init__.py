@@ -12,8 +12,13 @@ provides:
 * ``train(config, run_dir, say) -> Report`` and ``evaluate(config, run_dir) -> Report``;
 * optionally ``PRESETS``: named lists of overrides that pick a dataset inside
   the module (``co2`` and ``stocks`` share :mod:`rnnkit.tasks.forecasting`);
-* optionally ``predict(config, run_dir, text) -> str`` and
-  ``generate(config, run_dir, prime, temperature, length, seed) -> str``.
+* optionally ``predict(config, run_dir, text) -> str``, and
+  ``generate(config, run_dir, prime, temperature, length, seed) -> str`` with
+  ``generate_stream(...)`` beside it, which yields that text piece by piece
+  as it is sampled (``rnnkit generate`` prints it as it comes).
+
+``Task.train`` under :func:`rnnkit.tasks.common.fit_options` resumes every
+model of a run from its checkpoint (``rnnkit train --resume``).
 """
 
 from __future__ import annotations

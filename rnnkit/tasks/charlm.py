@@ -46,12 +46,13 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from rnnkit.data import StreamBatches
-from rnnkit.models import LanguageModel, LanguageModelConfig, RecurrentConfig, load_model, save_model
+from rnnkit.models import LanguageModel, LanguageModelConfig, RecurrentConfig, decoding, load_model, save_model
 from rnnkit.tasks import common
 from rnnkit.tasks.common import DataError, MarkovModel, OptimConfig, Report
 from rnnkit.training import TrainerConfig, seed_everything
@@ -218,6 +219,13 @@ def report(config: Config, run_dir: Path, model, vocabulary, train_text: str, va
 def generate(config: Config, run_dir: Path, prime: str, temperature: float = 0.8, length: int = 500, seed: int = 0,
              model: LanguageModel | None = None, vocabulary: list[str] | None = None) -> str:  # fmt: skip
     """The prime followed by ``length`` sampled characters."""
+    return "".join(generate_stream(config, run_dir, prime, temperature, length, seed, model, vocabulary))
+
+
+@torch.no_grad()
+def generate_stream(config: Config, run_dir: Path, prime: str, temperature: float = 0.8, length: int = 500, seed: int = 0,
+                    model: LanguageModel | None = None, vocabulary: list[str] | None = None) -> Iterator[str]:  # fmt: skip
+    """The prime, then each of ``length`` sampled characters as soon as it is drawn (the same text as :func:`generate`)."""
     if model is None:
         model, extra = load_model(run_dir / "model.safetensors")
         vocabulary = extra["vocabulary"]
@@ -227,5 +235,7 @@ def generate(config: Config, run_dir: Path, prime: str, temperature: float = 0.8
     if not temperature > 0:
         raise DataError(f"temperature: expected a positive number, got {temperature}")
     generator = torch.Generator().manual_seed(seed)
-    tokens = model.generate(encode(prime, vocabulary).unsqueeze(0), length, temperature=temperature, generator=generator)
-    return prime + "".join(vocabulary[i] for i in tokens[0].tolist())
+    logits, state = model.eval().decode_start(encode(prime, vocabulary).unsqueeze(0))
+    yield prime
+    for token in decoding.stream(model, logits, state, length, greedy=False, temperature=temperature, generator=generator):
+        yield vocabulary[int(token[0])]

@@ -15,6 +15,8 @@ this package; the tasks are applications built on it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import dataclasses
 import io
@@ -160,15 +162,45 @@ def trainer_config(**overrides) -> TrainerConfig:
 # -- training -------------------------------------------------------------------------
 
 
+@dataclass
+class FitOptions:
+    """How every :func:`fit` of a task runs: resumed from its run folder's checkpoint, with extra callbacks.
+
+    The command line sets these for a whole ``Task.train`` call (see
+    :func:`fit_options`), so that the tasks' code stays the same for a fresh
+    run and a resumed one.
+    """
+
+    resume: bool = False
+    callbacks: tuple = ()
+
+
+_fit_options: contextvars.ContextVar[FitOptions] = contextvars.ContextVar("fit_options", default=FitOptions())
+
+
+@contextlib.contextmanager
+def fit_options(resume: bool = False, callbacks=()):
+    token = _fit_options.set(FitOptions(resume, tuple(callbacks)))
+    try:
+        yield
+    finally:
+        _fit_options.reset(token)
+
+
 def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: OptimConfig, run_dir: Path) -> Trainer:
     """Train with Adam, writing the trainer's records to ``run_dir``.
 
     Keeps the final weights, unless an earlier validation (saved by the trainer
-    as best.safetensors) did better than they do.
+    as best.safetensors) did better than they do. Under ``fit_options(resume=True)``
+    it continues from ``run_dir/checkpoint.safetensors`` where there is one
+    (a model that had finished trains no further), else it starts afresh.
     """
     config = dataclasses.replace(trainer, run_dir=str(run_dir))
     optimizer = torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    runner = Trainer(model, optimizer, config)
+    options = _fit_options.get()
+    runner = Trainer(model, optimizer, config, callbacks=list(options.callbacks))
+    if options.resume and (run_dir / "checkpoint.safetensors").is_file():
+        runner.resume(run_dir / "checkpoint.safetensors")
     runner.fit(train, val)
     best = run_dir / "best.safetensors"
     if val is not None and best.exists() and runner.position.best_val_loss < runner.evaluate(val)["loss"]:

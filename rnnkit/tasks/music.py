@@ -80,7 +80,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -574,17 +574,32 @@ def generate(config: Config, run_dir: Path, prime: str = "", temperature: float 
     notes; none means 1), in the training key (C major / A minor when
     ``data.transpose``). The files hold the prime and the sample.
     """
+    return "".join(generate_stream(config, run_dir, prime, temperature, length, seed))
+
+
+def generate_stream(config: Config, run_dir: Path, prime: str = "", temperature: float = 0.8, length: int = 64,
+                    seed: int = 0) -> Iterator[str]:  # fmt: skip
+    """What :func:`generate` returns, piece by piece: each event as soon as it is drawn, the file names at the end."""
     model, extra = load_model(Path(run_dir) / "model.safetensors")
-    names = sample_events(model, extra["vocabulary"], config.data.grid, prime, temperature, length, seed)
+    names = []
+    for event in stream_events(model, extra["vocabulary"], config.data.grid, prime, temperature, length, seed):
+        yield ("" if not names else "\n" if len(names) % WRAP == 0 else " ") + event
+        names.append(event)
     primed = f"{len(names) - length} primed, " if len(names) > length else ""
     midi, png = write_sample(config, Path(run_dir), f"generated-seed{seed}", names, f"{primed}temperature {temperature}, seed {seed}")
-    return f"{wrap(names)}\nMIDI file: {midi}\npiano roll: {png}"
+    yield f"\nMIDI file: {midi}\npiano roll: {png}"
 
 
-@torch.no_grad()
 def sample_events(model: LanguageModel, vocabulary: list[str], grid: int, prime: str, temperature: float, length: int,
                   seed: int) -> list[str]:  # fmt: skip
     """The prime's events, then ``length`` events drawn one at a time from the model, the state carried."""
+    return list(stream_events(model, vocabulary, grid, prime, temperature, length, seed))
+
+
+@torch.no_grad()
+def stream_events(model: LanguageModel, vocabulary: list[str], grid: int, prime: str, temperature: float, length: int,
+                  seed: int) -> Iterator[str]:  # fmt: skip
+    """:func:`sample_events` one event at a time, as soon as it is drawn."""
     if not temperature > 0:
         raise DataError(f"temperature: expected a positive number, got {temperature}")
     primed = [event_name(*parse_event(e, grid, "prime"), grid) for e in prime.split()]
@@ -594,8 +609,9 @@ def sample_events(model: LanguageModel, vocabulary: list[str], grid: int, prime:
         raise DataError(f"prime: expected note events of the training vocabulary (such as {example!r}), got {unknown[:5]}")
     logits, state = model.eval().decode_start(torch.tensor([[0, *encode([primed], vocabulary)[0]]]))
     generator = torch.Generator().manual_seed(seed)
-    tokens = decoding.sample(_NotesOnly(model), _NotesOnly.mask(logits), state, length, temperature=temperature, generator=generator)
-    return primed + [vocabulary[i] for i in tokens[0].tolist()]
+    yield from primed
+    for token in decoding.stream(_NotesOnly(model), _NotesOnly.mask(logits), state, length, greedy=False, temperature=temperature, generator=generator):
+        yield vocabulary[int(token[0])]
 
 
 def write_sample(config: Config, run_dir: Path, stem: str, names: list[str], title: str) -> tuple[Path, Path]:
@@ -607,7 +623,10 @@ def write_sample(config: Config, run_dir: Path, stem: str, names: list[str], tit
     return midi, png
 
 
-def wrap(names: list[str], per_line: int = 16) -> str:
+WRAP = 16  # note events per line of output
+
+
+def wrap(names: list[str], per_line: int = WRAP) -> str:
     return "\n".join(" ".join(names[i : i + per_line]) for i in range(0, len(names), per_line))
 
 

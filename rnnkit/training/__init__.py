@@ -1,7 +1,7 @@
 """Training: the trainer, truncated BPTT, checkpoints, callbacks, data parallelism."""
 
 from rnnkit.training.callbacks import Callback, CSVLogger, EarlyStopping, LossPlot, ProgressBar
-from rnnkit.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rnnkit.training.checkpoint import CheckpointError, WriteError, load_checkpoint, save_checkpoint
 from rnnkit.training.diagnostics import GradientFlowRecorder, measure_gradient_flow, probe_hidden_states
 from rnnkit.training.distributed import DistributedContext
 from rnnkit.training.trainer import NonFiniteLossError, Position, Trainer, TrainerConfig, seed_everything
@@ -9,5 +9,5 @@ from rnnkit.training.trainer import NonFiniteLossError, Position, Trainer, Train
 __all__ = [
     "CSVLogger", "Callback", "CheckpointError", "DistributedContext", "EarlyStopping", "GradientFlowRecorder", "LossPlot",
     "NonFiniteLossError", "Position", "ProgressBar", "Trainer", "TrainerConfig", "load_checkpoint",
-    "measure_gradient_flow", "probe_hidden_states", "save_checkpoint", "seed_everything",
+    "measure_gradient_flow", "probe_hidden_states", "save_checkpoint", "seed_everything", "WriteError",
 ]  # fmt: skip

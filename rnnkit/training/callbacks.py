@@ -1,7 +1,8 @@
 """Callbacks: what the trainer does besides training.
 
 A callback overrides any of ``on_fit_start``, ``on_step_end``,
-``on_evaluate_end``, ``on_epoch_end`` and ``on_fit_end``. One with state that
+``on_evaluate_end``, ``on_epoch_end``, ``on_checkpoint`` (after each write of
+``run_dir/checkpoint.safetensors``) and ``on_fit_end``. One with state that
 must survive a resume (early stopping's patience, say) returns it from
 ``state_dict`` as JSON-serialisable data.
 """
@@ -20,6 +21,7 @@ class Callback:
     def on_step_end(self, trainer, record: dict) -> None: ...
     def on_evaluate_end(self, trainer, record: dict) -> None: ...
     def on_epoch_end(self, trainer) -> None: ...
+    def on_checkpoint(self, trainer, path: Path) -> None: ...
     def on_fit_end(self, trainer) -> None: ...
 
     def state_dict(self) -> dict:
@@ -139,6 +141,10 @@ class EarlyStopping(Callback):
         self.patience, self.min_delta = patience, min_delta
         self.best: float | None = None
         self.bad_evaluations = 0
+
+    def on_fit_start(self, trainer, train) -> None:
+        if self.bad_evaluations >= self.patience:
+            trainer.should_stop = True  # resumed from a run that had stopped early: it stays stopped
 
     def on_evaluate_end(self, trainer, record: dict) -> None:
         if self.best is None or record["loss"] < self.best - self.min_delta:

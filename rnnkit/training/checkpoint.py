@@ -9,7 +9,9 @@ parses it and copies raw bytes. No code runs, whatever the file holds.
 Writes are atomic: the file is written to a temporary name in the same folder,
 flushed and fsynced, renamed over the target with ``os.replace``, and then the
 folder is fsynced. A kill at any moment leaves either the old checkpoint or the
-new one, never a mix.
+new one, never a mix. A write that fails (a full disk, a folder without write
+permission) raises :class:`WriteError`, naming the file, and leaves the old
+file as it was.
 
 Integrity: the metadata records a SHA-256 over every tensor's name, dtype,
 shape and bytes. Loading recomputes it, so a truncated or corrupted file fails
@@ -35,6 +37,13 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or does not match what it is loaded into."""
+
+
+class WriteError(OSError):
+    """A file that could not be written (disk full, no permission); the file there before, if any, is unchanged."""
+
+    def __str__(self) -> str:
+        return self.strerror  # the message names the file; "[Errno 28]" would only repeat the reason
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
@@ -100,6 +109,15 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
+    try:
+        _replace_with(path, payload)
+    except OSError as error:
+        kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+        failure = WriteError(error.errno, f"{path}: expected to write {len(payload):,} bytes, got {error.strerror or error}; {kept}")
+        raise failure from error
+
+
+def _replace_with(path: Path, payload: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -122,6 +122,8 @@ class Trainer:
         cfg, pos = self.config, self.position
         if not self._resumed:
             seed_everything(cfg.seed + self.distributed.rank)
+        if cfg.max_steps is not None and pos.step + pos.skipped_steps >= cfg.max_steps:
+            self.should_stop = True  # resumed from a run that had spent its budget: train no further
         self._emit("on_fit_start", train)
         while pos.epoch < cfg.max_epochs and not self.should_stop:
             self.model.train()
@@ -140,7 +142,7 @@ class Trainer:
             pos.epoch, pos.batch, pos.window = pos.epoch + 1, 0, 0
             self._emit("on_epoch_end")
         if cfg.run_dir is not None and self.distributed.is_main:
-            self.save(Path(cfg.run_dir) / "checkpoint.safetensors")
+            self._checkpoint()
         self._emit("on_fit_end")
         return pos
 
@@ -166,7 +168,7 @@ class Trainer:
             if val is not None and cfg.eval_every and pos.step % cfg.eval_every == 0:
                 self._evaluate_and_record(val)
             if cfg.checkpoint_every and cfg.run_dir and pos.step % cfg.checkpoint_every == 0 and self.distributed.is_main:
-                self.save(Path(cfg.run_dir) / "checkpoint.safetensors")
+                self._checkpoint()
             if cfg.max_steps is not None and pos.step + pos.skipped_steps >= cfg.max_steps:
                 self.should_stop = True
 
@@ -283,6 +285,11 @@ class Trainer:
     def save(self, path: str | Path) -> Path:
         """Write model, optimizer, scheduler, RNG, position and callback state to one checkpoint."""
         return state_io.save_training_state(self, path)
+
+    def _checkpoint(self) -> None:
+        """Write ``run_dir/checkpoint.safetensors`` (the resumable state), then tell the callbacks."""
+        path = self.save(Path(self.config.run_dir) / "checkpoint.safetensors")
+        self._emit("on_checkpoint", path)
 
     def resume(self, path: str | Path) -> Trainer:
         """Restore everything :meth:`save` wrote; the next :meth:`fit` continues where it stopped."""
