@@ -46,12 +46,13 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from rnnkit.data import StreamBatches
-from rnnkit.models import LanguageModel, LanguageModelConfig, RecurrentConfig, load_model, save_model
+from rnnkit.models import LanguageModel, LanguageModelConfig, RecurrentConfig, decoding, load_model, save_model
 from rnnkit.tasks import common
 from rnnkit.tasks.common import DataError, MarkovModel, OptimConfig, Report
 from rnnkit.training import TrainerConfig, seed_everything
@@ -221,11 +222,33 @@ def generate(config: Config, run_dir: Path, prime: str, temperature: float = 0.8
     if model is None:
         model, extra = load_model(run_dir / "model.safetensors")
         vocabulary = extra["vocabulary"]
+    return prime + "".join(stream_characters(model, vocabulary, prime, length, temperature, seed=seed))
+
+
+def stream_characters(model: LanguageModel, vocabulary: list[str], prime: str, length: int, temperature: float = 0.8,
+                      top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> Iterator[str]:  # fmt: skip
+    """The ``length`` characters after the prime, one at a time as they are sampled (the state carried).
+
+    The prime is checked before this returns, so that a bad one fails at the call,
+    not at the first character; the sampling itself runs as the iterator is read.
+    """
     unknown = sorted(set(prime) - set(vocabulary[1:]))
     if not prime or unknown:
         raise DataError(f"prime: expected one or more characters of the training text, got {prime!r} (unknown: {unknown})")
     if not temperature > 0:
         raise DataError(f"temperature: expected a positive number, got {temperature}")
     generator = torch.Generator().manual_seed(seed)
-    tokens = model.generate(encode(prime, vocabulary).unsqueeze(0), length, temperature=temperature, generator=generator)
-    return prime + "".join(vocabulary[i] for i in tokens[0].tolist())
+
+    def characters() -> Iterator[str]:
+        with torch.no_grad():
+            logits, state = model.eval().decode_start(encode(prime, vocabulary).unsqueeze(0))
+        tokens = decoding.stream(model, logits, state, length, greedy=False, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, generator=generator)  # fmt: skip
+        while True:
+            with torch.no_grad():  # grad mode is per thread, and a server may read each character in another
+                token = next(tokens, None)
+            if token is None:
+                return
+            yield vocabulary[int(token[0])]
+
+    return characters()

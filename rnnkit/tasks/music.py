@@ -80,7 +80,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -585,6 +585,13 @@ def generate(config: Config, run_dir: Path, prime: str = "", temperature: float 
 def sample_events(model: LanguageModel, vocabulary: list[str], grid: int, prime: str, temperature: float, length: int,
                   seed: int) -> list[str]:  # fmt: skip
     """The prime's events, then ``length`` events drawn one at a time from the model, the state carried."""
+    primed, events = stream_events(model, vocabulary, grid, prime, temperature, length, seed)
+    return primed + list(events)
+
+
+def stream_events(model: LanguageModel, vocabulary: list[str], grid: int, prime: str, temperature: float, length: int,
+                  seed: int, top_k: int | None = None, top_p: float | None = None) -> tuple[list[str], Iterator[str]]:  # fmt: skip
+    """``(the prime's events, an iterator of the length sampled events)``; a bad prime fails here, not when read."""
     if not temperature > 0:
         raise DataError(f"temperature: expected a positive number, got {temperature}")
     primed = [event_name(*parse_event(e, grid, "prime"), grid) for e in prime.split()]
@@ -592,10 +599,21 @@ def sample_events(model: LanguageModel, vocabulary: list[str], grid: int, prime:
     if unknown:
         example = "C5:1" if "C5:1" in vocabulary else vocabulary[2]
         raise DataError(f"prime: expected note events of the training vocabulary (such as {example!r}), got {unknown[:5]}")
-    logits, state = model.eval().decode_start(torch.tensor([[0, *encode([primed], vocabulary)[0]]]))
+    with torch.no_grad():
+        logits, state = model.eval().decode_start(torch.tensor([[0, *encode([primed], vocabulary)[0]]]))
     generator = torch.Generator().manual_seed(seed)
-    tokens = decoding.sample(_NotesOnly(model), _NotesOnly.mask(logits), state, length, temperature=temperature, generator=generator)
-    return primed + [vocabulary[i] for i in tokens[0].tolist()]
+    tokens = decoding.stream(_NotesOnly(model), _NotesOnly.mask(logits), state, length, greedy=False, temperature=temperature,
+                             top_k=top_k, top_p=top_p, generator=generator)  # fmt: skip
+
+    def events() -> Iterator[str]:
+        while True:
+            with torch.no_grad():  # grad mode is per thread, and a server may read each event in another
+                token = next(tokens, None)
+            if token is None:
+                return
+            yield vocabulary[int(token[0])]
+
+    return primed, events()
 
 
 def write_sample(config: Config, run_dir: Path, stem: str, names: list[str], title: str) -> tuple[Path, Path]:
@@ -611,8 +629,10 @@ def wrap(names: list[str], per_line: int = 16) -> str:
     return "\n".join(" ".join(names[i : i + per_line]) for i in range(0, len(names), per_line))
 
 
-def write_midi(path: Path, events: list[tuple[int | None, int]], grid: int, tempo: int = 80, ticks_per_beat: int = 480) -> None:
-    """A standard MIDI file (type 0): the tempo, then each note as note_on/note_off; a rest delays the next note_on."""
+def write_midi(path: Path | BinaryIO, events: list[tuple[int | None, int]], grid: int, tempo: int = 80, ticks_per_beat: int = 480) -> None:
+    """A standard MIDI file (type 0): the tempo, then each note as note_on/note_off; a rest delays the next note_on.
+
+    ``path`` is a file name or a binary file object (``io.BytesIO``)."""
     import mido
 
     track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo), time=0),
@@ -628,7 +648,10 @@ def write_midi(path: Path, events: list[tuple[int | None, int]], grid: int, temp
     track.append(mido.MetaMessage("end_of_track", time=wait))
     midi = mido.MidiFile(type=0, ticks_per_beat=ticks_per_beat)
     midi.tracks.append(track)
-    midi.save(path)
+    if hasattr(path, "write"):
+        midi.save(file=path)
+    else:
+        midi.save(path)
 
 
 def piano_roll(events: list[tuple[int | None, int]]) -> tuple[np.ndarray, int]:
