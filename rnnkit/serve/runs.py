@@ -226,7 +226,7 @@ def load_runs(run_dirs: list[str | Path], limits: Limits = Limits()) -> dict[str
     """Load each run folder once; its name in the API is the folder's name, which must be unique and plain."""
     runs: dict[str, ServedRun] = {}
     for run_dir in map(Path, run_dirs):
-        name = run_dir.resolve().name
+        name = run_dir.absolute().name  # not resolved: a link's own name is what the user chose
         if not NAME.fullmatch(name):
             raise DataError(f"RUN {run_dir}: expected a folder name of letters, digits, '_', '-' and '.' (it names the run in URLs), got {name!r}")
         if name in runs:
