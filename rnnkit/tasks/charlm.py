@@ -244,11 +244,6 @@ def stream_characters(model: LanguageModel, vocabulary: list[str], prime: str, l
             logits, state = model.eval().decode_start(encode(prime, vocabulary).unsqueeze(0))
         tokens = decoding.stream(model, logits, state, length, greedy=False, temperature=temperature, top_k=top_k,
                                  top_p=top_p, generator=generator)  # fmt: skip
-        while True:
-            with torch.no_grad():  # grad mode is per thread, and a server may read each character in another
-                token = next(tokens, None)
-            if token is None:
-                return
-            yield vocabulary[int(token[0])]
+        yield from common.token_names(tokens, vocabulary)
 
     return characters()

@@ -605,15 +605,7 @@ def stream_events(model: LanguageModel, vocabulary: list[str], grid: int, prime:
     tokens = decoding.stream(_NotesOnly(model), _NotesOnly.mask(logits), state, length, greedy=False, temperature=temperature,
                              top_k=top_k, top_p=top_p, generator=generator)  # fmt: skip
 
-    def events() -> Iterator[str]:
-        while True:
-            with torch.no_grad():  # grad mode is per thread, and a server may read each event in another
-                token = next(tokens, None)
-            if token is None:
-                return
-            yield vocabulary[int(token[0])]
-
-    return primed, events()
+    return primed, common.token_names(tokens, vocabulary)
 
 
 def write_sample(config: Config, run_dir: Path, stem: str, names: list[str], title: str) -> tuple[Path, Path]:
