@@ -85,9 +85,9 @@ class Forecasting(ServedRun):
     def __init__(self, *args) -> None:
         super().__init__(*args)
         data = self.config.data
-        try:  # the example: the end of the run's own series, if its data is here
+        try:  # the example: the end of the run's own series (the values the model reads), if its data is here
             y, _ = self.module.fill_forward(self.module.load_series(data))
-            self.recent = [float(v) for v in y[-min(len(y), max(4 * data.window, data.window + 1 + data.horizon)) :]]
+            self.recent = [float(v) for v in y[-min(len(y), data.window + 1) :]]
         except (DataError, OSError):
             self.recent = []
 
