@@ -235,7 +235,8 @@ def test_a_large_body_is_a_413_whether_declared_or_streamed(client):
             yield b"x" * 10_000
         yield b'"}'
 
-    assert client.post("/api/sentiment/predict", content=chunks(), headers={"content-type": "application/json"}).status_code == 413
+    streamed = client.post("/api/sentiment/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json()["detail"] == "request body: expected at most 200000 bytes, got more"
 
 
 # -- timeouts and failures --------------------------------------------------------------------------------

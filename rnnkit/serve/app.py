@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rnnkit import __version__
 from rnnkit.serve.runs import ServedRun
@@ -47,7 +48,7 @@ def create_app(runs: dict[str, ServedRun], limits: Limits = Limits()) -> FastAPI
     app = FastAPI(title="rnnkit serve", version=__version__, docs_url=None, redoc_url=None,  # the docs pages load from a CDN
                   description="JSON API of trained rnnkit runs; the playground page is at /.",
                   max_body_size=limits.max_body_bytes)  # a 413 from the Content-Length, or as a chunked body streams in; fmt: skip
-    add_error_handlers(app)
+    add_error_handlers(app, limits)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -121,7 +122,14 @@ def event(kind: str, data: dict) -> bytes:
 # -- errors ---------------------------------------------------------------------------------
 
 
-def add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI, limits: Limits) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        detail = error.detail
+        if error.status_code == 413:  # Starlette's own words do not say what the limit is
+            detail = f"request body: expected at most {limits.max_body_bytes} bytes, got more"
+        return JSONResponse({"detail": detail}, error.status_code, headers=error.headers)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = error.errors()
