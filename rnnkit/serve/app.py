@@ -49,12 +49,7 @@ def create_app(runs: dict[str, ServedRun], limits: Limits = Limits()) -> FastAPI
                   description="JSON API of trained rnnkit runs; the playground page is at /.",
                   max_body_size=limits.max_body_bytes)  # a 413 from the Content-Length, or as a chunked body streams in; fmt: skip
     add_error_handlers(app, limits)
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
+    app.add_middleware(SecurityHeaders)
 
     @app.get("/api/runs", summary="the served runs")
     def list_runs() -> list[dict]:
@@ -91,7 +86,7 @@ def generate_route(run: ServedRun, limits: Limits):
     async def generate(body: run.request):  # type: ignore[name-defined]
         tokens = await anyio.to_thread.run_sync(run.start, body)  # a bad prime is a 422 here, before the stream starts
         return StreamingResponse(stream(run, body, tokens, limits.request_timeout_s), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", **SECURITY_HEADERS})  # fmt: skip
+                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
 
     return generate
 
@@ -157,3 +152,23 @@ def describe_problem(problem: dict) -> str:
 
 def _jsonable(problems: list[dict]) -> list[dict]:
     return [{k: v for k, v in p.items() if k in ("type", "loc", "msg")} for p in problems]
+
+
+class SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` to every response (pure ASGI: streams pass through untouched)."""
+
+    HEADERS = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
