@@ -285,3 +285,20 @@ def test_run_folders_must_have_plain_unique_names(tiny_runs, tmp_path):
         load_runs([tiny_runs["sentiment"], tiny_runs["sentiment"]])
     with pytest.raises(DataError, match="expected at least one run folder"):
         load_runs([])
+
+
+def test_nothing_is_unpickled_loading_runs_or_answering(tiny_runs, monkeypatch):
+    import pickle
+
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
+        monkeypatch.setattr(module, name, refuse)
+    client = TestClient(create_app(list(tiny_runs.values()), LIMITS))
+    for run in client.get("/api/runs").json():
+        if run["task"] != "speech":
+            body = {**run["example"], "length": 3} if run["kind"] == "generate" else run["example"]
+            assert client.post(run["endpoint"], json=body).status_code == 200, run["name"]
