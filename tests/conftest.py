@@ -13,3 +13,11 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """A tiny trained run of each task but stocks (which shares co2's code), trained once per session (about 5 s)."""
+    from tests.support.serve_runs import train_tiny_runs
+
+    return train_tiny_runs(tmp_path_factory.mktemp("runs"))

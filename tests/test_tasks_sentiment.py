@@ -90,3 +90,22 @@ def test_trains_end_to_end_and_beats_the_majority_class(tmp_path):
         assert (run / name).is_file(), name
     assert sentiment.evaluate(config, run).rows == report.rows  # reloaded from disk: the same numbers
     assert sentiment.predict(config, run, "the plot is not great .").startswith("negative (probability ")
+
+
+def test_explain_gives_each_word_the_change_in_probability_when_it_is_removed():
+    vocabulary = ["<pad>", "<unk>", "the", "film", "is", "not", "good", "."]
+    rnn, _ = sentiment.build_models(sentiment.Config(), len(vocabulary))
+    rnn.eval()
+    p, words = sentiment.explain(rnn, "The film is NOT good, really", vocabulary)
+    assert [(w.word, w.known) for w in words] == [("the", True), ("film", True), ("is", True), ("not", True), ("good", True),
+                                                 (",", False), ("really", False)]  # fmt: skip
+    (full,) = sentiment.probabilities(rnn, ["the film is not good , really"], vocabulary)
+    assert p == pytest.approx(full, abs=1e-6)
+    for i, w in enumerate(words):  # one sentence at a time, against the batched occlusion
+        rest = ["the", "film", "is", "not", "good", ",", "really"][:i] + ["the", "film", "is", "not", "good", ",", "really"][i + 1 :]
+        assert w.contribution == pytest.approx(full - sentiment.probabilities(rnn, [" ".join(rest)], vocabulary)[0], abs=1e-6)
+    (alone,) = sentiment.explain(rnn, "good", vocabulary)[1]
+    assert alone.contribution == pytest.approx(sentiment.probabilities(rnn, ["good", "<unk>"], vocabulary)[0]
+                                               - sentiment.probabilities(rnn, ["zzz"], vocabulary)[0], abs=1e-6)  # fmt: skip
+    with pytest.raises(DataError, match=r"text: expected a sentence with at least one word, got '  '"):
+        sentiment.explain(rnn, "  ", vocabulary)

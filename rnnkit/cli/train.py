@@ -148,12 +148,9 @@ def build_kernel() -> None:
     process on the pure-PyTorch kernel, and its checkpoint would not resume
     bit for bit like the uninterrupted run.
     """
-    try:
-        from rnnkit.ops import load  # the seam to the compiled ops, where main has it
-    except ImportError:
-        from rnnkit.engine.fused_build import native_loops as load  # the layout this branch started from
+    from rnnkit import ops
 
-    load()
+    ops.load()
 
 
 def stopped_line(interruption: KeyboardInterrupt, run: Path, restored: bool) -> str:

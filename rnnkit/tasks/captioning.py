@@ -387,12 +387,14 @@ def predict(config: Config, run_dir: Path, text: str) -> str:
     return " ".join(model_captions(model.eval(), image)[0]) + note
 
 
-def test_strip(config: Config, text: str) -> tuple[torch.Tensor, str]:
-    """A strip of the held-out test images of these digits: the k-th occurrence of a digit takes its k-th test image."""
+def test_strip(config: Config, text: str, digits: Digits | None = None) -> tuple[torch.Tensor, str]:
+    """A strip of the held-out test images of these digits: the k-th occurrence of a digit takes its k-th test image.
+
+    ``digits``: the data set, already loaded (default: loaded from ``config.data``)."""
     data = config.data
-    if len(text) != data.digits:
+    if len(text) != data.digits or not re.fullmatch(r"\d+", text):
         raise DataError(f"text: expected {data.digits} digit{'s' * (data.digits > 1)} (the strips this model was trained on), got {text!r}")
-    digits = load_digits(data.path)
+    digits = load_digits(data.path) if digits is None else digits
     test = split_images(len(digits.labels), data)[2]
     chosen = []
     for position, d in enumerate(map(int, text)):

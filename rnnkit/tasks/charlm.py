@@ -229,13 +229,30 @@ def generate_stream(config: Config, run_dir: Path, prime: str, temperature: floa
     if model is None:
         model, extra = load_model(run_dir / "model.safetensors")
         vocabulary = extra["vocabulary"]
+    characters = stream_characters(model, vocabulary, prime, length, temperature, seed=seed)
+    yield prime
+    yield from characters
+
+
+def stream_characters(model: LanguageModel, vocabulary: list[str], prime: str, length: int, temperature: float = 0.8,
+                      top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> Iterator[str]:  # fmt: skip
+    """The ``length`` characters after the prime, one at a time as they are sampled (the state carried).
+
+    The prime is checked before this returns, so that a bad one fails at the call,
+    not at the first character; the sampling itself runs as the iterator is read.
+    """
     unknown = sorted(set(prime) - set(vocabulary[1:]))
     if not prime or unknown:
         raise DataError(f"prime: expected one or more characters of the training text, got {prime!r} (unknown: {unknown})")
     if not temperature > 0:
         raise DataError(f"temperature: expected a positive number, got {temperature}")
     generator = torch.Generator().manual_seed(seed)
-    logits, state = model.eval().decode_start(encode(prime, vocabulary).unsqueeze(0))
-    yield prime
-    for token in decoding.stream(model, logits, state, length, greedy=False, temperature=temperature, generator=generator):
-        yield vocabulary[int(token[0])]
+
+    def characters() -> Iterator[str]:
+        with torch.no_grad():
+            logits, state = model.eval().decode_start(encode(prime, vocabulary).unsqueeze(0))
+        tokens = decoding.stream(model, logits, state, length, greedy=False, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, generator=generator)  # fmt: skip
+        yield from common.token_names(tokens, vocabulary)
+
+    return characters()

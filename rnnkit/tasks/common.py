@@ -27,6 +27,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -208,6 +209,20 @@ def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: Optim
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     model.eval()
     return runner
+
+
+def token_names(tokens, vocabulary: list[str]) -> Iterator[str]:
+    """The vocabulary names of a one-row token stream (:func:`rnnkit.models.decoding.stream`), each drawn without grad.
+
+    Grad mode is per thread, and a server may read each token in another one,
+    so it is set around every step rather than once around the loop.
+    """
+    while True:
+        with torch.no_grad():
+            token = next(tokens, None)
+        if token is None:
+            return
+        yield vocabulary[int(token[0])]
 
 
 # -- order-k Markov baselines ----------------------------------------------------------

@@ -72,6 +72,7 @@ counted on the training melodies (each preceded by ``|`` as its context):
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -80,7 +81,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import BinaryIO, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -581,11 +582,12 @@ def generate_stream(config: Config, run_dir: Path, prime: str = "", temperature:
                     seed: int = 0) -> Iterator[str]:  # fmt: skip
     """What :func:`generate` returns, piece by piece: each event as soon as it is drawn, the file names at the end."""
     model, extra = load_model(Path(run_dir) / "model.safetensors")
+    primed_events, events = stream_events(model, extra["vocabulary"], config.data.grid, prime, temperature, length, seed)
     names = []
-    for event in stream_events(model, extra["vocabulary"], config.data.grid, prime, temperature, length, seed):
+    for event in itertools.chain(primed_events, events):
         yield ("" if not names else "\n" if len(names) % WRAP == 0 else " ") + event
         names.append(event)
-    primed = f"{len(names) - length} primed, " if len(names) > length else ""
+    primed = f"{len(primed_events)} primed, " if primed_events else ""
     midi, png = write_sample(config, Path(run_dir), f"generated-seed{seed}", names, f"{primed}temperature {temperature}, seed {seed}")
     yield f"\nMIDI file: {midi}\npiano roll: {png}"
 
@@ -593,13 +595,13 @@ def generate_stream(config: Config, run_dir: Path, prime: str = "", temperature:
 def sample_events(model: LanguageModel, vocabulary: list[str], grid: int, prime: str, temperature: float, length: int,
                   seed: int) -> list[str]:  # fmt: skip
     """The prime's events, then ``length`` events drawn one at a time from the model, the state carried."""
-    return list(stream_events(model, vocabulary, grid, prime, temperature, length, seed))
+    primed, events = stream_events(model, vocabulary, grid, prime, temperature, length, seed)
+    return primed + list(events)
 
 
-@torch.no_grad()
 def stream_events(model: LanguageModel, vocabulary: list[str], grid: int, prime: str, temperature: float, length: int,
-                  seed: int) -> Iterator[str]:  # fmt: skip
-    """:func:`sample_events` one event at a time, as soon as it is drawn."""
+                  seed: int, top_k: int | None = None, top_p: float | None = None) -> tuple[list[str], Iterator[str]]:  # fmt: skip
+    """``(the prime's events, an iterator of the length sampled events)``; a bad prime fails here, not when read."""
     if not temperature > 0:
         raise DataError(f"temperature: expected a positive number, got {temperature}")
     primed = [event_name(*parse_event(e, grid, "prime"), grid) for e in prime.split()]
@@ -607,11 +609,13 @@ def stream_events(model: LanguageModel, vocabulary: list[str], grid: int, prime:
     if unknown:
         example = "C5:1" if "C5:1" in vocabulary else vocabulary[2]
         raise DataError(f"prime: expected note events of the training vocabulary (such as {example!r}), got {unknown[:5]}")
-    logits, state = model.eval().decode_start(torch.tensor([[0, *encode([primed], vocabulary)[0]]]))
+    with torch.no_grad():
+        logits, state = model.eval().decode_start(torch.tensor([[0, *encode([primed], vocabulary)[0]]]))
     generator = torch.Generator().manual_seed(seed)
-    yield from primed
-    for token in decoding.stream(_NotesOnly(model), _NotesOnly.mask(logits), state, length, greedy=False, temperature=temperature, generator=generator):
-        yield vocabulary[int(token[0])]
+    tokens = decoding.stream(_NotesOnly(model), _NotesOnly.mask(logits), state, length, greedy=False, temperature=temperature,
+                             top_k=top_k, top_p=top_p, generator=generator)  # fmt: skip
+
+    return primed, common.token_names(tokens, vocabulary)
 
 
 def write_sample(config: Config, run_dir: Path, stem: str, names: list[str], title: str) -> tuple[Path, Path]:
@@ -630,8 +634,10 @@ def wrap(names: list[str], per_line: int = WRAP) -> str:
     return "\n".join(" ".join(names[i : i + per_line]) for i in range(0, len(names), per_line))
 
 
-def write_midi(path: Path, events: list[tuple[int | None, int]], grid: int, tempo: int = 80, ticks_per_beat: int = 480) -> None:
-    """A standard MIDI file (type 0): the tempo, then each note as note_on/note_off; a rest delays the next note_on."""
+def write_midi(path: Path | BinaryIO, events: list[tuple[int | None, int]], grid: int, tempo: int = 80, ticks_per_beat: int = 480) -> None:
+    """A standard MIDI file (type 0): the tempo, then each note as note_on/note_off; a rest delays the next note_on.
+
+    ``path`` is a file name or a binary file object (``io.BytesIO``)."""
     import mido
 
     track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo), time=0),
@@ -647,7 +653,10 @@ def write_midi(path: Path, events: list[tuple[int | None, int]], grid: int, temp
     track.append(mido.MetaMessage("end_of_track", time=wait))
     midi = mido.MidiFile(type=0, ticks_per_beat=ticks_per_beat)
     midi.tracks.append(track)
-    midi.save(path)
+    if hasattr(path, "write"):
+        midi.save(file=path)
+    else:
+        midi.save(path)
 
 
 def piano_roll(events: list[tuple[int | None, int]]) -> tuple[np.ndarray, int]:

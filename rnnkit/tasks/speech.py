@@ -652,7 +652,11 @@ def report(config: Config, rnn, mlp, train_words, test_set) -> Report:
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     """Samples (float32, int16 scale) and sample rate of a 16-bit PCM mono WAV file."""
-    raw = common.read_bytes(path)
+    return parse_wav(common.read_bytes(path), str(path))
+
+
+def parse_wav(raw: bytes, path: str) -> tuple[np.ndarray, int]:
+    """:func:`read_wav` of the file's bytes; ``path`` names it in errors."""
     try:
         with wave.open(io.BytesIO(raw), "rb") as w:
             width, channels, rate, frames = w.getsampwidth(), w.getnchannels(), w.getframerate(), w.readframes(w.getnframes())

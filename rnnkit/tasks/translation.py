@@ -314,15 +314,35 @@ def attended_source_words(model: Seq2Seq, sentences: list[str], source, lengths,
     The attention is re-read by feeding the chosen output back with teacher
     forcing, which replays the decoder's steps for it exactly.
     """
-    width = max(len(row) for row in rows) or 1
+    attention = replayed_attention(model, source, lengths, rows).argmax(-1).tolist()  # (N, T): attended source positions
+    words = [tokenize(s) or [UNK] for s in sentences]
+    return [[words[n][min(j, len(words[n]) - 1)] for j in attention[n][: len(row)]] for n, row in enumerate(rows)]
+
+
+@torch.no_grad()
+def replayed_attention(model: Seq2Seq, source, lengths, rows: list[list[int]]) -> torch.Tensor:
+    """(N, T, S) attention weights of the decoder's steps that produced ``rows`` (output ids without EOS), by teacher forcing."""
+    width = max((len(row) for row in rows), default=0) or 1
     target_in = torch.zeros(len(rows), width, dtype=torch.long)
     for n, row in enumerate(rows):
         if row:
             target_in[n, : len(row)] = torch.tensor([1] + row[:-1])
     model.eval()
-    attention = model((source, lengths, target_in))[0].attention.argmax(-1).tolist()  # (N, T): attended source positions
-    words = [tokenize(s) or [UNK] for s in sentences]
-    return [[words[n][min(j, len(words[n]) - 1)] for j in attention[n][: len(row)]] for n, row in enumerate(rows)]
+    return model((source, lengths, target_in))[0].attention
+
+
+def translate_with_attention(model: Seq2Seq, sentence: str, vocabularies, beam_size: int, length_penalty: float = 1.0,
+                             lexicon: dict[str, str] | None = None) -> tuple[str, list[str], list[str], list[list[float]]]:  # fmt: skip
+    """``(translation, output words, source words, attention)``: :func:`translate` of one sentence, and the
+    weights each output word's step gave each source word (rows: output words; columns: source words)."""
+    if not tokenize(sentence):
+        raise DataError(f"text: expected a sentence to translate, got {sentence!r}")
+    (words, aligned), = decode(model, [sentence], vocabularies, beam_size, length_penalty, align=True)
+    shown = [lexicon.get(a, a) if w == UNK and lexicon is not None else w for w, a in zip(words, aligned)]
+    source, lengths = encode([sentence], vocabularies[0], eos=False)
+    index = {w: i for i, w in enumerate(vocabularies[1])}
+    weights = replayed_attention(model, source, lengths, [[index[w] for w in words]])[0, : len(words)]
+    return detokenize(shown), shown, tokenize(sentence), weights.tolist()
 
 
 def bleu(hypotheses: list[str], references: list[str]) -> float:

@@ -162,7 +162,7 @@ class EarlyStopping(Callback):
 
 
 def default_callbacks(config, is_main: bool) -> list[Callback]:
-    """Progress on the main process, CSV and plot in ``run_dir``, early stopping if configured."""
+    """Progress on the main process, CSV and plot in ``run_dir``, TensorBoard logs and early stopping if configured."""
     callbacks: list[Callback] = []
     if config.early_stopping_patience:
         callbacks.append(EarlyStopping(config.early_stopping_patience, config.early_stopping_min_delta))
@@ -173,4 +173,11 @@ def default_callbacks(config, is_main: bool) -> list[Callback]:
     if config.run_dir:
         run = Path(config.run_dir)
         callbacks += [CSVLogger(run / "metrics.csv"), LossPlot(run / "metrics.csv", run / "loss.png")]
+    if config.tensorboard:
+        from rnnkit.training.tensorboard import TensorBoardLogger
+
+        if not config.run_dir:
+            raise ValueError("tensorboard: expected False unless run_dir is set (the logs go to run_dir/tensorboard), got True")
+
+        callbacks.append(TensorBoardLogger(Path(config.run_dir) / "tensorboard", config.tensorboard_every))
     return callbacks

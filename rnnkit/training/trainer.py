@@ -66,9 +66,12 @@ class TrainerConfig:
     run_dir: str | None = None
     checkpoint_every: int | None = None  # steps; a checkpoint is also written at the end
     progress: bool = True
+    tensorboard: bool = False  # TensorBoard logs in run_dir/tensorboard (the tensorboard extra); see rnnkit.training.tensorboard
+    tensorboard_every: int = 100  # steps between its histograms and gradient-flow measurements
 
     def __post_init__(self) -> None:
-        for name in ("max_epochs", "max_steps", "max_consecutive_skips", "tbptt_k1", "tbptt_k2", "eval_every", "early_stopping_patience", "checkpoint_every"):
+        for name in ("max_epochs", "max_steps", "max_consecutive_skips", "tbptt_k1", "tbptt_k2", "eval_every", "early_stopping_patience", "checkpoint_every",
+                     "tensorboard_every"):  # fmt: skip
             value = getattr(self, name)
             if value is not None:
                 errors.check_positive_int(name, value)
