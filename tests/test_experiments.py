@@ -125,7 +125,7 @@ def test_overrides_reach_list_keys_and_fail_on_unknown_ones():
 # -- the command -----------------------------------------------------------------------------------
 
 
-TINY = ["gradients.steps=4", "gradients.explode_steps=4", "future_context.steps=4", "future_context.offsets=[1]",
+TINY = ['experiments=["gradients", "future-context", "long-range", "order"]', "gradients.steps=4", "gradients.explode_steps=4", "future_context.steps=4", "future_context.offsets=[1]",
         "long_range.steps=4", "long_range.gaps=[6]", "order.steps=4", "order.eval_every=2"]  # fmt: skip
 
 

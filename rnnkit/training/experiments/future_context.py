@@ -44,7 +44,7 @@ class FutureContextConfig:
     hidden_size: int = 24  # of each direction of the bidirectional model; the unidirectional one is matched
     train_examples: int = 4_000
     val_examples: int = 1_000
-    steps: int = 500  # per model
+    steps: int = 400  # per model
     batch_size: int = 64
     lr: float = 0.01
     seed: int = 0
@@ -117,7 +117,7 @@ def run(config: FutureContextConfig, out: Path) -> FutureContextResult:
 def plot(result: FutureContextResult, png: Path) -> None:
     plt = pyplot()
     config = result.config
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
     for cell in config.cells:
         for bidirectional, style in ((True, "o-"), (False, "s--")):
             accuracy = [result.accuracy(cell, bidirectional, k) for k in config.offsets]
@@ -129,7 +129,7 @@ def plot(result: FutureContextResult, png: Path) -> None:
            title=f"Future context: tag each token with the one k steps later (T={config.seq_len}, {config.steps} steps)")  # fmt: skip
     ax.set_xticks(list(config.offsets))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the curves fill the axes
     fig.savefig(png, dpi=110)
     plt.close(fig)
 

@@ -43,10 +43,10 @@ class OrderConfig:
     hidden_size: int = 32  # the MLP's hidden layer and the recurrent layers' state
     train_examples: int = 4_000  # even: mirror pairs
     val_examples: int = 1_000
-    steps: int = 400
+    steps: int = 200
     batch_size: int = 64
     lr: float = 0.01
-    eval_every: int = 25
+    eval_every: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:
