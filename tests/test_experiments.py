@@ -100,6 +100,8 @@ def test_order_defeats_the_bag_of_words(tmp_path):
     assert abs(result.accuracy("mlp") - 0.5) <= 0.05  # mirror pairs: exactly 50% up to rounding ties
     assert result.accuracy("gru") >= 0.9  # measured 100%
     assert [s for s, _ in result.curves["gru"]] == list(range(20, config.steps + 1, 20))
+    curves = _read_csv(tmp_path / "order_curves.csv")
+    assert [float(r["val_accuracy"]) for r in curves if r["model"] == "gru"] == [a for _, a in result.curves["gru"]]
     _assert_png(tmp_path / "order.png")
 
 

@@ -81,7 +81,7 @@ class OrderResult:
 
 
 def run(config: OrderConfig, out: Path) -> OrderResult:
-    """Train every model, write ``order.csv`` and ``order.png`` into ``out``."""
+    """Train every model, write ``order.csv``, ``order_curves.csv`` and ``order.png`` into ``out``."""
     budget = Budget(config.steps, config.batch_size, config.lr, config.seed, eval_every=config.eval_every)
     train = marker_order_task(config.train_examples, config.seq_len, num_fillers=config.num_fillers, seed=config.seed)
     val = marker_order_task(config.val_examples, config.seq_len, num_fillers=config.num_fillers, seed=config.seed + 1)
@@ -96,6 +96,7 @@ def run(config: OrderConfig, out: Path) -> OrderResult:
         print(f"  order {name:<4} accuracy {fit.val['accuracy']:6.1%}  ({fit.seconds:.1f} s)", flush=True)
     result = OrderResult(config, rows, curves)
     write_rows(out / "order.csv", rows)
+    write_rows(out / "order_curves.csv", [{"model": n, "step": step, "val_accuracy": a} for n, c in curves.items() for step, a in c])
     plot(result, out / "order.png")
     return result
 
