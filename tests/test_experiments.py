@@ -8,9 +8,11 @@ import re
 import pytest
 import torch
 
+import rnnkit
 from rnnkit.cli.main import main
 from rnnkit.config import ConfigError, apply_overrides
 from rnnkit.data.synthetic import country_language_task, country_language_words, future_token_task, marker_order_task
+from rnnkit.models.long_range import open_carry_gate
 from rnnkit.training.experiments import future_context, long_range, order
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -103,6 +105,24 @@ def test_order_defeats_the_bag_of_words(tmp_path):
     curves = _read_csv(tmp_path / "order_curves.csv")
     assert [float(r["val_accuracy"]) for r in curves if r["model"] == "gru"] == [a for _, a in result.curves["gru"]]
     _assert_png(tmp_path / "order.png")
+
+
+def test_the_ratio_is_measured_below_float32s_range():
+    config = long_range.LongRangeConfig(hidden_size=8)
+    probe = country_language_task(4, 300, seed=5)
+    torch.manual_seed(0)
+    ratio = long_range.ratio(long_range.classifier(config, "rnn"), probe)
+    assert 0 < ratio < 1e-45  # float32 would have read 0
+
+
+def test_open_carry_gate_sets_every_direction_and_refuses_the_elman_rnn():
+    layer = rnnkit.GRU(3, 5, num_layers=2, bidirectional=True)
+    open_carry_gate(layer, 4.0)
+    for name in ("bias_ih_l0", "bias_ih_l1_reverse"):
+        assert torch.all(getattr(layer, name)[5:10] == 4.0) and torch.all(getattr(layer, name.replace("ih", "hh"))[5:10] == 0)
+    assert not torch.all(layer.bias_ih_l0[:5] == 4.0)  # the reset gate keeps its init
+    with pytest.raises(ValueError, match="layer: expected an rnnkit LSTM or GRU .*, got RNN"):
+        open_carry_gate(rnnkit.RNN(3, 5), 1.0)
 
 
 @pytest.mark.parametrize("make,message", [

@@ -5,7 +5,7 @@ Examples::
     rnnkit diagnose                                   # T=100, 2000 steps per cell, about a minute on one core
     rnnkit diagnose --quick --out /tmp/diagnose       # tiny sizes, a few seconds (tests, CI)
     rnnkit diagnose --seq-len 200 --steps 4000 --set carry_bias=None --set lr=0.003
-    rnnkit diagnose all --out runs/claims             # this and the seeds' other claims, one REPORT.md
+    rnnkit diagnose all --out runs/claims             # the seeds' other claims, one REPORT.md
 
 The other experiments (``future-context``, ``long-range``, ``order``, ``all``)
 are subcommands, in :mod:`rnnkit.cli.diagnose_experiments`.

@@ -5,7 +5,7 @@ Examples::
     rnnkit diagnose future-context --out runs/future      # unidirectional vs bidirectional, k = 0..10
     rnnkit diagnose long-range --set gaps=[10,100]          # Elman RNN vs LSTM vs GRU over a gap
     rnnkit diagnose order --quick                           # bag-of-words MLP vs RNN on order-only labels
-    rnnkit diagnose all --out runs/claims                   # everything, into runs/claims/REPORT.md
+    rnnkit diagnose all --out runs/claims                   # the three, into runs/claims/REPORT.md
     rnnkit diagnose all --set long_range.steps=300          # a section's key, dotted
 
 The experiments live in :mod:`rnnkit.training.experiments`; this module parses
