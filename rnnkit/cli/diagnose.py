@@ -5,6 +5,10 @@ Examples::
     rnnkit diagnose                                   # T=100, 2000 steps per cell, about a minute on one core
     rnnkit diagnose --quick --out /tmp/diagnose       # tiny sizes, a few seconds (tests, CI)
     rnnkit diagnose --seq-len 200 --steps 4000 --set carry_bias=None --set lr=0.003
+    rnnkit diagnose all --out runs/claims             # the seeds' other claims, one REPORT.md
+
+The other experiments (``future-context``, ``long-range``, ``order``, ``all``)
+are subcommands, in :mod:`rnnkit.cli.diagnose_experiments`.
 
 Everything runs on the adding problem (:func:`rnnkit.data.synthetic.adding_problem`):
 sum the two marked values of a length-T sequence, read out at step T only.
@@ -46,6 +50,7 @@ from rnnkit.training import Callback, CSVLogger, NonFiniteLossError, Trainer, Tr
 from rnnkit.data.synthetic import adding_problem
 from rnnkit.models.long_range import AddingModel
 from rnnkit.training.diagnostics import GradientFlowRecorder, decay_ratio, measure_gradient_flow
+from rnnkit.training.experiments.common import COLORS, pyplot, torch_threads
 
 CELLS = ("rnn", "lstm", "gru")
 
@@ -98,7 +103,8 @@ def register(subparsers) -> None:
         "at init and during training; show exploding gradients with and without clipping. Writes CSVs, PNG plots and "
         "a summary table; see docs/diagnostics.md.",
     )
-    parser.add_argument("--out", default="runs/diagnose", help="directory for the CSVs and plots (default runs/diagnose)")
+    # Defaults of None: the subcommands tell an option given here from one left out, and refuse it.
+    parser.add_argument("--out", help="directory for the CSVs and plots (default runs/diagnose)")
     default, quick = DiagnoseConfig(), QUICK
     parser.add_argument("--seq-len", type=int, help=f"sequence length T (default {default.seq_len}; quick {quick['seq_len']})")
     parser.add_argument("--steps", type=int, help=f"training steps per cell (default {default.steps}; quick {quick['steps']})")
@@ -107,6 +113,9 @@ def register(subparsers) -> None:
     fields = ", ".join(f.name for f in dataclasses.fields(DiagnoseConfig))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"override a config key (repeatable), e.g. --set carry_bias=None; keys: {fields}")
     parser.set_defaults(handler=run)
+    from rnnkit.cli.diagnose_experiments import add_subcommands  # here: that module imports this one
+
+    add_subcommands(parser)
 
 
 def config_from_args(args) -> DiagnoseConfig:
@@ -121,11 +130,22 @@ def run(args) -> int:
         config = config_from_args(args)
     except (ConfigError, ValueError) as error:
         raise SystemExit(f"rnnkit diagnose: {error}") from None
-    out = Path(args.out)
+    diagnose(config, Path(args.out or "runs/diagnose"))
+    return 0
+
+
+@dataclass
+class DiagnoseResult:
+    config: DiagnoseConfig
+    cells: list[CellResult]
+    explosions: list[ExplodeResult]
+    summary: str  # the table printed at the end
+
+
+def diagnose(config: DiagnoseConfig, out: Path) -> DiagnoseResult:
+    """Run the three experiments, write every CSV and PNG into ``out``, print and return the summary."""
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         started = time.perf_counter()
         print(f"rnnkit diagnose: adding problem, T={config.seq_len}, {config.steps} steps per cell, "
               f"hidden {config.hidden_size}, seed {config.seed} -> {out}", flush=True)  # fmt: skip
@@ -139,10 +159,9 @@ def run(args) -> int:
         plot_gradient_flow(cells, config, out / "gradient_flow.png")
         plot_training_curves(cells, out / "training_curves.png")
         plot_exploding(explosions, config, out / "exploding.png")
-        print(summary_text(config, cells, explosions, val, time.perf_counter() - started))
-    finally:
-        torch.set_num_threads(threads)
-    return 0
+        summary = summary_text(config, cells, explosions, val, time.perf_counter() - started)
+    print(summary)
+    return DiagnoseResult(config, cells, explosions, summary)
 
 
 # -- experiments 1 and 2: gradient flow and learning ------------------------------------------
@@ -307,20 +326,8 @@ def summary_text(config: DiagnoseConfig, cells: list[CellResult], explosions: li
 # -- plots ------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
-
-
 def plot_gradient_flow(cells: list[CellResult], config: DiagnoseConfig, png: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     steps = torch.arange(1, config.seq_len + 1)
     for c in cells:
@@ -345,7 +352,7 @@ def plot_gradient_flow(cells: list[CellResult], config: DiagnoseConfig, png: Pat
 
 
 def plot_training_curves(cells: list[CellResult], png: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for c in cells:
         train = [(r["step"], r["loss"]) for r in c.rows if r["split"] == "train"]
@@ -364,7 +371,7 @@ def plot_training_curves(cells: list[CellResult], png: Path) -> None:
 
 
 def plot_exploding(explosions: list[ExplodeResult], config: DiagnoseConfig, png: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (norm_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for e, color in zip(explosions, ("tab:red", "tab:blue", "tab:gray")):
         steps = [r["step"] for r in e.rows]

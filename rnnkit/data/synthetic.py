@@ -67,3 +67,104 @@ def copy_task(num_examples: int, delay: int, *, num_symbols: int = 8, copy_lengt
     inputs = torch.cat([symbols, blanks, delimiter, tail], dim=1)
     targets = torch.cat([torch.zeros(num_examples, delay + copy_length, dtype=torch.long), symbols], dim=1)
     return inputs, targets
+
+
+# -- the seeds' claims: future context, memory over a gap, order --------------------------------------
+
+
+def future_token_task(num_examples: int, seq_len: int, offset: int, *, vocab_size: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
+    r"""Tag each token with the token ``offset`` steps later: ``y_t = x_{t+k}``, k = ``offset``.
+
+    Tokens are i.i.d. uniform over ``0..V-1`` (V = ``vocab_size``). The last k
+    positions have no token k steps later; their target is -100, the ignore
+    index of :class:`~rnnkit.models.SequenceTagger`. For k > 0, ``x_{t+k}`` is
+    independent of ``x_1..x_t``, so a model that reads only the past scores
+    1/V in expectation on held-out data, whatever it learned; a model that
+    reads the future needs to hold one token for k steps.
+
+    Returns:
+        inputs, targets: (N, T) int64, batch-first.
+    """
+    for name, value in (("num_examples", num_examples), ("seq_len", seq_len), ("vocab_size", vocab_size)):
+        errors.check_positive_int(name, value)
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < seq_len:
+        raise errors.fail("offset", f"an int in [0, seq_len={seq_len})", repr(offset))
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab_size, (num_examples, seq_len), generator=g)
+    targets = torch.full_like(tokens, -100)
+    targets[:, : seq_len - offset] = tokens[:, offset:]
+    return tokens, targets
+
+
+# The seeds' long-range example, "I have been staying in Germany for the last 10 years. I can speak
+# fluently ___", as word lists: a country, `gap` filler words, the query; the answer is the language.
+COUNTRIES = ("France", "Germany", "Spain", "Italy", "Japan", "China", "Russia", "Greece")
+LANGUAGES = ("French", "German", "Spanish", "Italian", "Japanese", "Chinese", "Russian", "Greek")
+FILLER = ("I", "have", "been", "staying", "for", "the", "last", "ten", "years", "and", "my", "friends", "there",
+          "say", "that", "weather", "is", "often", "nice", "we")  # fmt: skip
+QUERY = "speak"
+
+
+def country_language_task(num_examples: int, gap: int, *, num_countries: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
+    r"""A country, ``gap - 1`` filler words, then ``"speak"``; the label is the country's language.
+
+    Token ids: ``0..C-1`` the countries (C = ``num_countries``, at most 8),
+    ``C..C+19`` the filler words of :data:`FILLER`, ``C+20`` the query. The
+    country is at step 1 and the query at step ``gap + 1``, so the answer must
+    be carried ``gap`` steps, past fillers drawn i.i.d. and uniformly. The
+    label is the country's index (the same index in :data:`LANGUAGES`);
+    chance is 1/C. :func:`country_language_words` spells a sequence out.
+
+    Returns:
+        inputs: (N, gap + 1) int64; targets: (N,) int64.
+    """
+    for name, value in (("num_examples", num_examples), ("gap", gap)):
+        errors.check_positive_int(name, value)
+    if isinstance(num_countries, bool) or not isinstance(num_countries, int) or not 2 <= num_countries <= len(COUNTRIES):
+        raise errors.fail("num_countries", f"an int in [2, {len(COUNTRIES)}]", repr(num_countries))
+    g = torch.Generator().manual_seed(seed)
+    countries = torch.randint(0, num_countries, (num_examples,), generator=g)
+    filler = num_countries + torch.randint(0, len(FILLER), (num_examples, gap - 1), generator=g)
+    query = torch.full((num_examples, 1), num_countries + len(FILLER))
+    return torch.cat([countries.unsqueeze(1), filler, query], dim=1), countries
+
+
+def country_language_words(tokens: Tensor, label: int, num_countries: int = 8) -> str:
+    """One sequence of :func:`country_language_task` in words, with its answer."""
+    words = list(COUNTRIES[:num_countries]) + list(FILLER) + [QUERY]
+    return " ".join(words[int(t)] for t in tokens) + f" -> {LANGUAGES[label]}"
+
+
+def marker_order_task(num_examples: int, seq_len: int, *, num_fillers: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
+    r"""Which of two markers comes first: the label depends on order alone.
+
+    Token 0 is marker A, token 1 marker B, tokens ``2..F+1`` fillers (F =
+    ``num_fillers``). Each sequence holds A and B once each, at two distinct
+    random steps, and fillers elsewhere; the label is 1 when A comes before B.
+    Examples come in mirror pairs: example 2i + 1 is example 2i with A and B
+    swapped, so it has the opposite label and the same bag of tokens. A model
+    that sees only the bag gives both the same answer and scores exactly 1/2
+    on any even number of examples; ``num_examples`` must be even.
+
+    Returns:
+        inputs: (N, T) int64; targets: (N,) int64 in {0, 1}.
+    """
+    errors.check_positive_int("num_examples", num_examples)
+    errors.check_positive_int("num_fillers", num_fillers)
+    if num_examples % 2:
+        raise errors.fail("num_examples", "an even number (mirror pairs)", num_examples)
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise errors.fail("seq_len", "an int >= 2 (room for both markers)", repr(seq_len))
+    g = torch.Generator().manual_seed(seed)
+    pairs = num_examples // 2
+    tokens = 2 + torch.randint(0, num_fillers, (pairs, seq_len), generator=g)
+    positions = torch.rand(pairs, seq_len, generator=g).argsort(dim=1)[:, :2]  # two distinct steps
+    rows = torch.arange(pairs)
+    tokens[rows, positions[:, 0]] = 0
+    tokens[rows, positions[:, 1]] = 1
+    mirrored = tokens.clone()
+    mirrored[rows, positions[:, 0]] = 1
+    mirrored[rows, positions[:, 1]] = 0
+    a_first = (positions[:, 0] < positions[:, 1]).long()
+    inputs = torch.stack([tokens, mirrored], dim=1).flatten(0, 1)
+    return inputs, torch.stack([a_first, 1 - a_first], dim=1).flatten()

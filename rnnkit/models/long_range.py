@@ -29,16 +29,30 @@ def _recurrent_layer(cell: str, input_size: int, hidden_size: int, num_layers: i
         raise errors.fail("cell", f"one of {sorted(LAYERS)}", repr(cell))
     layer = LAYERS[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True, engine=engine)
     if cell in CARRY_GATE and carry_bias is not None:
-        # Gers et al. (2000), Jozefowicz et al. (2015): a gate biased open at init
-        # keeps ∂c_t/∂c_{t-1} = diag(f_t) (GRU: the z_t term of ∂h_t/∂h_{t-1})
-        # near 1, so gradient reaches far back before training has shaped the gates.
-        gate = slice(CARRY_GATE[cell] * hidden_size, (CARRY_GATE[cell] + 1) * hidden_size)
-        with torch.no_grad():
-            for k in range(num_layers):
-                weights = layer.cell_weights(k, 0)
-                weights.bias_ih[gate].fill_(carry_bias)
-                weights.bias_hh[gate].zero_()
+        open_carry_gate(layer, carry_bias)
     return layer
+
+
+def open_carry_gate(layer: RecurrentLayer, bias: float) -> None:
+    """Set the carry gate's bias of every layer and direction of an LSTM or GRU: ``bias`` in ``bias_ih``, 0 in ``bias_hh``.
+
+    Gers et al. (2000), Jozefowicz et al. (2015): a gate biased open at init
+    keeps ∂c_t/∂c_{t-1} = diag(f_t) (GRU: the z_t term of ∂h_t/∂h_{t-1})
+    near 1, so gradient reaches far back before training has shaped the gates.
+    """
+    cell = next((name for name, family in LAYERS.items() if type(layer) is family and name in CARRY_GATE), None)
+    if cell is None:
+        raise errors.fail("layer", "an rnnkit LSTM or GRU (the families with a carry gate)", type(layer).__name__)
+    if not layer.bias:
+        raise errors.fail("layer", "a layer with biases (bias=True)", "bias=False")
+    hidden_size = layer.hidden_size
+    gate = slice(CARRY_GATE[cell] * hidden_size, (CARRY_GATE[cell] + 1) * hidden_size)
+    with torch.no_grad():
+        for k in range(layer.num_layers):
+            for d in range(layer.num_directions):
+                weights = layer.cell_weights(k, d)
+                weights.bias_ih[gate].fill_(bias)
+                weights.bias_hh[gate].zero_()
 
 
 class AddingModel(nn.Module):
@@ -100,4 +114,4 @@ class CopyModel(nn.Module):
         recalled = logits[:, -self.copy_length :].argmax(-1) == targets[:, -self.copy_length :]
         return {"accuracy": float(recalled.float().mean())}
 
-__all__ = ["AddingModel", "CopyModel"]
+__all__ = ["AddingModel", "CopyModel", "open_carry_gate"]
