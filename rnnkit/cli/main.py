@@ -15,7 +15,7 @@ from rnnkit import __version__
 SUBCOMMANDS = [
     "rnnkit.cli.train", "rnnkit.cli.eval", "rnnkit.cli.predict", "rnnkit.cli.generate", "rnnkit.cli.demo",
     "rnnkit.cli.diagnose",
-    "rnnkit.cli.serve", "rnnkit.cli.explain",
+    "rnnkit.cli.serve", "rnnkit.cli.explain", "rnnkit.cli.export",
 ]  # fmt: skip
 
 
