@@ -73,6 +73,7 @@ CELL_TITLE = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN (tanh)"}
 TORCH = "torch.nn"
 BUSY_CORES = 0.2  # other processes' average core use above which the report warns that timings are unreliable
 LAYER_NORM = "rnnkit auto, layer_norm=True"
+COMPILED = "rnnkit auto, torch.compile"
 
 
 # -- results ----------------------------------------------------------------
@@ -162,10 +163,14 @@ def layer_contenders(cell: str, shape: Shape, config: str, args, device: torch.d
                 report.notes.append(layer_norm)
         else:
             models[LAYER_NORM] = layer_norm
+    if not args.no_compile:
+        models[COMPILED] = kit_layer(shape.input, shape.hidden, engine="auto")
     for name, model in models.items():
         if name != TORCH:
             model.load_state_dict(weights, strict=name != LAYER_NORM)  # layer norm adds its own parameters
         model.to(device=device, dtype=torch.float32)
+    if COMPILED in models:  # compiled on its first call, in the warm-up rounds: inductor (aot_eager for --quick), whole graph
+        models[COMPILED] = torch.compile(models[COMPILED], fullgraph=True, backend="aot_eager" if args.quick else "inductor")
     return models
 
 
@@ -348,6 +353,11 @@ def targets(report: Report) -> list[tuple[str, str, str]]:
         if "lstm" in report.args.cells:
             value = ratio(median(config, "lstm", "training", LAYER_NORM), median(config, "lstm", "training", TORCH))
             add(f"{config} LayerNorm LSTM training: time / nn.LSTM's time <= 1.5x", value, 1.5, at_most=True)
+        if not report.args.no_compile:
+            for cell in report.args.cells:
+                for mode in ("inference", "training"):
+                    value = ratio(median(config, cell, mode, auto), median(config, cell, mode, COMPILED))
+                    add(f"{config} {CELL_TITLE[cell]} {mode}: eager / torch.compile'd rnnkit >= 1.0x (no slower)", value, 1.0)
     by_cell: dict[str, dict[str, float]] = {}
     for cell, name, stats, _ in report.streaming:
         by_cell.setdefault(cell, {})[name] = stats.median
@@ -539,6 +549,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stream-steps", type=int, help="steps per streaming call (default 1000; 20 with --quick)")
     parser.add_argument("--no-streaming", action="store_true", help="skip the streaming benchmark")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd rnnkit contender")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke check of a few seconds")
     parser.add_argument("--out", help="Markdown report path (default docs/benchmarks.md; none with --quick)")
     args = parser.parse_args(argv)

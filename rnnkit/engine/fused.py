@@ -66,45 +66,49 @@ from rnnkit.engine.gemm import linear, matmul, recorded_by_autograd
 STEPS = {RNN_TANH: RNN_SPECS["tanh"].step, RNN_RELU: RNN_SPECS["relu"].step, LSTM: LSTM_SPEC.step, GRU: GRU_SPEC.step}
 
 # Argument layouts of FusedRecurrence, for its vmap rule.
-_ROLES = (None, None, "mask", "seq", "weight", "weight", "weight", "weight", "weight", "state", "state")
+_ROLES = (None, None, None, "mask", "seq", "weight", "weight", "weight", "weight", "weight", "state", "state")
 
 
 class FusedRecurrence(torch.autograd.Function):
     """One layer and direction of any plain family: ``(y, hs, cs, gates, hn, hraw)``.
 
-    ``y`` is empty where the output is hs's steps (no padding, no projection): the caller
-    takes it as a view (:func:`rnnkit.engine.transforms.outputs`). ``gates``, ``hn`` and
+    Without padding or projection the output is hs's steps: with ``share`` (eager calls)
+    ``y`` shares hs's memory, otherwise it is empty and the caller takes it as a view
+    (:func:`rnnkit.engine.transforms.outputs`). ``gates``, ``hn`` and
     ``hraw`` are the backward's internals (see :mod:`rnnkit.engine.fused_loops`).
     How each transform is served is in :mod:`rnnkit.engine.transforms`.
     """
 
     @staticmethod
-    def forward(kind, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+    def forward(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
         xp, y, hs, cs, hn, hraw = _forward(kind, loops_for(x), reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
         gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
+        if share:
+            y = transforms.shared_output(y, hs, reverse)
         return y, hs, cs, gates, hn, hraw
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        kind, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = inputs
-        _, hs, cs, gates, hn, hraw = output
+        kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = inputs
+        y, hs, cs, gates, hn, hraw = output
         ctx.mark_non_differentiable(gates, hn, hraw)
         ctx.set_materialize_grads(False)
-        ctx.kind, ctx.reverse, ctx.view = kind, reverse, valid is None and w_hr is None
+        ctx.kind, ctx.reverse, ctx.view = kind, reverse, valid is None and w_hr is None and not share
         ctx.primals, ctx.valid = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), valid  # for jvp; all saved for backward anyway
-        ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, transforms.keep_states(ctx, hs, ctx.view))
+        transforms.keep_output(ctx, y, share)
+        ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs)
 
     @staticmethod
     def backward(ctx, d_y, d_hs, d_cs, *_internals):
         saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing allows no second unpack
         if torch.is_grad_enabled():  # create_graph=True or torch.func: the reference math, differentiable again
             valid, primals = saved[0], saved[1:9]
-            return None, None, None, *transforms.reference_vjp(_reference(ctx.kind, ctx.reverse, valid, ctx.view), primals, (d_y, d_hs, d_cs))
+            return None, None, None, None, *transforms.reference_vjp(_reference(ctx.kind, ctx.reverse, valid, ctx.view), primals, (d_y, d_hs, d_cs))
         with torch.autocast(saved[1].device.type, enabled=False):  # gradients in the forward's precision
-            return None, None, None, *_backward(ctx, saved, d_y, d_hs, d_cs)
+            return None, None, None, None, *_backward(ctx, saved, d_y, d_hs, d_cs)
 
     @staticmethod
-    def jvp(ctx, _kind, _reverse, _valid, *tangents):
+    def jvp(ctx, _kind, _reverse, _share, _valid, *tangents):
         y, hs, cs = transforms.reference_jvp(_reference(ctx.kind, ctx.reverse, ctx.valid, ctx.view), ctx.primals, tangents)
         return y, hs, cs, None, None, None
 
@@ -125,11 +129,10 @@ def _reference(kind, reverse, valid, output_is_view):
 
 def _backward(ctx, saved, d_y, d_hs, d_cs):
     """The compiled backward through time: gradients of (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)."""
-    valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, saved_hs = saved
+    valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs = saved
     kind, reverse = ctx.kind, ctx.reverse
     loops = loops_for(x)
-    hs, edited = transforms.kept_states(ctx, saved_hs)
-    if edited:  # the output, which is the states, was edited in place: run them once more from h_0
+    if transforms.output_edited(ctx):  # the output, which is the states, was edited in place: run them once more from h_0
         hs = _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)[2]
     length, batch, _ = x.shape
     final = 0 if reverse else -1  # not the index L: a symbolic size under torch.compile would be specialised
@@ -146,18 +149,18 @@ def _backward(ctx, saved, d_y, d_hs, d_cs):
     )  # fmt: skip
     steps = length * batch
     dgx2d = dgx.view(steps, dgx.shape[2])
-    need = ctx.needs_input_grad
-    dx = linear(dgx2d, w_ih.t(), None).view_as(x) if need[3] else None
-    dw_ih = matmul(dgx2d.t(), x.reshape(steps, x.shape[2])) if need[4] else None
+    need = ctx.needs_input_grad[4:]  # from x on
+    dx = linear(dgx2d, w_ih.t(), None).view_as(x) if need[0] else None
+    dw_ih = matmul(dgx2d.t(), x.reshape(steps, x.shape[2])) if need[1] else None
     h_prev = hs[reverse : length + reverse].reshape(steps, hs.shape[2])
     # GRU's recurrent-side gradient is [δr δz] (shared with dgx) then δn⊙r (dgh_n).
     recurrent_parts = [dgx2d] if kind != GRU else [dgx2d[:, : 2 * dgh_n.shape[2]], dgh_n.view(steps, dgh_n.shape[2])]
-    dw_hh = torch.cat([matmul(part.t(), h_prev) for part in recurrent_parts]) if need[5] else None
+    dw_hh = torch.cat([matmul(part.t(), h_prev) for part in recurrent_parts]) if need[2] else None
     db_ih = db_hh = None
     if b_ih is not None:
         db_ih = dgx2d.sum(0)
         db_hh = db_ih.clone() if kind != GRU else torch.cat([part.sum(0) for part in recurrent_parts])
-    dw_hr = matmul(dproj.view(steps, dproj.shape[2]).t(), hraw.view(steps, hraw.shape[2])) if w_hr is not None and need[8] else None
+    dw_hr = matmul(dproj.view(steps, dproj.shape[2]).t(), hraw.view(steps, hraw.shape[2])) if w_hr is not None and need[5] else None
     return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None
 
 
@@ -212,12 +215,11 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
             x, state = _to_float32(x), tuple(_to_float32(s) for s in state)
             return run_direction(spec, x, state, weights, valid, reverse)
     kind = KINDS[spec.name]
-    if not _tracing() and x.shape[0] == 1 and valid is None and (stepped := single_step(spec, x[0], state, weights)) is not None:
+    if not transforms.recorded() and x.shape[0] == 1 and valid is None and (stepped := single_step(spec, x[0], state, weights)) is not None:
         return stepped[0].unsqueeze(0), (stepped[0].clone(), *stepped[1:])  # the state apart from the output
     h0, c0 = state[0], state[1] if kind == LSTM else None
     args = (kind, x.contiguous(), h0, c0, *weights[:5], valid, reverse)
-    # torch.func reaches an autograd.Function only when it is called directly, not inside an op's kernel.
-    y, h_n, c_n = _recurrence(*args) if transforms.functorch_active() else torch.ops.rnnkit.recurrence(*args)
+    y, h_n, c_n = transforms.call(torch.ops.rnnkit.recurrence, _recurrence, *args)
     return y, (h_n, c_n) if kind == LSTM else (h_n,)
 
 
@@ -231,8 +233,10 @@ def _recurrence(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse):
     loops = loops_for(x)
     if isinstance(loops, ops.NativeLoops) and not recorded_by_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
         return _infer(kind, loops, x, h0, c0, CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr), valid, reverse)
-    y, hs, cs, *_ = FusedRecurrence.apply(kind, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
-    return transforms.outputs(y, hs, cs, reverse, kind == LSTM, valid is None and w_hr is None)
+    aliased = valid is None and w_hr is None
+    share = transforms.shares_output(aliased)
+    y, hs, cs, *_ = FusedRecurrence.apply(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+    return transforms.outputs(y, hs, cs, reverse, kind == LSTM, aliased and not share)
 
 
 _LIBRARY = torch.library.Library("rnnkit", "FRAGMENT")
@@ -295,14 +299,8 @@ def _infer(kind, loops, x, h0, c0, weights, valid, reverse):
 def single_step(spec: CellSpec, x: Tensor, state: State, weights: CellWeights) -> State | None:
     """The new state after one step of x (N, H_in) through the compiled one-step kernel, or None where it does not apply
     (see :func:`rnnkit.ops.single_step`); only where :func:`loops_for` picks the compiled kernels."""
-    if not isinstance(loops_for(x), ops.NativeLoops):
-        return None
-    return ops.single_step(spec.name, x, state, weights)
-
-
-def _tracing() -> bool:
-    """Whether a trace or compiler records this call: it must record the op, which serves every length."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    native = loops_for(x)
+    return ops.single_step(spec.name, x, state, weights, native) if isinstance(native, ops.NativeLoops) else None
 
 
 def _to_float32(t: Tensor) -> Tensor:

@@ -38,7 +38,7 @@ from rnnkit.cells.lstm import layer_norm_lstm_step
 from rnnkit.engine import transforms
 from rnnkit.engine.gemm import linear
 
-_ROLES = (None, "mask", "seq", *["weight"] * 8, "state", "state")
+_ROLES = (None, None, "mask", "seq", *["weight"] * 8, "state", "state")
 
 
 class FusedLayerNormLSTM(torch.autograd.Function):
@@ -51,28 +51,30 @@ class FusedLayerNormLSTM(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
-        return _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
+    def forward(reverse, share, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
+        y, hs, *rest = _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
+        return transforms.shared_output(y, hs, reverse) if share else y, hs, *rest
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        reverse, valid, *primals = inputs
-        _, hs, cs, *internals = output
+        reverse, share, valid, *primals = inputs
+        y, hs, cs, *internals = output
         ctx.mark_non_differentiable(*internals)
         ctx.set_materialize_grads(False)
-        ctx.reverse, ctx.view = reverse, valid is None
+        ctx.reverse, ctx.view = reverse, valid is None and not share
         ctx.primals, ctx.valid = tuple(primals), valid  # for jvp; all saved for backward anyway
-        ctx.save_for_backward(valid, *primals, cs, *internals, transforms.keep_states(ctx, hs, ctx.view))
+        transforms.keep_output(ctx, y, share)
+        ctx.save_for_backward(valid, *primals, cs, *internals, hs)
 
     @staticmethod
     def backward(ctx, d_y, d_hs, d_cs, *_internals):
         saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing allows no second unpack
         if torch.is_grad_enabled():  # create_graph=True or torch.func: the reference math, differentiable again
-            return None, None, *transforms.reference_vjp(_reference(ctx.reverse, saved[0], ctx.view), saved[1:12], (d_y, d_hs, d_cs))
-        return None, None, *_backward(ctx, saved, d_y, d_hs, d_cs)
+            return None, None, None, *transforms.reference_vjp(_reference(ctx.reverse, saved[0], ctx.view), saved[1:12], (d_y, d_hs, d_cs))
+        return None, None, None, *_backward(ctx, saved, d_y, d_hs, d_cs)
 
     @staticmethod
-    def jvp(ctx, _reverse, _valid, *tangents):
+    def jvp(ctx, _reverse, _share, _valid, *tangents):
         y, hs, cs = transforms.reference_jvp(_reference(ctx.reverse, ctx.valid, ctx.view), ctx.primals, tangents)
         return y, hs, cs, *[None] * 7
 
@@ -108,9 +110,8 @@ def _reference(reverse, valid, output_is_view):
 
 def _backward(ctx, saved, d_y, d_hs, d_cs):
     """The compiled backward: gradients of (x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)."""
-    valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, cs, gates, ahat, chat, rstd, projected, mean, rstd_in, saved_hs = saved
-    hs, edited = transforms.kept_states(ctx, saved_hs)
-    if edited:  # the output, which is the states, was edited in place: run them once more from h_0
+    valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, cs, gates, ahat, chat, rstd, projected, mean, rstd_in, hs = saved
+    if transforms.output_edited(ctx):  # the output, which is the states, was edited in place: run them once more from h_0
         _, hs, cs, gates, ahat, chat, rstd, *_ = _forward(ctx.reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
     length, batch, _ = x.shape
     final = 0 if ctx.reverse else -1  # not the index L: a symbolic size under torch.compile would be specialised
@@ -127,14 +128,14 @@ def _backward(ctx, saved, d_y, d_hs, d_cs):
     )  # fmt: skip
     steps = length * batch
     h_prev = hs[ctx.reverse : length + ctx.reverse].reshape(steps, hs.shape[2])
-    need = ctx.needs_input_grad
-    dw_hh = da.view(steps, da.shape[2]).t() @ h_prev if need[7] else None
+    need = ctx.needs_input_grad[3:]  # from x on
+    dw_hh = da.view(steps, da.shape[2]).t() @ h_prev if need[5] else None
     bias = None if b_ih is None else b_ih + b_hh
     d_projected, dgain_ih, dbias = torch.ops.aten.native_layer_norm_backward(
-        dxp.view(steps, -1), projected, [projected.shape[1]], mean, rstd_in, gain_ih, bias, [True, need[6], bias is not None]
+        dxp.view(steps, -1), projected, [projected.shape[1]], mean, rstd_in, gain_ih, bias, [True, need[4], bias is not None]
     )
-    dx = linear(d_projected, w_ih.t(), None).view_as(x) if need[2] else None
-    dw_ih = d_projected.t() @ x.reshape(steps, x.shape[2]) if need[3] else None
+    dx = linear(d_projected, w_ih.t(), None).view_as(x) if need[0] else None
+    dw_ih = d_projected.t() @ x.reshape(steps, x.shape[2]) if need[1] else None
     db = (dbias, dbias.clone()) if bias is not None else (None, None)
     return dx, dw_ih, *db, dgain_ih, dw_hh, dgain_hh, dgain_cell, dbias_cell, dh0, dc0
 
@@ -158,15 +159,15 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
     norm = weights.layer_norm
     h0, c0 = state
     args = (x, h0, c0, weights.weight_ih, weights.weight_hh, weights.bias_ih, weights.bias_hh, norm.gain_ih, norm.gain_hh, norm.gain_cell, norm.bias_cell, valid, reverse)
-    # torch.func reaches an autograd.Function only when it is called directly, not inside an op's kernel.
-    y, h_n, c_n = _layer_norm_lstm(*args) if transforms.functorch_active() else torch.ops.rnnkit.layer_norm_lstm(*args)
+    y, h_n, c_n = transforms.call(torch.ops.rnnkit.layer_norm_lstm, _layer_norm_lstm, *args)
     return y, (h_n, c_n)
 
 
 def _layer_norm_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, gain_ih, gain_hh, gain_cell, bias_cell, valid, reverse):
     """``rnnkit::layer_norm_lstm``: one layer and direction, ``(y, h_n, c_n)``."""
-    y, hs, cs, *_ = FusedLayerNormLSTM.apply(reverse, valid, x.contiguous(), w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
-    return transforms.outputs(y, hs, cs, reverse, True, valid is None)
+    share = transforms.shares_output(valid is None)
+    y, hs, cs, *_ = FusedLayerNormLSTM.apply(reverse, share, valid, x.contiguous(), w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
+    return transforms.outputs(y, hs, cs, reverse, True, valid is None and not share)
 
 
 _LIBRARY = torch.library.Library("rnnkit", "FRAGMENT")

@@ -38,7 +38,7 @@ def supports(spec: CellSpec) -> bool:
 def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`."""
     projected = spec.project_input(x, weights)  # (L, N, G*H), every step at once
-    if spec.name in SPECS and (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+    if spec.name in SPECS and transforms.recorded() and not transforms.functorch_active():
         norm = weights.layer_norm
         c0 = state[1] if len(state) == 2 else None
         y, h_n, c_n = hoisted_recurrence(

@@ -13,9 +13,10 @@ when it is a view of the states), the state history ``hs`` (L+1, N, H_out), the 
 * **Forward mode** (``jvp``/``jacfwd``): ``torch.func.jvp`` of the same reference outputs.
 * **vmap**: the vmapped dimension is folded into the batch dimension N, which the kernels
   already treat row by row (:func:`vmap_by_batch`); a batched weight runs one call per sample.
-* **In-place edits of the output**: where ``y`` is a view of ``hs``, ``hs`` is kept as a
-  detached alias whose version is checked in backward; an edited history is recomputed
-  (:func:`keep_states` / :func:`kept_states`), as torch.nn's RNN and GRU allow such edits.
+* **The output and the states**: without padding or projection the output is the state history's
+  steps. Eagerly it shares hs's memory (:func:`shares_output`), and an in-place edit of it is
+  detected and the history recomputed (:func:`keep_output`), as torch.nn's RNN and GRU allow such
+  edits; in a recorded program it is a view of hs (:func:`outputs`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ from torch import Tensor
 def functorch_active() -> bool:
     """Whether a torch.func transform (grad, vmap, jvp, ...) is running around this call."""
     return torch._C._are_functorch_transforms_active()
+
+
+def recorded() -> bool:
+    """Whether a program is being recorded (torch.compile, torch.export, torch.jit.trace, and the ONNX exporters
+    built on them): it must record the engine's op, one node that serves every length and is saved by name."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def call(op, kernel, *args):
+    """Run an engine op: through the dispatcher where a program is being recorded; elsewhere its kernel directly.
+
+    Eagerly the two are the same function, and the dispatch to a Python kernel costs about 100 µs a call.
+    torch.func transforms need the direct call too: they reach an autograd.Function only when it is
+    called directly, not from inside an op's kernel.
+    """
+    return op(*args) if recorded() and not functorch_active() else kernel(*args)
 
 
 def outputs(y: Tensor, hs: Tensor, cs: Tensor, reverse: bool, lstm: bool, output_is_view: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -41,19 +58,34 @@ def outputs(y: Tensor, hs: Tensor, cs: Tensor, reverse: bool, lstm: bool, output
     return y, hs[final].clone(), cs[final].clone() if lstm else cs
 
 
-def keep_states(ctx, hs: Tensor, output_is_view: bool) -> Tensor | None:
-    """Watch hs where the output is a view of it (eager only); return it for save_for_backward otherwise."""
-    watch = output_is_view and not torch.compiler.is_compiling() and not functorch_active()
-    ctx.watched_states = hs.detach() if watch else None  # detached: no reference cycle through hs's grad_fn
-    ctx.watched_version = hs._version if watch else None
-    return None if watch else hs
+def shares_output(aliased: bool) -> bool:
+    """Whether an eager call's output shares the state history's memory instead of being a view of it.
+
+    Eagerly the output is made a tensor over hs's storage that is not an autograd view: its gradient
+    then reaches backward as it is, with no (L+1, N, H) buffer of zeros to scatter it into, and an
+    in-place edit of it is seen by its own version counter (:func:`keep_output`). A recorded program
+    or a torch.func transform gets the honest view instead (``y`` empty, sliced by :func:`outputs`).
+    """
+    return aliased and not recorded() and not functorch_active()
 
 
-def kept_states(ctx, saved: Tensor | None) -> tuple[Tensor, bool]:
-    """The state history for backward, and whether the caller edited it in place (then it must be recomputed)."""
-    if ctx.watched_states is None:
-        return saved, False
-    return ctx.watched_states, ctx.watched_states._version != ctx.watched_version
+def shared_output(y: Tensor, hs: Tensor, reverse: bool) -> Tensor:
+    """The output over hs's steps (see :func:`shares_output`); ``y`` is the kernel's empty placeholder."""
+    length, batch, size = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+    offset = hs.storage_offset() + (0 if reverse else batch * size)
+    return y.set_(hs.untyped_storage(), offset, (length, batch, size), (batch * size, size, 1))
+
+
+def keep_output(ctx, y: Tensor, shared: bool) -> None:
+    """Watch a shared output's version: torch.nn's RNN and GRU let callers edit their output in place before
+    backward (``out += residual``), and that overwrites the saved states."""
+    ctx.watched_output = y.detach() if shared else None  # detached: no reference cycle through y's grad_fn
+    ctx.watched_version = y._version if shared else None
+
+
+def output_edited(ctx) -> bool:
+    """Whether a shared output, and so the saved state history, was edited in place (then it must be recomputed)."""
+    return ctx.watched_output is not None and ctx.watched_output._version != ctx.watched_version
 
 
 def reference_outputs(step, weights, x: Tensor, state: tuple[Tensor, ...], valid: Tensor | None, reverse: bool, output_is_view: bool):

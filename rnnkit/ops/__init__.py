@@ -44,26 +44,24 @@ def recorded_by_autograd(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def single_step(name: str, x: Tensor, state: tuple[Tensor, ...], weights) -> tuple[Tensor, ...] | None:
+def single_step(name: str, x: Tensor, state: tuple[Tensor, ...], weights, native: NativeLoops | None = None) -> tuple[Tensor, ...] | None:
     """The new state after one step of x (N, H_in) through ``cell_step``, or None where that kernel does not apply.
 
     It applies to inference only (nothing needs a gradient), on float32/float64 CPU
     tensors, for the plain families (``name`` a key of :data:`KINDS`) without a projection
     or LayerNorm (``weights`` is a :class:`rnnkit.cells.CellWeights`), when the library is
-    built, and outside tracing (a trace must record the differentiable path). It is the
-    same math as the cell's step in one call instead of about eight dispatched ops: for one
-    step at a time, that overhead is the whole cost.
+    built (``native``, if given, is it), and outside tracing (a trace must record the
+    differentiable path). It is the same math as the cell's step in one call instead of
+    about eight dispatched ops: for one step at a time, that overhead is the whole cost.
     """
-    if name not in KINDS or weights.weight_hr is not None or weights.layer_norm is not None:
+    kind = KINDS.get(name)
+    if kind is None or weights.weight_hr is not None or weights.layer_norm is not None or recorded_by_autograd(x, *state, *weights[:4]):
         return None
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or recorded_by_autograd(x, *state, *weights[:4]):
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return None
-    native = native_loops()
+    native = native or native_loops()
     if native is None:
         return None
-    kind = KINDS[name]
     h, c = native.cell_step(kind, x, state[0], state[-1], *weights[:4])  # state[-1]: c, read only by the LSTM
     return (h, c) if kind == LSTM else (h,)
 
