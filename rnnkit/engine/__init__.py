@@ -24,6 +24,11 @@ defines the results; faster engines are checked against it.
   LSTM primitive (the kernel torch.nn.LSTM runs on CPU) once batch x hidden
   reaches ``fused.ONEDNN_LSTM_MIN_BATCH_HIDDEN``, where it measured faster.
 
+Every compiled kernel is an op of :mod:`rnnkit.ops`; the fused engine's sequences are the
+composite ops ``rnnkit::recurrence`` and ``rnnkit::layer_norm_lstm``, with autograd that serves
+double backward and torch.func (:mod:`rnnkit.engine.transforms`), and ONNX rules
+(:mod:`rnnkit.engine.onnx_export`). docs/design/ops.md and docs/toolchain.md say how and what.
+
 The stand-alone cells (``rnnkit.RNNCell``, ``LSTMCell``, ``GRUCell``) have no
 engine argument: with autograd they run their readable ``step``; for inference
 (nothing requires a gradient) on float32/float64 CPU tensors, without

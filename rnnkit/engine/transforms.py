@@ -115,8 +115,8 @@ def reference_outputs(step, weights, x: Tensor, state: tuple[Tensor, ...], valid
     return y_out, torch.stack(hs), torch.stack(cs) if lstm else empty
 
 
-def reference_vjp(function, primals: tuple[Tensor | None, ...], cotangents: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
-    """``vjp`` of ``function(*primals) -> outputs`` for the primals that are tensors (None elsewhere), differentiable again."""
+def _of_present(function, primals):
+    """``function`` as a function of the primals that are tensors only (the others stay None), and their indices."""
     present = [i for i, p in enumerate(primals) if p is not None]
 
     def of_present(*tensors):
@@ -125,6 +125,12 @@ def reference_vjp(function, primals: tuple[Tensor | None, ...], cotangents: tupl
             full[i] = t
         return function(*full)
 
+    return of_present, present
+
+
+def reference_vjp(function, primals: tuple[Tensor | None, ...], cotangents: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+    """``vjp`` of ``function(*primals) -> outputs`` for the primals that are tensors (None elsewhere), differentiable again."""
+    of_present, present = _of_present(function, primals)
     outs, pullback = torch.func.vjp(of_present, *(primals[i] for i in present))
     cotangents = tuple(torch.zeros_like(o) if c is None else c for o, c in zip(outs, cotangents))
     grads = pullback(cotangents)
@@ -136,14 +142,7 @@ def reference_vjp(function, primals: tuple[Tensor | None, ...], cotangents: tupl
 
 def reference_jvp(function, primals: tuple[Tensor | None, ...], tangents: tuple[Tensor | None, ...]) -> tuple[Tensor, ...]:
     """``jvp`` of ``function(*primals) -> outputs`` (a None tangent is zero)."""
-    present = [i for i, p in enumerate(primals) if p is not None]
-
-    def of_present(*tensors):
-        full = list(primals)
-        for i, t in zip(present, tensors):
-            full[i] = t
-        return function(*full)
-
+    of_present, present = _of_present(function, primals)
     primal_in = tuple(primals[i] for i in present)
     tangent_in = tuple(torch.zeros_like(primals[i]) if tangents[i] is None else tangents[i] for i in present)
     return torch.func.jvp(of_present, primal_in, tangent_in)[1]
