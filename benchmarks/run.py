@@ -145,6 +145,7 @@ def try_layer_norm(kit_layer, shape: Shape):
 def layer_contenders(cell: str, shape: Shape, config: str, args, device: torch.device, report: Report) -> dict[str, nn.Module]:
     """torch.nn's layer and each rnnkit contender, all holding torch.nn's weights."""
     torch_layer, kit_layer, _, _ = CELLS[cell]
+    torch._dynamo.reset()  # each config's compiled contender is new: earlier ones must not count toward the recompile limit
     torch.manual_seed(0)
     reference = torch_layer(shape.input, shape.hidden)
     weights = reference.state_dict()

@@ -258,7 +258,6 @@ def onednn_lstm_applies(x: Tensor, weights: CellWeights, valid: Tensor | None) -
     """Whether an LSTM inference call goes to oneDNN's LSTM primitive: float32 CPU, no padding, no proj_size, large enough."""
     return (
         x.device.type == "cpu"
-        and not torch.compiler.is_compiling()  # its op has no fake kernel
         and x.dtype == torch.float32
         and valid is None
         and weights.weight_hr is None
