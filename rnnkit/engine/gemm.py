@@ -39,10 +39,16 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``x W^T + b`` by oneDNN or MKL (torch.addmm), whichever the shape rule above picks.
 
     oneDNN takes float32 only, and its op has no autograd formula (gradients would silently
-    stop there), so a product that autograd records always goes to torch.addmm.
+    stop there), so a product that autograd records always goes to torch.addmm. Under
+    torch.compile the product is addmm too: inductor chooses its own GEMM for it, and its
+    lowering of this oneDNN op expects prepacked weights.
     """
     rows, inner = x.shape
     large = inner >= ONEDNN_MIN_INNER and 2 * rows * inner * weight.shape[0] >= ONEDNN_MIN_FLOPS
-    if large and not recorded_by_autograd(x, weight, bias) and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    if large and not recorded_by_autograd(x, weight, bias) and x.device.type == "cpu" and x.dtype == torch.float32 and _eager_mkldnn():
         return mkldnn_linear(x, weight, bias)
     return addmm_linear(x, weight, bias)
+
+
+def _eager_mkldnn() -> bool:
+    return torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling()
