@@ -70,11 +70,13 @@ _ROLES = (None, None, None, "mask", "seq", "weight", "weight", "weight", "weight
 
 
 class FusedRecurrence(torch.autograd.Function):
-    """One layer and direction of any plain family: ``(y, hs, cs, gates, hn, hraw)``.
+    """One layer and direction of any plain family: ``(y, h_n, c_n, hs, cs, gates, hn, hraw)``.
 
     Without padding or projection the output is hs's steps: with ``share`` (eager calls)
     ``y`` shares hs's memory, otherwise it is empty and the caller takes it as a view
-    (:func:`rnnkit.engine.transforms.outputs`). ``gates``, ``hn`` and
+    (:func:`rnnkit.engine.transforms.output`). The final states are outputs of their own, so
+    that their gradients arrive as (N, H) tensors, never scattered into an (L+1, N, H) buffer;
+    ``hs`` is differentiable only where the output is its view. ``cs``, ``gates``, ``hn`` and
     ``hraw`` are the backward's internals (see :mod:`rnnkit.engine.fused_loops`).
     How each transform is served is in :mod:`rnnkit.engine.transforms`.
     """
@@ -85,32 +87,33 @@ class FusedRecurrence(torch.autograd.Function):
         gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
         if share:
             y = transforms.shared_output(y, hs, reverse)
-        return y, hs, cs, gates, hn, hraw
+        return y, *transforms.final_states(hs, cs, reverse, kind == LSTM), hs, cs, gates, hn, hraw
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = inputs
-        y, hs, cs, gates, hn, hraw = output
-        ctx.mark_non_differentiable(gates, hn, hraw)
-        ctx.set_materialize_grads(False)
+        y, _, _, hs, cs, gates, hn, hraw = output
         ctx.kind, ctx.reverse, ctx.view = kind, reverse, valid is None and w_hr is None and not share
+        ctx.mark_non_differentiable(cs, gates, hn, hraw, *(() if ctx.view else (hs,)))
+        ctx.set_materialize_grads(False)
         ctx.primals, ctx.valid = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), valid  # for jvp; all saved for backward anyway
         transforms.keep_output(ctx, y, share)
         ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs)
 
     @staticmethod
-    def backward(ctx, d_y, d_hs, d_cs, *_internals):
+    def backward(ctx, d_y, d_hn, d_cn, d_hs, *_internals):
         saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing allows no second unpack
         if torch.is_grad_enabled():  # create_graph=True or torch.func: the reference math, differentiable again
             valid, primals = saved[0], saved[1:9]
-            return None, None, None, None, *transforms.reference_vjp(_reference(ctx.kind, ctx.reverse, valid, ctx.view), primals, (d_y, d_hs, d_cs))
+            grads = transforms.reference_vjp(_reference(ctx.kind, ctx.reverse, valid, ctx.view), primals, (d_y, d_hn, d_cn, d_hs))
+            return None, None, None, None, *grads
         with torch.autocast(saved[1].device.type, enabled=False):  # gradients in the forward's precision
-            return None, None, None, None, *_backward(ctx, saved, d_y, d_hs, d_cs)
+            return None, None, None, None, *_backward(ctx, saved, d_y, d_hn, d_cn, d_hs)
 
     @staticmethod
     def jvp(ctx, _kind, _reverse, _share, _valid, *tangents):
-        y, hs, cs = transforms.reference_jvp(_reference(ctx.kind, ctx.reverse, ctx.valid, ctx.view), ctx.primals, tangents)
-        return y, hs, cs, None, None, None
+        y, h_n, c_n, hs = transforms.reference_jvp(_reference(ctx.kind, ctx.reverse, ctx.valid, ctx.view), ctx.primals, tangents)
+        return y, h_n, c_n, hs if ctx.view else None, None, None, None, None
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -127,7 +130,7 @@ def _reference(kind, reverse, valid, output_is_view):
     return outputs
 
 
-def _backward(ctx, saved, d_y, d_hs, d_cs):
+def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     """The compiled backward through time: gradients of (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)."""
     valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs = saved
     kind, reverse = ctx.kind, ctx.reverse
@@ -135,14 +138,9 @@ def _backward(ctx, saved, d_y, d_hs, d_cs):
     if transforms.output_edited(ctx):  # the output, which is the states, was edited in place: run them once more from h_0
         hs = _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)[2]
     length, batch, _ = x.shape
-    final = 0 if reverse else -1  # not the index L: a symbolic size under torch.compile would be specialised
-    if ctx.view:  # d_hs holds the output's gradient and h_n's, at the same slots
-        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_hs is None else (d_hs[:-1] if reverse else d_hs[1:])
-        dh_n = h0.new_zeros(h0.shape)
-    else:
-        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_y is None else d_y
-        dh_n = h0.new_zeros(h0.shape) if d_hs is None else d_hs[final]
-    dc_n = x.new_empty(0) if kind != LSTM else (c0.new_zeros(c0.shape) if d_cs is None else d_cs[final])
+    dy = transforms.output_gradient(ctx.view, d_y, d_hs, hs, reverse)
+    dh_n = h0.new_zeros(h0.shape) if d_hn is None else d_hn
+    dc_n = x.new_empty(0) if kind != LSTM else (c0.new_zeros(c0.shape) if d_cn is None else d_cn)
     dgx, dgh_n, dh0, dc0, dproj = loops.backward_loop(
         kind, gates, hs, cs, hn, hraw, w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(), valid, reverse,
         dy, dh_n.contiguous(), dc_n.contiguous(),
@@ -235,8 +233,8 @@ def _recurrence(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse):
         return _infer(kind, loops, x, h0, c0, CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr), valid, reverse)
     aliased = valid is None and w_hr is None
     share = transforms.shares_output(aliased)
-    y, hs, cs, *_ = FusedRecurrence.apply(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
-    return transforms.outputs(y, hs, cs, reverse, kind == LSTM, aliased and not share)
+    y, h_n, c_n, hs, *_ = FusedRecurrence.apply(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+    return transforms.output(y, hs, reverse, aliased and not share), h_n, c_n
 
 
 _LIBRARY = torch.library.Library("rnnkit", "FRAGMENT")

@@ -42,7 +42,7 @@ _ROLES = (None, None, "mask", "seq", *["weight"] * 8, "state", "state")
 
 
 class FusedLayerNormLSTM(torch.autograd.Function):
-    """One layer and direction: ``(y, hs, cs, *internals)``, y empty where it is a view of hs (no padding).
+    """One layer and direction: ``(y, h_n, c_n, hs, cs, *internals)``, as :class:`rnnkit.engine.fused.FusedRecurrence`.
 
     Inputs: ``reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0``.
     The input side, ``LN(x W_ih^T) γ_ih + b_ih + b_hh``, runs here too (its backward is
@@ -52,31 +52,33 @@ class FusedLayerNormLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(reverse, share, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
-        y, hs, *rest = _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
-        return transforms.shared_output(y, hs, reverse) if share else y, hs, *rest
+        y, hs, cs, *internals = _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
+        y = transforms.shared_output(y, hs, reverse) if share else y
+        return y, *transforms.final_states(hs, cs, reverse, True), hs, cs, *internals
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         reverse, share, valid, *primals = inputs
-        y, hs, cs, *internals = output
-        ctx.mark_non_differentiable(*internals)
-        ctx.set_materialize_grads(False)
+        y, _, _, hs, cs, *internals = output
         ctx.reverse, ctx.view = reverse, valid is None and not share
+        ctx.mark_non_differentiable(cs, *internals, *(() if ctx.view else (hs,)))
+        ctx.set_materialize_grads(False)
         ctx.primals, ctx.valid = tuple(primals), valid  # for jvp; all saved for backward anyway
         transforms.keep_output(ctx, y, share)
         ctx.save_for_backward(valid, *primals, cs, *internals, hs)
 
     @staticmethod
-    def backward(ctx, d_y, d_hs, d_cs, *_internals):
+    def backward(ctx, d_y, d_hn, d_cn, d_hs, *_internals):
         saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing allows no second unpack
         if torch.is_grad_enabled():  # create_graph=True or torch.func: the reference math, differentiable again
-            return None, None, None, *transforms.reference_vjp(_reference(ctx.reverse, saved[0], ctx.view), saved[1:12], (d_y, d_hs, d_cs))
-        return None, None, None, *_backward(ctx, saved, d_y, d_hs, d_cs)
+            grads = transforms.reference_vjp(_reference(ctx.reverse, saved[0], ctx.view), saved[1:12], (d_y, d_hn, d_cn, d_hs))
+            return None, None, None, *grads
+        return None, None, None, *_backward(ctx, saved, d_y, d_hn, d_cn, d_hs)
 
     @staticmethod
     def jvp(ctx, _reverse, _share, _valid, *tangents):
-        y, hs, cs = transforms.reference_jvp(_reference(ctx.reverse, ctx.valid, ctx.view), ctx.primals, tangents)
-        return y, hs, cs, *[None] * 7
+        y, h_n, c_n, hs = transforms.reference_jvp(_reference(ctx.reverse, ctx.valid, ctx.view), ctx.primals, tangents)
+        return y, h_n, c_n, hs if ctx.view else None, *[None] * 8
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -108,20 +110,15 @@ def _reference(reverse, valid, output_is_view):
     return outputs
 
 
-def _backward(ctx, saved, d_y, d_hs, d_cs):
+def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     """The compiled backward: gradients of (x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)."""
     valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, cs, gates, ahat, chat, rstd, projected, mean, rstd_in, hs = saved
     if transforms.output_edited(ctx):  # the output, which is the states, was edited in place: run them once more from h_0
         _, hs, cs, gates, ahat, chat, rstd, *_ = _forward(ctx.reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
     length, batch, _ = x.shape
-    final = 0 if ctx.reverse else -1  # not the index L: a symbolic size under torch.compile would be specialised
-    if ctx.view:  # d_hs holds the output's gradient and h_n's, at the same slots
-        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_hs is None else (d_hs[:-1] if ctx.reverse else d_hs[1:])
-        dh_n = h0.new_zeros(h0.shape)
-    else:
-        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_y is None else d_y
-        dh_n = h0.new_zeros(h0.shape) if d_hs is None else d_hs[final]
-    dc_n = c0.new_zeros(c0.shape) if d_cs is None else d_cs[final]
+    dy = transforms.output_gradient(ctx.view, d_y, d_hs, hs, ctx.reverse)
+    dh_n = h0.new_zeros(h0.shape) if d_hn is None else d_hn
+    dc_n = c0.new_zeros(c0.shape) if d_cn is None else d_cn
     dxp, da, dh0, dc0, dgain_hh, dgain_cell, dbias_cell = ops.native_loops().layer_norm_lstm_backward(
         gates, hs, cs, ahat, chat, rstd, w_hh.contiguous(), gain_hh.contiguous(), gain_cell.contiguous(),
         bias_cell.contiguous(), valid, ctx.reverse, dy, dh_n.contiguous(), dc_n.contiguous(),
@@ -166,8 +163,8 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
 def _layer_norm_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, gain_ih, gain_hh, gain_cell, bias_cell, valid, reverse):
     """``rnnkit::layer_norm_lstm``: one layer and direction, ``(y, h_n, c_n)``."""
     share = transforms.shares_output(valid is None)
-    y, hs, cs, *_ = FusedLayerNormLSTM.apply(reverse, share, valid, x.contiguous(), w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
-    return transforms.outputs(y, hs, cs, reverse, True, valid is None and not share)
+    y, h_n, c_n, hs, *_ = FusedLayerNormLSTM.apply(reverse, share, valid, x.contiguous(), w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
+    return transforms.output(y, hs, reverse, valid is None and not share), h_n, c_n
 
 
 _LIBRARY = torch.library.Library("rnnkit", "FRAGMENT")

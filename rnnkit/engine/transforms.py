@@ -16,7 +16,8 @@ when it is a view of the states), the state history ``hs`` (L+1, N, H_out), the 
 * **The output and the states**: without padding or projection the output is the state history's
   steps. Eagerly it shares hs's memory (:func:`shares_output`), and an in-place edit of it is
   detected and the history recomputed (:func:`keep_output`), as torch.nn's RNN and GRU allow such
-  edits; in a recorded program it is a view of hs (:func:`outputs`).
+  edits; in a recorded program it is a view of hs (:func:`output`). The final states are outputs
+  of their own (:func:`final_states`), so that their gradients never become (L+1, N, H) buffers.
 """
 
 from __future__ import annotations
@@ -46,16 +47,23 @@ def call(op, kernel, *args):
     return op(*args) if recorded() and not functorch_active() else kernel(*args)
 
 
-def outputs(y: Tensor, hs: Tensor, cs: Tensor, reverse: bool, lstm: bool, output_is_view: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """The layer-facing ``(y, h_n, c_n)`` from a Function's outputs (c_n empty but for the LSTM).
+def final_states(hs: Tensor, cs: Tensor, reverse: bool, lstm: bool) -> tuple[Tensor, Tensor]:
+    """``(h_n, c_n)`` copied out of the histories (c_n empty but for the LSTM): outputs of their own."""
+    final = 0 if reverse else -1  # not the index L: a symbolic size under torch.compile would be specialised
+    return hs[final].clone(), cs[final].clone() if lstm else cs.new_empty(0)
 
-    h_n and c_n are copies, so they never share memory with the output; y is a view of hs's
-    steps where the Function returned it empty.
-    """
-    final = 0 if reverse else -1
+
+def output(y: Tensor, hs: Tensor, reverse: bool, output_is_view: bool) -> Tensor:
+    """The layer-facing output: ``y``, or, where the Function returned it empty, a view of hs's steps."""
     if output_is_view:
-        y = hs[:-1] if reverse else hs[1:]  # slices, not narrow(length): no size to guard on under export
-    return y, hs[final].clone(), cs[final].clone() if lstm else cs
+        return hs[:-1] if reverse else hs[1:]  # slices, not narrow(length): no size to guard on under export
+    return y
+
+
+def output_gradient(output_is_view: bool, d_y: Tensor | None, d_hs: Tensor | None, hs: Tensor, reverse: bool) -> Tensor:
+    """The gradient of the output (L, N, H_out), wherever it arrived: as d_y, or in d_hs where y was its view."""
+    grad = (None if d_hs is None else d_hs[:-1] if reverse else d_hs[1:]) if output_is_view else d_y
+    return hs.new_zeros(hs.shape[0] - 1, hs.shape[1], hs.shape[2]) if grad is None else grad
 
 
 def shares_output(aliased: bool) -> bool:
@@ -89,18 +97,17 @@ def output_edited(ctx) -> bool:
 
 
 def reference_outputs(step, weights, x: Tensor, state: tuple[Tensor, ...], valid: Tensor | None, reverse: bool, output_is_view: bool):
-    """The Function's differentiable outputs ``(y, hs, cs)`` computed by a cell's step, one step at a time.
+    """A Function's differentiable outputs ``(y, h_n, c_n, hs)`` computed by a cell's step, one step at a time.
 
     Same layout as the kernels: ``hs[before]`` enters step t and ``hs[after]`` leaves it
     (``before = t + reverse``, ``after = t + 1 - reverse``); padded steps hold the state and
-    output zeros; ``y`` is empty where it is a view of hs; ``cs`` is empty but for the LSTM.
+    output zeros; ``y`` is empty where it is a view of hs; ``c_n`` is empty but for the LSTM.
     """
     length = x.shape[0]
     lstm = len(state) == 2
     hs: list[Tensor | None] = [None] * (length + 1)
-    cs: list[Tensor | None] = [None] * (length + 1)
     start = length if reverse else 0
-    hs[start], cs[start] = state[0], state[-1]
+    hs[start] = state[0]
     ys: list[Tensor | None] = [None] * length
     for t in range(length - 1, -1, -1) if reverse else range(length):
         y, new = step(x[t], state, weights)
@@ -109,10 +116,10 @@ def reference_outputs(step, weights, x: Tensor, state: tuple[Tensor, ...], valid
             y = torch.where(keep, y, torch.zeros((), dtype=y.dtype, device=y.device))
             new = tuple(torch.where(keep, n, o) for n, o in zip(new, state))
         ys[t], state = y, new
-        hs[t + 1 - reverse], cs[t + 1 - reverse] = new[0], new[-1]
+        hs[t + 1 - reverse] = new[0]
     empty = x.new_empty(0)
     y_out = empty if output_is_view or length == 0 else torch.stack(ys)
-    return y_out, torch.stack(hs), torch.stack(cs) if lstm else empty
+    return y_out, state[0], state[1] if lstm else empty, torch.stack(hs)
 
 
 def _of_present(function, primals):
@@ -153,7 +160,7 @@ def vmap_by_batch(apply, info, in_dims, args, roles):
 
     ``roles`` names each argument's layout: ``"seq"`` (L, N, F), ``"mask"`` (L, N), ``"state"``
     (N, F), ``"weight"`` (anything, must not be batched to fold) or ``None`` (not a tensor).
-    Every output of ``apply`` is time-major ``(T, N, F)`` or an empty placeholder.
+    Every output of ``apply`` is time-major ``(T, N, F)``, a state ``(N, F)`` or an empty placeholder.
     """
     size = info.batch_size
     if any(d is not None for d, role in zip(in_dims, roles) if role == "weight"):
@@ -171,10 +178,13 @@ def vmap_by_batch(apply, info, in_dims, args, roles):
         folded.append(a.reshape(*a.shape[:axis], size * a.shape[axis + 1], *a.shape[axis + 2 :]))
     results = apply(*folded)
     unfolded, dims = [], []
-    for r in results:
+    for r in results:  # (T, N, F) outputs are batched at dim 1, (N, F) ones at dim 0, empty placeholders not at all
         if r.dim() == 3:
             unfolded.append(r.view(r.shape[0], size, r.shape[1] // size, r.shape[2]))
             dims.append(1)
+        elif r.dim() == 2:
+            unfolded.append(r.view(size, r.shape[0] // size, r.shape[1]))
+            dims.append(0)
         else:
             unfolded.append(r)
             dims.append(None)
