@@ -147,14 +147,14 @@ class Speech(ServedRun):
         return schemas.audio_request(name, self.limits)
 
     def example(self):
-        return {"wav_base64": "(a 16-bit PCM mono WAV file, base64-encoded)"}
+        return {"wav_base64": "(a WAV file, 16-bit PCM or float, mono or stereo, up to 30 s, base64-encoded)"}
 
     def predict(self, body):
         try:
             raw = base64.b64decode(body.wav_base64, validate=True)
         except (binascii.Error, ValueError):
             raise DataError("wav_base64: expected a base64-encoded WAV file, got text that is not base64") from None
-        audio, rate = self.module.parse_wav(raw, "wav_base64")
+        audio, rate = self.module.read_recording(raw, "wav_base64")
         if len(audio) < rate // 10:
             raise DataError(f"wav_base64: expected at least 0.1 s of audio, got {len(audio)} samples at {rate} Hz")
         features = self.module.featurize(audio, rate, self.config.features)
