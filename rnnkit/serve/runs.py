@@ -154,9 +154,10 @@ class Speech(ServedRun):
             raw = base64.b64decode(body.wav_base64, validate=True)
         except (binascii.Error, ValueError):
             raise DataError("wav_base64: expected a base64-encoded WAV file, got text that is not base64") from None
-        audio, rate = self.module.read_recording(raw, "wav_base64")
+        audio, rate = self.module.parse_wav(raw, "wav_base64")
         if len(audio) < rate // 10:
             raise DataError(f"wav_base64: expected at least 0.1 s of audio, got {len(audio)} samples at {rate} Hz")
+        audio, rate = self.module.read_recording(raw, "wav_base64")  # the same again, the silence around the speech trimmed
         features = self.module.featurize(audio, rate, self.config.features)
         with torch.no_grad():
             words = self.module.recognise(self.model, [features], self.config.decode, beam=True)[0]
