@@ -205,7 +205,7 @@ def test_malformed_json_is_a_422_that_says_so(client):
     ("/api/charlm/generate", {"prime": "ROMEO:"}, "prime: expected one or more characters of the training text, got 'ROMEO:'"),
     ("/api/music/generate", {"prime": "C#4"}, "prime: expected note events of the training vocabulary"),
     ("/api/speech/predict", {"wav_base64": "not base64!"}, "wav_base64: expected a base64-encoded WAV file"),
-    ("/api/speech/predict", {"wav_base64": base64.b64encode(b"RIFF....").decode()}, "wav_base64: expected a 16-bit PCM mono WAV file"),
+    ("/api/speech/predict", {"wav_base64": base64.b64encode(b"RIFF....").decode()}, "wav_base64: expected a WAV file of 16-bit PCM or 32-bit float samples"),
     ("/api/speech/predict", {"wav_base64": wav_base64(np.zeros(100, np.float32))}, "wav_base64: expected at least 0.1 s of audio"),
     ("/api/co2/predict", {"values": [float("nan")] * 25}, "values: expected finite numbers"),
     ("/api/sentiment/predict", {"text": "!?"} , None),  # punctuation is a word to this tokeniser: answered

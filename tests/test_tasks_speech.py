@@ -212,32 +212,65 @@ def write_wav(path, samples: np.ndarray, rate: int, channels: int = 1, width: in
         w.writeframes(samples.tobytes())
 
 
-def test_wav_reader_takes_16_bit_mono_at_any_rate_and_rejects_the_rest(tmp_path):
+def riff_wav(samples: np.ndarray, rate: int, float_samples: bool = False) -> bytes:
+    """A WAV file written by hand (``wave`` writes PCM only): (frames,) or (frames, channels) samples."""
+    frames = samples.reshape(len(samples), -1)
+    data = frames.astype("<f4" if float_samples else "<i2").tobytes()
+    channels, width = frames.shape[1], 4 if float_samples else 2
+    fmt = struct.pack("<HHIIHH", 3 if float_samples else 1, channels, rate, rate * channels * width, channels * width, 8 * width)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"LIST" + struct.pack("<I", 3) + b"abc\0" + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def test_wav_reader_takes_pcm_and_float_mono_or_stereo_and_rejects_the_rest(tmp_path):
     samples = (np.arange(800) % 50 * 100).astype("<i2")
     write_wav(tmp_path / "ok.wav", samples, 8000)
     audio, rate = speech.read_wav(tmp_path / "ok.wav")
     assert rate == 8000 and np.array_equal(audio, samples.astype(np.float32))
-    write_wav(tmp_path / "stereo.wav", np.repeat(samples, 2), 8000, channels=2)
-    with pytest.raises(DataError, match=r"stereo.wav: expected a 16-bit PCM mono WAV file, found 16-bit samples in 2 channel\(s\)"):
-        speech.read_wav(tmp_path / "stereo.wav")
+    write_wav(tmp_path / "stereo.wav", np.stack([samples, np.zeros_like(samples)], 1), 8000, channels=2)
+    assert np.array_equal(speech.read_wav(tmp_path / "stereo.wav")[0], samples.astype(np.float32) / 2)  # mixed down
+    (tmp_path / "float.wav").write_bytes(riff_wav(samples / 32768.0, 44100, float_samples=True))  # with an odd-sized chunk before the data
+    audio, rate = speech.read_wav(tmp_path / "float.wav")
+    assert rate == 44100 and np.allclose(audio, samples, atol=1e-3)
     write_wav(tmp_path / "byte.wav", samples.astype(np.uint8), 8000, width=1)
-    with pytest.raises(DataError, match=r"byte.wav: expected a 16-bit PCM mono WAV file, found 8-bit samples in 1 channel"):
+    with pytest.raises(DataError, match=r"byte.wav: expected a WAV file of 16-bit PCM or 32-bit float samples, found format 1 with 8-bit samples"):
         speech.read_wav(tmp_path / "byte.wav")
     with pytest.raises(DataError, match=r"missing.wav: expected an existing file, found nothing"):
         speech.read_wav(tmp_path / "missing.wav")
     (tmp_path / "text.wav").write_text("not audio")
-    with pytest.raises(DataError, match=r"text.wav: expected a 16-bit PCM mono WAV file, found Error: file does not start with RIFF id"):
+    with pytest.raises(DataError, match=r"text.wav: expected a WAV file .*, found 9 bytes that do not start with 'RIFF....WAVE' \(not audio\?\)"):
         speech.read_wav(tmp_path / "text.wav")
+    write_wav(tmp_path / "empty.wav", samples[:0], 16000)
+    with pytest.raises(DataError, match=r"empty.wav: expected audio samples, found an empty 'data' chunk"):
+        speech.read_wav(tmp_path / "empty.wav")
+    write_wav(tmp_path / "long.wav", np.zeros(8000 * 31, "<i2"), 8000)
+    with pytest.raises(DataError, match=r"long.wav: expected at most 30 s of audio, found 31.0 s"):
+        speech.read_wav(tmp_path / "long.wav")
+    with pytest.raises(DataError, match=r"quiet: expected at least 0.1 s of sound above silence, found 0.000 s in 1.00 s"):
+        speech.read_recording(riff_wav(np.zeros(8000), 8000), "quiet")
+
+
+def test_silence_is_trimmed_to_a_margin_around_the_speech():
+    rate, tone = 16000, (8000 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    noisy = np.random.default_rng(0).standard_normal(3 * rate).astype(np.float32)  # 78 dB below the tone's peak frames
+    noisy[rate : rate + 8000] += tone
+    kept = speech.trim_silence(noisy, rate)
+    assert len(kept) == 8000 + 2 * 1600 and np.array_equal(kept[1600:-1600], noisy[rate : rate + 8000])
 
 
 # -- end to end -----------------------------------------------------------------------------------------
 
 
-def test_trains_end_to_end_and_beats_the_empty_transcript(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
     task = tasks.get("speech")
     config = task.config("fast")  # 400 utterances of one or two words, 12 quick epochs
-    run = tmp_path / "run"
-    report = task.train(config, run, say=lambda message: None)
+    run = tmp_path_factory.mktemp("speech") / "run"
+    return config, run, task.train(config, run, say=lambda message: None)
+
+
+def test_trains_end_to_end_and_beats_the_empty_transcript(tmp_path, monkeypatch, fast_run):
+    config, run, report = fast_run
     rnn, mlp, empty, frequent = report.rows.values()
     # the stated check: most held-out words right, far below the empty transcript's 1.0 (and the MLP's, as it happens)
     assert rnn["voices WER beam"] < 0.6 and empty["voices WER beam"] == 1.0
@@ -254,3 +287,23 @@ def test_trains_end_to_end_and_beats_the_empty_transcript(tmp_path, monkeypatch)
     assert speech.predict(config, run, str(tmp_path / "five_nine.wav")) == "five nine"
     with pytest.raises(DataError, match=r"text: expected a WAV file or digit words from \['zero', 'oh', .*\], got 'ten'"):
         speech.predict(config, run, "ten")
+
+
+def test_recordings_at_every_common_rate_stereo_or_float_with_silence_hear_the_same(tmp_path, fast_run):
+    config, run, _ = fast_run
+    with speech.Espeak() as tts:
+        spoken, rate = tts.say(["five", "nine"], speech.Voice("en-us+m3")).astype(np.float32), tts.sample_rate
+    (tmp_path / "original.wav").write_bytes(riff_wav(spoken, rate))
+    expected = speech.predict(config, run, str(tmp_path / "original.wav"))
+    assert expected != "(nothing recognised)"
+    rng = np.random.default_rng(0)
+    for target, form in ((8000, "pcm"), (16000, "pcm"), (22050, "pcm"), (44100, "float"), (48000, "stereo")):
+        audio = speech.resample(spoken, rate, target)
+        quiet = lambda seconds: rng.standard_normal(round(seconds * target)).astype(np.float32) * 3  # noqa: E731
+        audio = np.concatenate([quiet(1.5), audio, quiet(0.8)])
+        if form == "float":
+            raw = riff_wav(audio / 32768.0, target, float_samples=True)
+        else:
+            raw = riff_wav(np.stack([audio * 0.6, audio * 1.4], 1) if form == "stereo" else np.clip(audio, -32768, 32767), target)
+        (tmp_path / f"{target}.wav").write_bytes(raw)
+        assert speech.predict(config, run, str(tmp_path / f"{target}.wav")) == expected, (target, form)

@@ -147,7 +147,7 @@ class Speech(ServedRun):
         return schemas.audio_request(name, self.limits)
 
     def example(self):
-        return {"wav_base64": "(a 16-bit PCM mono WAV file, base64-encoded)"}
+        return {"wav_base64": "(a WAV file, 16-bit PCM or float, mono or stereo, up to 30 s, base64-encoded)"}
 
     def predict(self, body):
         try:
@@ -157,6 +157,7 @@ class Speech(ServedRun):
         audio, rate = self.module.parse_wav(raw, "wav_base64")
         if len(audio) < rate // 10:
             raise DataError(f"wav_base64: expected at least 0.1 s of audio, got {len(audio)} samples at {rate} Hz")
+        audio, rate = self.module.read_recording(raw, "wav_base64")  # the same again, the silence around the speech trimmed
         features = self.module.featurize(audio, rate, self.config.features)
         with torch.no_grad():
             words = self.module.recognise(self.model, [features], self.config.decode, beam=True)[0]

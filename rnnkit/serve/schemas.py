@@ -48,7 +48,7 @@ def digits_request(name: str, count: int):
 
 
 def audio_request(name: str, limits: Limits):
-    description = "a 16-bit PCM mono WAV file, base64-encoded"
+    description = "a WAV file (16-bit PCM or 32-bit float, mono or stereo, 8-96 kHz, up to 30 s), base64-encoded"
     return request(name, wav_base64=(str, Field(min_length=1, max_length=limits.max_body_bytes, description=description)))
 
 

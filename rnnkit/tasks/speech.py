@@ -6,7 +6,7 @@ Examples::
     rnnkit train speech --size demo --out runs/speech-demo
     rnnkit train speech data.train_utterances=8000 model.rnn.hidden_size=128
     rnnkit predict runs/speech "four one nine"     # synthesised with a held-out voice, then recognised
-    rnnkit predict runs/speech recording.wav       # 16-bit PCM mono WAV at any sample rate
+    rnnkit predict runs/speech recording.wav       # 16-bit PCM or float WAV, mono or stereo, 8-96 kHz, up to 30 s
     rnnkit eval runs/speech
 
 Data. Strings of ``min_words`` to ``max_words`` words drawn from zero, oh,
@@ -76,18 +76,11 @@ the recurrence adds.
 
 from __future__ import annotations
 
-import _ctypes
-import ctypes
-import io
 import math
-import random
-import re
 import statistics
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -97,75 +90,15 @@ from rnnkit.models import CTCFrameMLP, CTCFrameMLPConfig, CTCRecognizer, CTCReco
 from rnnkit.models.ctc import edit_distance
 from rnnkit.tasks import common
 from rnnkit.tasks.common import DataError, OptimConfig, Report
+from rnnkit.tasks.speech_audio import MAX_SECONDS, parse_wav, read_recording, read_wav, trim_silence  # noqa: F401 (re-exported)
+from rnnkit.tasks.speech_features import (  # noqa: F401 (re-exported: the front end's names, as before the split)
+    FeatureConfig, dct_matrix, featurize, fft_points, hz_to_mel, log_mel, mel_filterbank, mel_to_hz, mfcc, normalize, resample)
+from rnnkit.tasks.speech_synthesis import (  # noqa: F401 (re-exported)
+    ACCENTS, TRAIN_VARIANTS, WORDS, DataConfig, Espeak, Utterance, Voice, channel, plan)
+from rnnkit.tasks.speech_tidigits import RAW_RECORDING, RAW_WORDS, TIDIGITS_PATH, find_tidigits, load_tidigits, read_mfc, read_transcripts  # noqa: F401
 from rnnkit.training import TrainerConfig, seed_everything
 
 # -- config ----------------------------------------------------------------------------
-
-WORDS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # label i + 1; 0 is the blank
-
-
-ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-# Every variant of espeak-ng 1.52 but the test ones, "belinda" (a copy of "linda") and "Mr serious" (a space in its name).
-TRAIN_VARIANTS = """
-Alex Alicia Andrea Andy Annie AnxiousAndy Demonic Denis Diogo Gene Gene2 Henrique Hugo Jacky Lee Marco Mario
-Michael Mike Nguyen Reed RicishayMax RicishayMax2 RicishayMax3 Storm Tweaky UniRobot adam anika anikaRobot
-announcer antonio aunty benjamin boris caleb croak ed edward edward2 f1 f3 f4 fast grandma grandpa gustave ian
-iven iven2 iven3 iven4 john kaukovalta klatt klatt3 klatt4 klatt5 klatt6 m1 m2 m4 m5 m6 m8 marcelo max michel
-miguel mike2 norbert pablo pedro quincy rob robert robosoft robosoft2 robosoft3 robosoft4 robosoft5 robosoft6
-robosoft7 robosoft8 sandro shelby steph steph2 steph3 travis victor whisper whisperf zac
-""".split()
-
-
-@dataclass
-class DataConfig:
-    accents: list[str] = field(default_factory=lambda: list(ACCENTS))
-    train_variants: list[str] = field(default_factory=lambda: list(TRAIN_VARIANTS))
-    test_variants: list[str] = field(default_factory=lambda: ["m3", "m7", "f2", "f5", "klatt2", "david", "linda", "paul"])
-    train_utterances: int = 6000
-    val_utterances: int = 300
-    test_utterances: int = 500
-    min_words: int = 1
-    max_words: int = 7  # TIDIGITS strings run to seven digits
-    rate: list[int] = field(default_factory=lambda: [120, 250])  # words a minute (espeak-ng's default: 175)
-    pitch: list[int] = field(default_factory=lambda: [25, 75])  # 0-100 (50: the voice's own)
-    pitch_range: list[int] = field(default_factory=lambda: [20, 80])  # 0 monotone, 50 normal, 100 lively
-    word_gap: list[int] = field(default_factory=lambda: [0, 4])  # extra pause between words, 10 ms units
-    silence: list[float] = field(default_factory=lambda: [0.05, 0.4])  # seconds before and after
-    snr_db: list[float] = field(default_factory=lambda: [15.0, 50.0])
-    tilt: float = 0.5  # first-order channel: x_n + b x_{n-1}, b uniform in [-tilt, tilt]
-    warp: float = 0.1  # training utterances' frequencies scaled by a factor uniform in [1 - warp, 1 + warp]
-    seed: int = 0
-    tidigits_dir: str | None = None  # None: look in the data cache, then /usr/share/pocketsphinx
-
-    def __post_init__(self) -> None:
-        shared = sorted(set(self.train_variants) & set(self.test_variants))
-        if shared:
-            raise ValueError(f"data.test_variants: expected voices that training never hears, got {shared} in data.train_variants too")
-        if not 1 <= self.min_words <= self.max_words:
-            raise ValueError(f"data.min_words, data.max_words: expected 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
-        for name in ("rate", "pitch", "pitch_range", "word_gap", "silence", "snr_db"):
-            low_high = getattr(self, name)
-            if len(low_high) != 2 or low_high[0] > low_high[1]:
-                raise ValueError(f"data.{name}: expected a range [low, high] with low <= high, got {low_high}")
-
-
-@dataclass
-class FeatureConfig:
-    """A Sphinx-style MFCC front end (see the module docstring); every length is in seconds or Hz."""
-
-    sample_rate: int = 16000  # audio is resampled to this first
-    frame_seconds: float = 0.025
-    shift_seconds: float = 0.01
-    fft_size: int | None = None  # None: the smallest power of two that holds a frame
-    num_filters: int = 20
-    low_hz: float = 1.0
-    high_hz: float = 4000.0
-    num_cepstra: int = 13
-    preemphasis: float = 0.97
-    remove_dc: bool = True
-    transform: Literal["dct", "legacy"] = "dct"  # orthonormal DCT-II, or Sphinx's legacy scaling
-    normalize: Literal["none", "mean", "mean_variance"] = "mean_variance"
-
 
 @dataclass
 class ModelConfig:
@@ -206,293 +139,6 @@ SIZES = {
              "trainer.max_epochs=12", "batch_size=16", "optim.lr=0.01", "model.rnn.hidden_size=32", "model.rnn.num_layers=1",
              "baseline.hidden_size=32"],
 }  # fmt: skip
-
-# -- synthesis: libespeak-ng through ctypes ---------------------------------------------------
-
-AUDIO_OUTPUT_SYNCHRONOUS, INITIALIZE_DONT_EXIT, CHARS_UTF8, POS_CHARACTER = 2, 0x8000, 1, 1
-RATE, PITCH, RANGE, WORDGAP = 1, 3, 4, 7  # espeak_PARAMETER
-SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-
-
-class Voice(NamedTuple):
-    name: str  # "accent+variant", as espeak_SetVoiceByName takes it
-    rate: int = 175
-    pitch: int = 50
-    pitch_range: int = 50
-    word_gap: int = 0
-
-
-class Espeak:
-    """libespeak-ng, loaded afresh for one block of utterances: ``with Espeak() as tts: tts.say(words, voice, seed)``.
-
-    Afresh, because the library carries state from one utterance to the next
-    (pitch flutter, filter memories) that neither its seed nor
-    ``espeak_Terminate`` resets: unloading and reloading it makes a block's
-    audio depend on that block alone. (If another module holds the library
-    open, it stays loaded and the audio is only close to repeatable.)
-    """
-
-    def __enter__(self) -> Espeak:
-        try:
-            import espeakng_loader
-        except ImportError:
-            raise DataError("speech synthesis: expected the espeakng-loader package (pip install -e '.[apps]'), found none") from None
-        self.lib = lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        uint, pointer = ctypes.c_uint, ctypes.c_void_p
-        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, uint, ctypes.c_int, uint, uint, pointer, pointer]
-        data = espeakng_loader.get_data_path().encode()
-        self.sample_rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data, INITIALIZE_DONT_EXIT)  # 0: default buffer
-        if self.sample_rate <= 0:
-            raise DataError(f"espeak-ng: expected espeak_Initialize to return a sample rate, got {self.sample_rate}")
-        self.chunks: list[np.ndarray] = []
-        self.callback = SYNTH_CALLBACK(self._collect)  # kept on self: the library calls it until unloaded
-        lib.espeak_SetSynthCallback(self.callback)
-        self.libc = ctypes.CDLL(None)
-        return self
-
-    def _collect(self, samples, count, events) -> int:
-        if samples and count > 0:
-            self.chunks.append(np.ctypeslib.as_array(samples, (count,)).copy())
-        return 0  # carry on
-
-    def say(self, words: list[str], voice: Voice, seed: int = 0) -> np.ndarray:
-        """int16 samples at ``self.sample_rate`` of the words, spoken by ``voice``."""
-        code = self.lib.espeak_SetVoiceByName(voice.name.encode())
-        if code != 0:
-            raise DataError(f"voice: expected an espeak-ng voice such as 'en-us+m3', got {voice.name!r} (espeak-ng error {code})")
-        for parameter, value in ((RATE, voice.rate), (PITCH, voice.pitch), (RANGE, voice.pitch_range), (WORDGAP, voice.word_gap)):
-            self.lib.espeak_SetParameter(parameter, int(value), 0)
-        self.lib.espeak_ng_SetRandSeed(seed)
-        self.libc.srand(seed)  # the Klatt voices draw their noise from libc's rand()
-        text = " ".join(words).encode() + b"\0"
-        self.chunks = []
-        code = self.lib.espeak_Synth(text, len(text), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
-        if code != 0:
-            raise DataError(f"espeak-ng: expected espeak_Synth to return 0, got {code} for {' '.join(words)!r}")
-        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
-
-    def __exit__(self, *exc) -> None:
-        self.lib.espeak_Terminate()
-        handle, self.lib = self.lib._handle, None
-        _ctypes.dlclose(handle)
-
-
-class Utterance(NamedTuple):
-    words: list[str]
-    voice: Voice
-    seed: int
-
-
-def plan(data: DataConfig, split: Literal["train", "val", "test"], count: int) -> list[Utterance]:
-    """What each utterance of a split says and how: a seeded draw, the same at every run."""
-    rng = random.Random(f"{data.seed}/{split}")
-    variants = data.test_variants if split == "test" else data.train_variants
-    out = []
-    for _ in range(count):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(data.min_words, data.max_words))]
-        name = f"{rng.choice(data.accents)}+{rng.choice(variants)}"
-        voice = Voice(name, *(rng.randint(*getattr(data, key)) for key in ("rate", "pitch", "pitch_range", "word_gap")))
-        out.append(Utterance(words, voice, rng.randrange(2**31)))
-    return out
-
-
-def channel(samples: np.ndarray, rate: int, data: DataConfig, rng: np.random.Generator) -> np.ndarray:
-    """Silence around the speech, a tilted spectrum and white noise at a random SNR: what a microphone adds."""
-    speech = samples.astype(np.float32)
-    power = float(np.mean(speech**2)) if speech.size else 1.0
-    before, after = (int(rng.uniform(*data.silence) * rate) for _ in range(2))
-    x = np.concatenate([np.zeros(before, np.float32), speech, np.zeros(after, np.float32)])
-    x[1:] += rng.uniform(-data.tilt, data.tilt) * x[:-1].copy()
-    noise = rng.standard_normal(x.size).astype(np.float32) * math.sqrt(power / 10 ** (rng.uniform(*data.snr_db) / 10))
-    return x + noise
-
-
-# -- features: a Sphinx-style MFCC front end --------------------------------------------------
-
-
-def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Band-limited resampling through the FFT: keep (or zero-pad) the spectrum up to the new Nyquist frequency.
-
-    The signal is zero-padded to p k samples (rate / target = p / q in lowest
-    terms, k with no prime factor above 5) so that both FFTs have fast sizes,
-    and the result, q k samples, is cut back to the signal's duration.
-    """
-    if rate == target or x.size == 0:
-        return x
-    g = math.gcd(rate, target)
-    p, q = rate // g, target // g
-    k = _smooth(-(-x.size // p))
-    y = np.fft.irfft(np.fft.rfft(x, p * k), q * k) * (q / p)
-    return y[: max(1, round(x.size * q / p))].astype(np.float32)
-
-
-def _smooth(n: int) -> int:
-    """The smallest integer >= n whose prime factors are 2, 3 and 5."""
-    while True:
-        m = n
-        for prime in (2, 3, 5):
-            while m % prime == 0:
-                m //= prime
-        if m == 1:
-            return n
-        n += 1
-
-
-def hz_to_mel(hz):
-    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
-
-
-def mel_to_hz(mel):
-    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
-
-
-def fft_points(f: FeatureConfig, rate: int) -> int:
-    return f.fft_size or 1 << (round(f.frame_seconds * rate) - 1).bit_length()
-
-
-def mel_filterbank(f: FeatureConfig, rate: int, warp: float = 1.0) -> torch.Tensor:
-    """(num_filters, fft_size // 2 + 1) triangles as Sphinx builds them.
-
-    Edges equally spaced in mel from low_hz to high_hz, each rounded to the
-    nearest FFT bin; filter i rises from edge i to edge i + 1 and falls to edge
-    i + 2, with peak 2 / (width in Hz) so that each has unit area. The Nyquist
-    bin is never used. ``warp`` scales every edge's frequency (vocal tract
-    length perturbation; 1 in Sphinx).
-    """
-    n_fft = fft_points(f, rate)
-    if not 0 <= f.low_hz < f.high_hz <= rate / 2:
-        raise ValueError(f"features.low_hz, high_hz: expected 0 <= low < high <= {rate / 2} (half the sample rate), "
-                         f"got {f.low_hz}, {f.high_hz}")  # fmt: skip
-    step = rate / n_fft
-    edges = np.minimum(mel_to_hz(np.linspace(hz_to_mel(f.low_hz), hz_to_mel(f.high_hz), f.num_filters + 2)) * warp, rate / 2)
-    edges = np.floor(edges / step + 0.5) * step
-    hz = np.arange(n_fft // 2 + 1) * step
-    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rise, fall = (hz - left) / (centre - left), (right - hz) / (right - centre)
-    weights = np.where((hz >= left) & (hz <= right), np.minimum(rise, fall), 0.0) * 2 / (right - left)
-    weights[:, -1] = 0.0
-    return torch.from_numpy(np.nan_to_num(weights)).float()
-
-
-def dct_matrix(f: FeatureConfig) -> torch.Tensor:
-    """(num_cepstra, num_filters): c = D l for log filter energies l.
-
-    "dct": orthonormal DCT-II, :math:`c_i = \\sqrt{(2 - [i=0]) / N} \\sum_j l_j \\cos(\\pi i (j + 1/2) / N)`.
-    "legacy" (Sphinx's default): :math:`c_i = \\frac{1}{N} \\sum_j w_j l_j \\cos(\\pi i (j + 1/2) / N)`, w_0 = 1/2, else 1.
-    """
-    n = f.num_filters
-    cosines = np.cos(np.pi * np.arange(f.num_cepstra)[:, None] * (np.arange(n)[None, :] + 0.5) / n)
-    if f.transform == "dct":
-        scale = np.full((f.num_cepstra, 1), math.sqrt(2 / n))
-        scale[0] = math.sqrt(1 / n)
-        return torch.from_numpy(cosines * scale).float()
-    weights = np.ones(n)
-    weights[0] = 0.5
-    return torch.from_numpy(cosines * weights / n).float()
-
-
-def log_mel(x: np.ndarray, rate: int, f: FeatureConfig, warp: float = 1.0) -> torch.Tensor:
-    """(T, num_filters) natural-log mel filter energies of a signal in int16 units; T = 1 + (n - frame) // shift."""
-    frame, shift = round(f.frame_seconds * rate), round(f.shift_seconds * rate)
-    signal = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    if signal.dim() != 1 or signal.numel() < frame:
-        raise ValueError(f"audio: expected a 1-D signal of at least one frame ({frame} samples), got shape {tuple(signal.shape)}")
-    emphasised = torch.cat([signal[:1], signal[1:] - f.preemphasis * signal[:-1]])
-    frames = emphasised.unfold(0, frame, shift)
-    if f.remove_dc:
-        frames = frames - frames.mean(-1, keepdim=True)
-    power = torch.fft.rfft(frames * torch.hamming_window(frame, periodic=False), n=fft_points(f, rate)).abs() ** 2
-    energies = power @ mel_filterbank(f, rate, warp).T
-    return torch.where(energies > 0, energies.clamp(min=1e-30).log(), torch.tensor(-10.0))  # Sphinx's floor for an empty filter
-
-
-def mfcc(x: np.ndarray, rate: int, f: FeatureConfig, warp: float = 1.0) -> torch.Tensor:
-    """(T, num_cepstra) cepstra, c_0 (the log energy's average) included."""
-    return log_mel(x, rate, f, warp) @ dct_matrix(f).T
-
-
-def normalize(features: torch.Tensor, mode: str) -> torch.Tensor:
-    """Per-utterance cepstral mean (and variance) normalisation: a fixed channel is a constant offset in cepstra."""
-    if mode == "none":
-        return features
-    features = features - features.mean(0)
-    return features / features.std(0).clamp(min=1e-3) if mode == "mean_variance" else features
-
-
-def featurize(audio: np.ndarray, rate: int, f: FeatureConfig, warp: float = 1.0) -> torch.Tensor:
-    return normalize(mfcc(resample(audio, rate, f.sample_rate), f.sample_rate, f, warp), f.normalize)
-
-
-# -- real speech: TIDIGITS as Sphinx feature files -----------------------------------------------
-
-TIDIGITS_PATH = Path("usr/share/pocketsphinx/test/data/tidigits")
-RAW_RECORDING, RAW_WORDS = "dhd.2934z.raw", "two nine three four zero"  # 16 kHz, 16-bit little-endian, no header
-
-
-def find_tidigits(data: DataConfig) -> Path | None:
-    if data.tidigits_dir is not None:
-        return Path(data.tidigits_dir)
-    for folder in (common.data_dir() / "pocketsphinx-testdata" / TIDIGITS_PATH, Path("/") / TIDIGITS_PATH):
-        if (folder / "tidigits.lsn").is_file():
-            return folder
-    return None
-
-
-def read_mfc(path: Path, dim: int = 13) -> torch.Tensor:
-    """A Sphinx feature file: an int32 count of floats, then the float32 values, frame after frame.
-
-    Sphinx writes them big-endian and reads either order, taking the one whose
-    count matches the file's size; so does this.
-    """
-    raw = common.read_bytes(path)
-    if len(raw) < 4:
-        raise DataError(f"{path}: expected a Sphinx feature file (an int32 count, then float32 values), found {len(raw)} bytes")
-    floats = (len(raw) - 4) / 4
-    counts = {order: int.from_bytes(raw[:4], "big" if order == ">" else "little", signed=True) for order in "><"}
-    order = next((o for o, count in counts.items() if count == floats), None)
-    if order is None:
-        raise DataError(f"{path}: expected the header's count of floats to match the {floats:g} floats after it, "
-                        f"found {counts['>']} (big-endian); a truncated or foreign file?")  # fmt: skip
-    if counts[order] == 0 or counts[order] % dim:
-        raise DataError(f"{path}: expected a positive multiple of {dim} floats ({dim} cepstra a frame), found {counts[order]}")
-    values = torch.from_numpy(np.frombuffer(raw[4:], dtype=order + "f4").astype(np.float32).reshape(-1, dim))
-    bad = (~torch.isfinite(values)).any(-1).nonzero()
-    if len(bad):
-        raise DataError(f"{path}: expected finite cepstra, found NaN or infinity in frame {bad[0].item()}")
-    return values
-
-
-def read_transcripts(path: Path) -> dict[str, list[str]]:
-    """``tidigits.lsn``: lines like ``two nine three four zero (man.ah.2934za)``."""
-    text = common.decode_text(common.read_bytes(path), str(path), "transcripts, one 'words (utterance id)' a line")
-    out = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        match = re.fullmatch(r"\s*(.*?)\s*\(([^()\s]+)\)\s*", line)
-        if not match:
-            raise DataError(f"{path}, line {number}: expected 'words (utterance id)', found {line.strip()!r}")
-        words = match.group(1).lower().split()
-        unknown = [w for w in words if w not in WORDS]
-        if unknown or not words:
-            raise DataError(f"{path}, line {number}: expected digit words from {list(WORDS)}, found {match.group(1)!r}")
-        out[match.group(2)] = words
-    return out
-
-
-def load_tidigits(folder: Path) -> list[tuple[str, list[str], torch.Tensor]]:
-    """``(utterance id, words, cepstra (T, 13))`` for each transcript; a feature file without one, or the reverse, is an error."""
-    transcripts = read_transcripts(folder / "tidigits.lsn")
-    files = {p.name[: -len(".mfc")] for p in folder.glob("*.mfc")}
-    untranscribed = sorted(files - set(transcripts))
-    if untranscribed:
-        raise DataError(f"{folder / 'tidigits.lsn'}: expected a transcript for every .mfc file, found none for {untranscribed[:3]}")
-    return [(name, words, read_mfc(folder / f"{name}.mfc")) for name, words in transcripts.items()]
-
 
 # -- batches, models, metrics ------------------------------------------------------------------
 
@@ -650,29 +296,12 @@ def report(config: Config, rnn, mlp, train_words, test_set) -> Report:
                   plots=["loss.png", "baseline/loss.png"])  # fmt: skip
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """Samples (float32, int16 scale) and sample rate of a 16-bit PCM mono WAV file."""
-    return parse_wav(common.read_bytes(path), str(path))
-
-
-def parse_wav(raw: bytes, path: str) -> tuple[np.ndarray, int]:
-    """:func:`read_wav` of the file's bytes; ``path`` names it in errors."""
-    try:
-        with wave.open(io.BytesIO(raw), "rb") as w:
-            width, channels, rate, frames = w.getsampwidth(), w.getnchannels(), w.getframerate(), w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as error:
-        raise DataError(f"{path}: expected a 16-bit PCM mono WAV file, found {type(error).__name__}: {error}") from None
-    if width != 2 or channels != 1:
-        raise DataError(f"{path}: expected a 16-bit PCM mono WAV file, found {8 * width}-bit samples in {channels} channel(s)")
-    return np.frombuffer(frames, dtype="<i2").astype(np.float32), rate
-
-
 def predict(config: Config, run_dir: Path, text: str) -> str:
     """Recognise a WAV file, or digit words synthesised with the first held-out voice (then also their WER)."""
     model, _ = load_model(run_dir / "model.safetensors")
     path = Path(text)
     if path.suffix.lower() == ".wav" or path.is_file():
-        audio, rate = read_wav(path)
+        audio, rate = read_recording(common.read_bytes(path), str(path))
         heard = recognise(model.eval(), [featurize(audio, rate, config.features)], config.decode, beam=True)[0]
         return " ".join(heard) or "(nothing recognised)"
     words = text.lower().split()

@@ -1,0 +1,172 @@
+"""Speech synthesis for :mod:`rnnkit.tasks.speech`: espeak-ng's voices saying digit strings, and what a microphone adds.
+
+The data config lives here because it says what is spoken and by whom: the
+words, the accents and variants (the test voices are never heard in
+training), the ranges each utterance draws its rate, pitch and word gap from,
+and the channel (silence, spectral tilt, noise). :func:`plan` draws a split's
+utterances from seeds, :class:`Espeak` speaks them, :func:`channel` degrades them.
+"""
+
+from __future__ import annotations
+
+import _ctypes
+import ctypes
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from rnnkit.tasks.common import DataError
+
+WORDS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # label i + 1; 0 is the blank
+
+
+ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+# Every variant of espeak-ng 1.52 but the test ones, "belinda" (a copy of "linda") and "Mr serious" (a space in its name).
+TRAIN_VARIANTS = """
+Alex Alicia Andrea Andy Annie AnxiousAndy Demonic Denis Diogo Gene Gene2 Henrique Hugo Jacky Lee Marco Mario
+Michael Mike Nguyen Reed RicishayMax RicishayMax2 RicishayMax3 Storm Tweaky UniRobot adam anika anikaRobot
+announcer antonio aunty benjamin boris caleb croak ed edward edward2 f1 f3 f4 fast grandma grandpa gustave ian
+iven iven2 iven3 iven4 john kaukovalta klatt klatt3 klatt4 klatt5 klatt6 m1 m2 m4 m5 m6 m8 marcelo max michel
+miguel mike2 norbert pablo pedro quincy rob robert robosoft robosoft2 robosoft3 robosoft4 robosoft5 robosoft6
+robosoft7 robosoft8 sandro shelby steph steph2 steph3 travis victor whisper whisperf zac
+""".split()
+
+
+@dataclass
+class DataConfig:
+    accents: list[str] = field(default_factory=lambda: list(ACCENTS))
+    train_variants: list[str] = field(default_factory=lambda: list(TRAIN_VARIANTS))
+    test_variants: list[str] = field(default_factory=lambda: ["m3", "m7", "f2", "f5", "klatt2", "david", "linda", "paul"])
+    train_utterances: int = 6000
+    val_utterances: int = 300
+    test_utterances: int = 500
+    min_words: int = 1
+    max_words: int = 7  # TIDIGITS strings run to seven digits
+    rate: list[int] = field(default_factory=lambda: [120, 250])  # words a minute (espeak-ng's default: 175)
+    pitch: list[int] = field(default_factory=lambda: [25, 75])  # 0-100 (50: the voice's own)
+    pitch_range: list[int] = field(default_factory=lambda: [20, 80])  # 0 monotone, 50 normal, 100 lively
+    word_gap: list[int] = field(default_factory=lambda: [0, 4])  # extra pause between words, 10 ms units
+    silence: list[float] = field(default_factory=lambda: [0.05, 0.4])  # seconds before and after
+    snr_db: list[float] = field(default_factory=lambda: [15.0, 50.0])
+    tilt: float = 0.5  # first-order channel: x_n + b x_{n-1}, b uniform in [-tilt, tilt]
+    warp: float = 0.1  # training utterances' frequencies scaled by a factor uniform in [1 - warp, 1 + warp]
+    seed: int = 0
+    tidigits_dir: str | None = None  # None: look in the data cache, then /usr/share/pocketsphinx
+
+    def __post_init__(self) -> None:
+        shared = sorted(set(self.train_variants) & set(self.test_variants))
+        if shared:
+            raise ValueError(f"data.test_variants: expected voices that training never hears, got {shared} in data.train_variants too")
+        if not 1 <= self.min_words <= self.max_words:
+            raise ValueError(f"data.min_words, data.max_words: expected 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
+        for name in ("rate", "pitch", "pitch_range", "word_gap", "silence", "snr_db"):
+            low_high = getattr(self, name)
+            if len(low_high) != 2 or low_high[0] > low_high[1]:
+                raise ValueError(f"data.{name}: expected a range [low, high] with low <= high, got {low_high}")
+
+
+
+# -- synthesis: libespeak-ng through ctypes ---------------------------------------------------
+
+AUDIO_OUTPUT_SYNCHRONOUS, INITIALIZE_DONT_EXIT, CHARS_UTF8, POS_CHARACTER = 2, 0x8000, 1, 1
+RATE, PITCH, RANGE, WORDGAP = 1, 3, 4, 7  # espeak_PARAMETER
+SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class Voice(NamedTuple):
+    name: str  # "accent+variant", as espeak_SetVoiceByName takes it
+    rate: int = 175
+    pitch: int = 50
+    pitch_range: int = 50
+    word_gap: int = 0
+
+
+class Espeak:
+    """libespeak-ng, loaded afresh for one block of utterances: ``with Espeak() as tts: tts.say(words, voice, seed)``.
+
+    Afresh, because the library carries state from one utterance to the next
+    (pitch flutter, filter memories) that neither its seed nor
+    ``espeak_Terminate`` resets: unloading and reloading it makes a block's
+    audio depend on that block alone. (If another module holds the library
+    open, it stays loaded and the audio is only close to repeatable.)
+    """
+
+    def __enter__(self) -> Espeak:
+        try:
+            import espeakng_loader
+        except ImportError:
+            raise DataError("speech synthesis: expected the espeakng-loader package (pip install -e '.[apps]'), found none") from None
+        self.lib = lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        uint, pointer = ctypes.c_uint, ctypes.c_void_p
+        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, uint, ctypes.c_int, uint, uint, pointer, pointer]
+        data = espeakng_loader.get_data_path().encode()
+        self.sample_rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data, INITIALIZE_DONT_EXIT)  # 0: default buffer
+        if self.sample_rate <= 0:
+            raise DataError(f"espeak-ng: expected espeak_Initialize to return a sample rate, got {self.sample_rate}")
+        self.chunks: list[np.ndarray] = []
+        self.callback = SYNTH_CALLBACK(self._collect)  # kept on self: the library calls it until unloaded
+        lib.espeak_SetSynthCallback(self.callback)
+        self.libc = ctypes.CDLL(None)
+        return self
+
+    def _collect(self, samples, count, events) -> int:
+        if samples and count > 0:
+            self.chunks.append(np.ctypeslib.as_array(samples, (count,)).copy())
+        return 0  # carry on
+
+    def say(self, words: list[str], voice: Voice, seed: int = 0) -> np.ndarray:
+        """int16 samples at ``self.sample_rate`` of the words, spoken by ``voice``."""
+        code = self.lib.espeak_SetVoiceByName(voice.name.encode())
+        if code != 0:
+            raise DataError(f"voice: expected an espeak-ng voice such as 'en-us+m3', got {voice.name!r} (espeak-ng error {code})")
+        for parameter, value in ((RATE, voice.rate), (PITCH, voice.pitch), (RANGE, voice.pitch_range), (WORDGAP, voice.word_gap)):
+            self.lib.espeak_SetParameter(parameter, int(value), 0)
+        self.lib.espeak_ng_SetRandSeed(seed)
+        self.libc.srand(seed)  # the Klatt voices draw their noise from libc's rand()
+        text = " ".join(words).encode() + b"\0"
+        self.chunks = []
+        code = self.lib.espeak_Synth(text, len(text), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
+        if code != 0:
+            raise DataError(f"espeak-ng: expected espeak_Synth to return 0, got {code} for {' '.join(words)!r}")
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+
+    def __exit__(self, *exc) -> None:
+        self.lib.espeak_Terminate()
+        handle, self.lib = self.lib._handle, None
+        _ctypes.dlclose(handle)
+
+
+class Utterance(NamedTuple):
+    words: list[str]
+    voice: Voice
+    seed: int
+
+
+def plan(data: DataConfig, split: Literal["train", "val", "test"], count: int) -> list[Utterance]:
+    """What each utterance of a split says and how: a seeded draw, the same at every run."""
+    rng = random.Random(f"{data.seed}/{split}")
+    variants = data.test_variants if split == "test" else data.train_variants
+    out = []
+    for _ in range(count):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(data.min_words, data.max_words))]
+        name = f"{rng.choice(data.accents)}+{rng.choice(variants)}"
+        voice = Voice(name, *(rng.randint(*getattr(data, key)) for key in ("rate", "pitch", "pitch_range", "word_gap")))
+        out.append(Utterance(words, voice, rng.randrange(2**31)))
+    return out
+
+
+def channel(samples: np.ndarray, rate: int, data: DataConfig, rng: np.random.Generator) -> np.ndarray:
+    """Silence around the speech, a tilted spectrum and white noise at a random SNR: what a microphone adds."""
+    speech = samples.astype(np.float32)
+    power = float(np.mean(speech**2)) if speech.size else 1.0
+    before, after = (int(rng.uniform(*data.silence) * rate) for _ in range(2))
+    x = np.concatenate([np.zeros(before, np.float32), speech, np.zeros(after, np.float32)])
+    x[1:] += rng.uniform(-data.tilt, data.tilt) * x[:-1].copy()
+    noise = rng.standard_normal(x.size).astype(np.float32) * math.sqrt(power / 10 ** (rng.uniform(*data.snr_db) / 10))
+    return x + noise
