@@ -1,4 +1,4 @@
-"""Building and loading the compiled kernels (``csrc/fused_loops.cpp``): the library behind :mod:`rnnkit.ops`.
+"""Building and loading the compiled kernels (``csrc/*.cpp``): the library behind :mod:`rnnkit.ops`.
 
 The kernel is JIT-compiled with :func:`torch.utils.cpp_extension.load` the first
 time a CPU layer runs on the fused engine, once per process, and cached on
@@ -31,7 +31,9 @@ import torch
 from rnnkit.ops import fakes
 
 
-SOURCE = pathlib.Path(__file__).with_name("csrc") / "fused_loops.cpp"
+# fused_loops.cpp defines the library (TORCH_LIBRARY); every other file in csrc/ adds its ops to it
+# with TORCH_LIBRARY_FRAGMENT, so a kernel family is one file and one more source here.
+SOURCES = sorted(pathlib.Path(__file__).with_name("csrc").glob("*.cpp"))
 NO_BUILD_ENV = "RNNKIT_ENGINE_NO_BUILD"
 
 _state: dict = {"tried": False, "loops": None, "reason": "not built yet (builds on first use)", "path": None, "seconds": None}
@@ -106,7 +108,7 @@ def _build() -> None:
             warnings.simplefilter("ignore")
             path = cpp_extension.load(
                 name="rnnkit_fused_loops",
-                sources=[str(SOURCE)],
+                sources=[str(source) for source in SOURCES],
                 extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(directory),
