@@ -55,6 +55,10 @@ class CellWeights(NamedTuple):
     * ``bias_ih``, ``bias_hh``: (G*H,) or None
     * ``weight_hr``: (H_out, H), LSTM projection only, else None
     * ``layer_norm``: the LayerNorm variants' gains, else None
+    * ``decay_logit``: (H,), RG-LRU's Λ (a = σ(Λ)), else None
+
+    The linear-recurrence families (:mod:`rnnkit.cells.minimal`) have no recurrent
+    weights: ``weight_hh`` and ``bias_hh`` are None there.
     """
 
     weight_ih: Tensor
@@ -63,6 +67,7 @@ class CellWeights(NamedTuple):
     bias_hh: Tensor | None
     weight_hr: Tensor | None = None
     layer_norm: LayerNormWeights | None = None
+    decay_logit: Tensor | None = None
 
 
 StepFn = Callable[[Tensor, State, CellWeights], tuple[Tensor, State]]
@@ -87,6 +92,17 @@ class CellSpec:
     # steps at once (one GEMM) and loop over ``recur`` only.
     project_input: Callable[[Tensor, CellWeights], Tensor] | None = None
     recur: StepFn | None = None
+    # Linear-recurrence families only (minGRU, minLSTM, RG-LRU; rnnkit/cells/minimal.py): the step is
+    # h_t = a_t * h_{t-1} + b_t with (a_t, b_t) = coefficients(project_input(x_t, w), w). Such a family
+    # has no weight_hh/bias_hh, and an engine may scan the recurrence in parallel over time.
+    coefficients: Callable[[Tensor, CellWeights], tuple[Tensor, Tensor]] | None = None
+    # Set for a family with a per-feature decay parameter Λ (H,), ``decay_logit``: initialises it in place.
+    init_decay_logit: Callable[[Tensor], None] | None = None
+
+    @property
+    def recurrent_weights(self) -> bool:
+        """Whether the family owns ``weight_hh`` and ``bias_hh`` (every family whose gates read h_{t-1})."""
+        return self.coefficients is None
 
     def state_sizes(self, hidden_size: int, output_size: int) -> tuple[int, ...]:
         return (output_size, hidden_size)[: self.state_count]
@@ -153,14 +169,13 @@ class RecurrentCell(nn.Module):
         factory = {"device": device, "dtype": dtype}
         output_size = proj_size or hidden_size
         gate_size = self.spec.gates * hidden_size
+        recurrent = self.spec.recurrent_weights
         self.weight_ih = nn.Parameter(torch.empty(gate_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(gate_size, output_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(gate_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(gate_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        self.register_parameter("weight_hh", nn.Parameter(torch.empty(gate_size, output_size, **factory)) if recurrent else None)
+        self.register_parameter("bias_ih", nn.Parameter(torch.empty(gate_size, **factory)) if bias else None)
+        self.register_parameter("bias_hh", nn.Parameter(torch.empty(gate_size, **factory)) if bias and recurrent else None)
+        decay = self.spec.init_decay_logit is not None
+        self.register_parameter("decay_logit", nn.Parameter(torch.empty(hidden_size, **factory)) if decay else None)
         if proj_size:
             self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size, **factory))
         else:
@@ -169,13 +184,16 @@ class RecurrentCell(nn.Module):
 
     def reset_parameters(self) -> None:
         init_uniform_(self.parameters(), self.hidden_size)
+        if self.decay_logit is not None:
+            self.spec.init_decay_logit(self.decay_logit)
 
     @property
     def weights(self) -> CellWeights:
         parameters = self._parameters  # not five nn.Module.__getattr__ calls: a single step is mostly overhead
         get = registered_or_attribute
         return CellWeights(get(self, parameters, "weight_ih"), get(self, parameters, "weight_hh"), get(self, parameters, "bias_ih"),
-                           get(self, parameters, "bias_hh"), get(self, parameters, "weight_hr"))  # fmt: skip
+                           get(self, parameters, "bias_hh"), get(self, parameters, "weight_hr"), None,
+                           get(self, parameters, "decay_logit"))  # fmt: skip
 
     def initial_state(self, batch_size: int | None = None) -> State:
         """Zero state; ``batch_size=None`` gives the unbatched form."""

@@ -59,7 +59,7 @@ from torch import Tensor
 from rnnkit import ops
 from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_SPECS
 from rnnkit.cells.base import CellSpec, CellWeights, State
-from rnnkit.engine import fused_layer_norm, fused_loops, hoisted, reference, transforms
+from rnnkit.engine import fused_layer_norm, fused_loops, hoisted, reference, scan, transforms
 from rnnkit.engine.fused_loops import GRU, KINDS, LSTM, RNN_RELU, RNN_TANH
 from rnnkit.engine.gemm import linear, matmul, recorded_by_autograd
 
@@ -202,7 +202,10 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
 
     Under autocast the recurrence runs in float32 (as ``torch.amp.custom_fwd(cast_inputs=torch.float32)``
     would): its state is carried through every step, where low precision compounds.
+    The linear-recurrence families (minGRU, minLSTM, RG-LRU) run the parallel scan, :mod:`rnnkit.engine.scan`.
     """
+    if scan.supports(spec):
+        return scan.run_direction(spec, x, state, weights, valid, reverse)
     if fused_layer_norm.supports(spec, x, weights):
         return fused_layer_norm.run_direction(spec, x, state, weights, valid, reverse)
     if not supports(spec, weights):

@@ -112,11 +112,14 @@ class RecurrentLayer(nn.Module):
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else output_size * directions
             for direction in range(directions):
+                recurrent = spec.recurrent_weights  # the linear-recurrence families have no weight_hh/bias_hh
                 shapes = {
                     "weight_ih": (gate_size, layer_input),
-                    "weight_hh": (gate_size, output_size),
-                    **({"bias_ih": (gate_size,), "bias_hh": (gate_size,)} if bias else {}),
+                    **({"weight_hh": (gate_size, output_size)} if recurrent else {}),
+                    **({"bias_ih": (gate_size,)} if bias else {}),
+                    **({"bias_hh": (gate_size,)} if bias and recurrent else {}),
                     **({"weight_hr": (proj_size, hidden_size)} if proj_size else {}),
+                    **({"decay_logit": (hidden_size,)} if spec.init_decay_logit is not None else {}),
                     **(self._layer_norm_shapes(gate_size) if layer_norm else {}),
                 }
                 for kind, shape in shapes.items():
@@ -125,7 +128,8 @@ class RecurrentLayer(nn.Module):
                     self._flat_weights_names.append(name)
         # Each cell's parameter names, looked up on every call (a plain list: torch.compile traces it as it is).
         self._cell_names = [
-            _cell_weight_names(layer, direction, bias, bool(proj_size), layer_norm, spec.state_count == 2)
+            _cell_weight_names(layer, direction, bias, bool(proj_size), layer_norm, spec.state_count == 2, spec.recurrent_weights,
+                               spec.init_decay_logit is not None)
             for layer in range(num_layers) for direction in range(directions)
         ]  # fmt: skip
         self.reset_parameters()
@@ -155,13 +159,15 @@ class RecurrentLayer(nn.Module):
                     p.fill_(1.0)
                 elif name.startswith("ln_bias"):
                     p.zero_()
+                elif name.startswith("decay_logit"):
+                    self.spec.init_decay_logit(p)
 
     def cell_weights(self, layer: int, direction: int) -> CellWeights:
         parameters = self._parameters
         names = self._cell_names[layer * self.num_directions + direction]
         # Only the names this configuration has: a missing one would cost an AttributeError in nn.Module.__getattr__.
         w = [None if name is None else registered_or_attribute(self, parameters, name) for name in names]
-        return CellWeights(*w[:5], LayerNormWeights(*w[5:]) if self.layer_norm else None)
+        return CellWeights(*w[:5], LayerNormWeights(*w[6:]) if self.layer_norm else None, w[5])
 
     @property
     def _flat_weights(self) -> list[Tensor]:
@@ -322,15 +328,17 @@ class RecurrentLayer(nn.Module):
         return s
 
 
-_WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+_WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "decay_logit")
 _LAYER_NORM_KINDS = ("ln_gain_ih", "ln_gain_hh", "ln_gain_cell", "ln_bias_cell")
 
 
 @functools.cache
-def _cell_weight_names(layer: int, direction: int, bias: bool, projected: bool, layer_norm: bool, has_cell: bool) -> tuple[str | None, ...]:
-    """The parameter names of one cell in :class:`CellWeights` order, then, with ``layer_norm``, in
-    :class:`LayerNormWeights` order; None for a kind that this configuration does not have."""
-    present = {"bias_ih": bias, "bias_hh": bias, "weight_hr": projected, "ln_gain_cell": has_cell, "ln_bias_cell": has_cell}
+def _cell_weight_names(layer: int, direction: int, bias: bool, projected: bool, layer_norm: bool, has_cell: bool,
+                       recurrent: bool = True, decay: bool = False) -> tuple[str | None, ...]:  # fmt: skip
+    """The parameter names of one cell: the five weights in :class:`CellWeights` order, ``decay_logit``, then,
+    with ``layer_norm``, in :class:`LayerNormWeights` order; None for a kind that this configuration does not have."""
+    present = {"weight_hh": recurrent, "bias_ih": bias, "bias_hh": bias and recurrent, "weight_hr": projected,
+               "decay_logit": decay, "ln_gain_cell": has_cell, "ln_bias_cell": has_cell}  # fmt: skip
     kinds = _WEIGHT_KINDS + (_LAYER_NORM_KINDS if layer_norm else ())
     return tuple(RecurrentLayer._param_name(kind, layer, direction) if present.get(kind, True) else None for kind in kinds)
 

@@ -23,14 +23,14 @@ from rnnkit import config as configs
 from rnnkit import errors
 from rnnkit.training.checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint
 
-LAYERS = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN}
+LAYERS = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN, "mingru": rnnkit.MinGRU, "minlstm": rnnkit.MinLSTM, "rglru": rnnkit.RGLRU}
 
 
 @dataclass
 class RecurrentConfig:
     """The recurrent core of a model: any rnnkit layer by name, with its options."""
 
-    cell: Literal["lstm", "gru", "rnn"] = "lstm"
+    cell: Literal["lstm", "gru", "rnn", "mingru", "minlstm", "rglru"] = "lstm"  # the last three: linear recurrences, scanned in parallel
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0  # between recurrent layers, and on the model's outputs
