@@ -1,11 +1,12 @@
-"""``rnnkit diagnose future-context | long-range | order | all``: the seeds' claims, one experiment each, one report.
+"""``rnnkit diagnose future-context | long-range | order | selective-copy | all``: the seeds' claims, one experiment each, one report.
 
 Examples::
 
     rnnkit diagnose future-context --out runs/future      # unidirectional vs bidirectional, k = 0..10
     rnnkit diagnose long-range --set gaps=[10,100]          # Elman RNN vs LSTM vs GRU over a gap
     rnnkit diagnose order --quick                           # bag-of-words MLP vs RNN on order-only labels
-    rnnkit diagnose all --out runs/claims                   # the three, into runs/claims/REPORT.md
+    rnnkit diagnose selective-copy                          # 3-layer minGRU vs LSTM vs GRU (the parallel-scan issue)
+    rnnkit diagnose all --out runs/claims                   # the three claims, into runs/claims/REPORT.md
     rnnkit diagnose all --set long_range.steps=300          # a section's key, dotted
 
 The experiments live in :mod:`rnnkit.training.experiments`; this module parses
@@ -30,7 +31,7 @@ import torch
 
 from rnnkit.cli import diagnose as plain_diagnose
 from rnnkit.config import ConfigError, apply_overrides
-from rnnkit.training.experiments import future_context, long_range, order
+from rnnkit.training.experiments import future_context, long_range, order, selective_copy
 from rnnkit.training.experiments.common import check_choices, torch_threads
 
 
@@ -47,7 +48,11 @@ EXPERIMENTS = {
     "long-range": Experiment(long_range, long_range.LongRangeConfig,
                              "recall a country's language over a gap of 5..500 steps: Elman RNN vs LSTM vs GRU, with gradient flow"),
     "order": Experiment(order, order.OrderConfig, "which marker comes first: bag-of-words MLP vs recurrent classifiers"),
+    "selective-copy": Experiment(selective_copy, selective_copy.SelectiveCopyConfig,
+                                 "copy the colours among noise: 3-layer minGRU (parallel scan) vs LSTM vs GRU"),
 }  # fmt: skip
+# What `all` runs without --set: the seeds' three claims. "gradients" and "selective-copy" (minutes each) are added by --set.
+DEFAULT_SECTIONS = ("future-context", "long-range", "order")
 SECTIONS = ("gradients", *EXPERIMENTS)  # "gradients": plain `rnnkit diagnose`
 
 
@@ -57,11 +62,12 @@ class AllConfig:
 
     # Which sections run, in this order. "gradients" (plain `rnnkit diagnose`, about 80 s more) is left out by
     # default to keep `all` within 5 minutes on 2 shared cores; --set 'experiments=["gradients", ...]' adds it.
-    experiments: tuple[str, ...] = tuple(EXPERIMENTS)
+    experiments: tuple[str, ...] = DEFAULT_SECTIONS
     gradients: plain_diagnose.DiagnoseConfig = field(default_factory=plain_diagnose.DiagnoseConfig)
     future_context: future_context.FutureContextConfig = field(default_factory=future_context.FutureContextConfig)
     long_range: long_range.LongRangeConfig = field(default_factory=long_range.LongRangeConfig)
     order: order.OrderConfig = field(default_factory=order.OrderConfig)
+    selective_copy: selective_copy.SelectiveCopyConfig = field(default_factory=selective_copy.SelectiveCopyConfig)
 
     def __post_init__(self) -> None:
         check_choices("experiments", tuple(self.experiments), SECTIONS)

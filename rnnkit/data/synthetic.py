@@ -72,6 +72,33 @@ def copy_task(num_examples: int, delay: int, *, num_symbols: int = 8, copy_lengt
 # -- the seeds' claims: future context, memory over a gap, order --------------------------------------
 
 
+def selective_copy_task(num_examples: int, region_len: int, *, num_tokens: int = 8, num_colors: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
+    r"""Selective copying (Gu & Dao, 2023, "Mamba", §4.1; Feng et al., 2024, §4): copy the colours, skip the noise.
+
+    Tokens: 0 is noise, 1..C the colours (C = ``num_colors``), C + 1 the marker. An input is a
+    region of ``region_len`` steps with K = ``num_tokens`` random colours at random distinct
+    positions (in their order of appearance) and noise elsewhere, then K markers. The target is
+    ignored (-100) over the region and is the K colours, in order, at the markers: the model must
+    skip an unknown amount of noise between colours, which a fixed delay (the copy task) does
+    not ask. Chance token accuracy is 1/C.
+
+    Returns:
+        inputs, targets: (N, region_len + K) int64, batch-first.
+    """
+    for name, value in (("num_examples", num_examples), ("num_tokens", num_tokens), ("num_colors", num_colors)):
+        errors.check_positive_int(name, value)
+    if isinstance(region_len, bool) or not isinstance(region_len, int) or region_len < num_tokens:
+        raise errors.fail("region_len", f"an int >= num_tokens ({num_tokens}): room for every colour", repr(region_len))
+    g = torch.Generator().manual_seed(seed)
+    colors = torch.randint(1, num_colors + 1, (num_examples, num_tokens), generator=g)
+    positions = torch.rand(num_examples, region_len, generator=g).argsort(dim=1)[:, :num_tokens].sort(dim=1).values
+    region = torch.zeros(num_examples, region_len, dtype=torch.long)
+    region.scatter_(1, positions, colors)
+    markers = torch.full((num_examples, num_tokens), num_colors + 1, dtype=torch.long)
+    ignored = torch.full((num_examples, region_len), -100, dtype=torch.long)
+    return torch.cat([region, markers], dim=1), torch.cat([ignored, colors], dim=1)
+
+
 def future_token_task(num_examples: int, seq_len: int, offset: int, *, vocab_size: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
     r"""Tag each token with the token ``offset`` steps later: ``y_t = x_{t+k}``, k = ``offset``.
 

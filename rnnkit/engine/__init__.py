@@ -23,9 +23,9 @@ defines the results; faster engines are checked against it.
   LSTM inference in float32 without padding or ``proj_size`` goes to oneDNN's
   LSTM primitive (the kernel torch.nn.LSTM runs on CPU) once batch x hidden
   reaches ``fused.ONEDNN_LSTM_MIN_BATCH_HIDDEN``, where it measured faster.
-  The linear-recurrence families (minGRU, minLSTM, RG-LRU) run the chunked parallel scan
-  (:mod:`rnnkit.engine.scan`): all projections in one GEMM, then h_t = a_t h_{t-1} + b_t in
-  about 2√L sequential elementwise steps, in plain PyTorch, with autograd's backward.
+  The linear-recurrence families (minGRU, minLSTM, RG-LRU) run the parallel scan
+  (:mod:`rnnkit.engine.scan`): all projections in one GEMM, then h_t = a_t h_{t-1} + b_t by
+  the compiled scan op (backward: a scan the other way), or in plain PyTorch without it.
 
 Every compiled kernel is an op of :mod:`rnnkit.ops`; the fused engine's sequences are the
 composite ops ``rnnkit::recurrence`` and ``rnnkit::layer_norm_lstm``, with autograd that serves
@@ -74,8 +74,9 @@ def describe(layer=None) -> str:
         return prefix + "reference per-step loop (autograd records every step)"
     spec = getattr(layer, "spec", None)
     if spec is not None and scan.supports(spec):
-        return prefix + (f"chunked parallel scan for {spec.name!r} in plain PyTorch (projections in one GEMM, then about 2*sqrt(L) "
-                         "sequential elementwise steps; backward by autograd; no compiled kernel yet)")  # fmt: skip
+        kernel = ("compiled C++ scan, rnnkit_fused::linear_scan (" + ops.status() + ")" if _device(layer) == "cpu" and ops.native_loops() is not None
+                  else "plain-PyTorch chunked scan (about 2*sqrt(L) sequential elementwise steps)")  # fmt: skip
+        return prefix + f"parallel scan for {spec.name!r}: projections of all steps in one GEMM, then the linear recurrence by the {kernel}"
     if spec is not None and spec.name == "layer_norm_lstm" and not getattr(layer, "proj_size", 0) and _device(layer) == "cpu" and ops.native_loops() is not None:
         return prefix + "fused C++ LayerNorm LSTM kernel (" + ops.status() + ")"
     if spec is not None and (not fused.supports(spec) or getattr(layer, "layer_norm", False)):

@@ -1,6 +1,6 @@
 """The one seam between Python and the compiled kernels: operators registered with ``torch.library``.
 
-Every compiled kernel is an op of the ``rnnkit_fused`` library (``csrc/fused_loops.cpp``,
+Every compiled kernel is an op of the ``rnnkit_fused`` library (``csrc/*.cpp``,
 built on first use by :mod:`rnnkit.ops.build`):
 
 =============================  ==========================================================
@@ -10,6 +10,10 @@ built on first use by :mod:`rnnkit.ops.build`):
 ``cell_step``                  one step of a stand-alone cell, for inference
 ``layer_norm_lstm_forward``    the LayerNorm LSTM's recurrence, with history
 ``layer_norm_lstm_backward``   and its backward
+``linear_scan``                h_t = a_t h_{t-1} + b_t over time (minGRU, minLSTM, RG-LRU), either direction
+``linear_scan_backward``       its gradients: one scan the other way, then products
+``scan_coefficients``          those families' (a_t, b_t) from their projected input, all steps at once
+``scan_coefficients_backward`` and their backward
 =============================  ==========================================================
 
 Each op has a schema (C++ ``TORCH_LIBRARY``), a CPU kernel, a fake kernel for shape

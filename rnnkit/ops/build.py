@@ -78,6 +78,22 @@ class NativeLoops:
         """One inference step of a cell: ``(h', c')`` from x (N, H_in) and the state (c' is empty unless LSTM)."""
         return self._ops.cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh)
 
+    def linear_scan(self, a, b, h0, reverse, chunks=0):
+        """Every state of ``h_t = a_t * h_{t-1} + b_t`` (reverse: from t = T-1 down), a, b (T, F), h0 (F,); see csrc/linear_scan.cpp."""
+        return self._ops.linear_scan(a, b, h0, reverse, chunks)
+
+    def scan_coefficients(self, kind, projected, decay_logit):
+        """``(a, b)`` (R, H) of a linear-recurrence family from its projected input (R, G*H); see csrc/scan_coefficients.cpp."""
+        return self._ops.scan_coefficients(kind, projected, decay_logit)
+
+    def scan_coefficients_backward(self, kind, projected, decay_logit, grad_a, grad_b):
+        """``(∂P, ∂Λ)`` of :meth:`scan_coefficients` (∂Λ empty but for RG-LRU)."""
+        return self._ops.scan_coefficients_backward(kind, projected, decay_logit, grad_a, grad_b)
+
+    def linear_scan_backward(self, a, h, h0, grad_h, reverse, chunks=0):
+        """``(∂a, ∂b, ∂h0)`` of :meth:`linear_scan` from the gradient of every state ``grad_h`` (T, F)."""
+        return self._ops.linear_scan_backward(a, h, h0, grad_h, reverse, chunks)
+
 
 def _contiguous(valid):
     return None if valid is None else valid.contiguous()
@@ -116,7 +132,7 @@ def _build() -> None:
                 verbose=False,
             )
         ops = torch.ops.rnnkit_fused
-        ops.forward_loop, ops.cell_step  # noqa: B018 - raises if the library did not register its ops
+        ops.forward_loop, ops.cell_step, ops.linear_scan  # noqa: B018 - raises if the library did not register its ops
         fakes.register_fakes()
     except Exception as error:  # noqa: BLE001 - any failure means: use the fallback, and say why
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkit.ops.kinds import GRU, LSTM
+from rnnkit.ops.kinds import GRU, LSTM, MINGRU, RGLRU
 
 
 def _check_time_major(name: str, t: Tensor) -> None:
@@ -74,7 +74,26 @@ def layer_norm_lstm_backward(gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gai
     )  # fmt: skip
 
 
-KERNELS = (forward_loop, backward_loop, forward_inference, cell_step, layer_norm_lstm_forward, layer_norm_lstm_backward)
+def linear_scan(a, b, h0, reverse, chunks):
+    torch._check(a.dim() == 2, lambda: f"a: expected (T, F), got shape {tuple(a.shape)}")
+    return a.new_empty(a.shape)
+
+
+def linear_scan_backward(a, h, h0, grad_h, reverse, chunks):
+    return a.new_empty(a.shape), a.new_empty(a.shape), h0.new_empty(h0.shape)
+
+
+def scan_coefficients(kind, projected, decay_logit):
+    hidden = projected.shape[1] // (2 if kind == MINGRU else 3)
+    return projected.new_empty(projected.shape[0], hidden), projected.new_empty(projected.shape[0], hidden)
+
+
+def scan_coefficients_backward(kind, projected, decay_logit, grad_a, grad_b):
+    hidden = projected.shape[1] // (2 if kind == MINGRU else 3)
+    return projected.new_empty(projected.shape), projected.new_empty(hidden if kind == RGLRU else 0)
+
+
+KERNELS = (linear_scan, linear_scan_backward, scan_coefficients, scan_coefficients_backward, forward_loop, backward_loop, forward_inference, cell_step, layer_norm_lstm_forward, layer_norm_lstm_backward)
 
 
 def register_fakes() -> None:

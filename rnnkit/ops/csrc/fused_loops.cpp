@@ -23,6 +23,8 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
+
+#include "inference_only.h"
 #include <omp.h>
 
 #include <algorithm>
@@ -1023,41 +1025,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {dgx, da, dh, dc, dgain_hh.to(gates.scalar_type()), dgain_cell.to(gates.scalar_type()), dbias_cell.to(gates.scalar_type())};
 }
 
-// ---- The Autograd kernel of every op: refuse what autograd would have to record ----
-inline bool recorded(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
-inline bool recorded(const std::optional<at::Tensor>& t) { return t.has_value() && recorded(*t); }
-template <typename T>
-inline bool recorded(const T&) { return false; }
-
-// Whether a tensor needs the dispatcher to reach its kernel: anything but a plain dense CPU tensor.
-inline bool wrapped(const at::Tensor& t) {
-  static const auto plain = c10::DispatchKeySet({c10::DispatchKey::CPU, c10::DispatchKey::AutogradCPU, c10::DispatchKey::ADInplaceOrView,
-                                                 c10::DispatchKey::AutocastCPU});
-  return t.defined() && !(t.key_set() - plain).empty();
-}
-inline bool wrapped(const std::optional<at::Tensor>& t) { return t.has_value() && wrapped(*t); }
-template <typename T>
-inline bool wrapped(const T&) { return false; }
-
-template <typename Signature, Signature* kernel, const char* name>
-struct InferenceOnly;
-
-template <typename Ret, typename... Args, Ret (*kernel)(Args...), const char* name>
-struct InferenceOnly<Ret(Args...), kernel, name> {
-  static Ret call(Args... args) {
-    TORCH_CHECK(!at::GradMode::is_enabled() || !(recorded(args) || ...), "rnnkit_fused::", name,
-                " has no autograd formula of its own (rnnkit's autograd.Functions differentiate around it), but an input "
-                "requires grad; call it under torch.no_grad() or through rnnkit's layers and cells");
-    // Plain CPU tensors go straight to the kernel: one dispatch less on the streaming path, where a
-    // step costs a few microseconds. Fake, meta and wrapped tensors (torch.compile, export, torch.func)
-    // are dispatched again below autograd, so that they reach their own kernels.
-    if (!(wrapped(args) || ...)) return kernel(args...);
-    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow((std::string("rnnkit_fused::") + name).c_str(), "").typed<Ret(Args...)>();
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(args...);
-  }
-};
-
 constexpr char k_forward_loop[] = "forward_loop", k_cell_step[] = "cell_step", k_forward_inference[] = "forward_inference",
                k_backward_loop[] = "backward_loop", k_layer_norm_lstm_forward[] = "layer_norm_lstm_forward",
                k_layer_norm_lstm_backward[] = "layer_norm_lstm_backward";
@@ -1086,10 +1053,10 @@ TORCH_LIBRARY_IMPL(rnnkit_fused, CPU, m) {
 // around them (autograd.Functions with hand-written backward through time). Their Autograd kernel
 // refuses a call that autograd would have to record, rather than let gradients stop silently.
 TORCH_LIBRARY_IMPL(rnnkit_fused, Autograd, m) {
-  m.impl("forward_loop", &InferenceOnly<decltype(forward_loop), forward_loop, k_forward_loop>::call);
-  m.impl("cell_step", &InferenceOnly<decltype(cell_step), cell_step, k_cell_step>::call);
-  m.impl("layer_norm_lstm_forward", &InferenceOnly<decltype(layer_norm_lstm_forward), layer_norm_lstm_forward, k_layer_norm_lstm_forward>::call);
-  m.impl("layer_norm_lstm_backward", &InferenceOnly<decltype(layer_norm_lstm_backward), layer_norm_lstm_backward, k_layer_norm_lstm_backward>::call);
-  m.impl("forward_inference", &InferenceOnly<decltype(forward_inference), forward_inference, k_forward_inference>::call);
-  m.impl("backward_loop", &InferenceOnly<decltype(backward_loop), backward_loop, k_backward_loop>::call);
+  m.impl("forward_loop", &rnnkit::InferenceOnly<decltype(forward_loop), forward_loop, k_forward_loop>::call);
+  m.impl("cell_step", &rnnkit::InferenceOnly<decltype(cell_step), cell_step, k_cell_step>::call);
+  m.impl("layer_norm_lstm_forward", &rnnkit::InferenceOnly<decltype(layer_norm_lstm_forward), layer_norm_lstm_forward, k_layer_norm_lstm_forward>::call);
+  m.impl("layer_norm_lstm_backward", &rnnkit::InferenceOnly<decltype(layer_norm_lstm_backward), layer_norm_lstm_backward, k_layer_norm_lstm_backward>::call);
+  m.impl("forward_inference", &rnnkit::InferenceOnly<decltype(forward_inference), forward_inference, k_forward_inference>::call);
+  m.impl("backward_loop", &rnnkit::InferenceOnly<decltype(backward_loop), backward_loop, k_backward_loop>::call);
 }
