@@ -345,3 +345,15 @@ def test_diagnose_selective_copy_runs_and_reports(tmp_path):
     rows = (tmp_path / "selective_copy.csv").read_text().splitlines()
     assert rows[0].startswith("model,parameters,val_token_accuracy") and len(rows) == 3
     assert (tmp_path / "selective_copy.png").stat().st_size > 0
+
+
+def test_onnx_export_refuses_with_a_pointer_to_torch_export(tmp_path):
+    pytest.importorskip("onnx")
+    layer = rnnkit.RGLRU(INPUT, HIDDEN).eval()
+    x = torch.randn(4, 2, INPUT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' deprecation and progress warnings
+        with pytest.raises(torch.onnx.errors.SymbolicValueError, match="no native ONNX node.*torch.export"):
+            torch.onnx.export(layer, (x,), str(tmp_path / "legacy.onnx"), dynamo=False)
+        with pytest.raises(Exception, match="no native ONNX node.*torch.export"):
+            torch.onnx.export(layer, (x,), str(tmp_path / "dynamo.onnx"), dynamo=True, custom_translation_table=rnnkit.onnx_translation_table())

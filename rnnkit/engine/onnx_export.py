@@ -82,12 +82,17 @@ def _refuse_layer_norm(g, *args):
     raise torch.onnx.errors.SymbolicValueError(LAYER_NORM_REFUSED, args[0])
 
 
+def _refuse_linear_recurrence(g, *args):
+    raise torch.onnx.errors.SymbolicValueError(LINEAR_RECURRENCE_REFUSED, args[1])
+
+
 def register_symbolic() -> None:
     """Register the TorchScript exporter's rules for rnnkit's ops (for ``dynamo=False``)."""
     for opset in range(14, 22):
         torch.onnx.register_custom_op_symbolic("rnnkit::recurrence", _symbolic, opset)
         torch.onnx.register_custom_op_symbolic("rnnkit::layer_norm_lstm", _refuse_layer_norm, opset)
         torch.onnx.register_custom_op_symbolic("rnnkit::hoisted_recurrence", _refuse_layer_norm, opset)
+        torch.onnx.register_custom_op_symbolic("rnnkit::linear_recurrence", _refuse_linear_recurrence, opset)
 
 
 def _translation(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse):
@@ -129,12 +134,21 @@ def _translation(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse):
 LAYER_NORM_REFUSED = "the LayerNorm variants have no native ONNX node; rnnkit refuses to export them rather than unroll them"
 
 
+LINEAR_RECURRENCE_REFUSED = ("minGRU, minLSTM and RG-LRU have no native ONNX node, and rnnkit does not export them as an unrolled "
+                             "loop; torch.export (rnnkit export --format pt2) keeps their scan as one op")
+
+
 def _refuse_layer_norm_translation(*args, **kwargs):
     raise ValueError(LAYER_NORM_REFUSED)
 
 
+def _refuse_linear_recurrence_translation(*args, **kwargs):
+    raise ValueError(LINEAR_RECURRENCE_REFUSED)
+
+
 def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``: native ONNX nodes for rnnkit's ops,
-    and a clear refusal for the LayerNorm variants' ops."""
+    and a clear refusal for the LayerNorm variants' and the linear recurrences' ops."""
     refused = (torch.ops.rnnkit.layer_norm_lstm.default, torch.ops.rnnkit.hoisted_recurrence.default)
-    return {torch.ops.rnnkit.recurrence.default: _translation, **{op: _refuse_layer_norm_translation for op in refused}}
+    return {torch.ops.rnnkit.recurrence.default: _translation, **{op: _refuse_layer_norm_translation for op in refused},
+            torch.ops.rnnkit.linear_recurrence.default: _refuse_linear_recurrence_translation}  # fmt: skip
