@@ -109,7 +109,7 @@ def plan(args, say=print):
             raise _shared.UsageError(f"--init: expected it with `train sentiment` (a new run), got it with {name or '--resume'}")
         if not (Path(args.init) / "model.safetensors").is_file():
             raise _shared.UsageError(f"--init: expected a run folder of `rnnkit train lm` with model.safetensors, got {args.init}")
-        overrides.append(f"pretrain.init={Path(args.init).resolve()}")
+        overrides[:0] = init_overrides(Path(args.init))
     if args.resume is None:
         if name is None:
             raise _shared.UsageError(f"TASK: expected a task to train (one of {list(tasks.TASKS)}) or --resume RUN, got neither")
@@ -137,6 +137,17 @@ def plan(args, say=print):
         fresh = task.config(args.size or "default", overrides, data)
     _runs.check_checkpoints(run)
     return task, _runs.resume_config(run, stored, fresh), run, True
+
+
+def init_overrides(run: Path) -> list[str]:
+    """``--init RUN``: pretraining from RUN's language model, whose embedding and LSTM sizes the classifier takes."""
+    task, lm_config = tasks.load_run(run)
+    if task.name != "lm":
+        raise _shared.UsageError(f"--init: expected a run folder of `rnnkit train lm`, got a {task.name} run in {run}")
+    rnn = lm_config.model.rnn
+    return ["pretrain.enabled=true", f"pretrain.init={run.resolve()}", f"model.embedding_dim={lm_config.model.embedding_dim}",
+            *(f"model.rnn.{key}={getattr(rnn, key)}" for key in ("cell", "hidden_size", "num_layers", "layer_norm", "nonlinearity")),
+            "model.rnn.bidirectional=false"]  # fmt: skip
 
 
 class StopOnSignal(Callback):

@@ -68,6 +68,9 @@ class DataConfig:
     split_seed: int = 0
     min_count: int = 2  # rarer training words become <unk>
     max_length: int = 60  # words; longer sentences are cut
+    # Counterfactual training sentences: the contrast set's rule-based edits (below) of the *training* sentences,
+    # label flipped, added to the training split of every model ("negation": "is not funny"; "antonym": "a bad film").
+    counterfactuals: list[Literal["negation", "antonym"]] = field(default_factory=list)
 
 
 @dataclass
@@ -234,6 +237,7 @@ def train(config: Config, run_dir: Path, say=print) -> Report:
     train_set, val_set, test_set = split(load_corpus(config.data.path), config.data)
     vocabulary = build_vocabulary([s for s, _ in train_set], config.data.min_count)
     say(f"{len(train_set)} train / {len(val_set)} validation / {len(test_set)} test sentences, {len(vocabulary)} words")
+    train_set = with_counterfactuals(train_set, vocabulary, config.data, say)
 
     rnn, mlp = build_models(config, len(vocabulary))
     rnn_vocabulary, notes = vocabulary, []
@@ -256,9 +260,19 @@ def train(config: Config, run_dir: Path, say=print) -> Report:
     return report(config, run_dir, (rnn, rnn_vocabulary), (mlp, vocabulary), train_set, val_set, test_set, notes)
 
 
+def with_counterfactuals(train_set, vocabulary, data: DataConfig, say=print) -> list[tuple[str, int]]:
+    """The training split, plus the counterfactual edits of its sentences that ``data.counterfactuals`` asks for."""
+    if not data.counterfactuals:
+        return train_set
+    edits = [(e.edited, 1 - e.label) for e in contrast_set(train_set, vocabulary) if e.rule in data.counterfactuals]
+    say(f"{len(edits)} counterfactual edits of training sentences ({', '.join(data.counterfactuals)}) join the training split")
+    return train_set + edits
+
+
 def evaluate(config: Config, run_dir: Path) -> Report:
     """Reload a run's two models and report them again on the same held-out split."""
     train_set, val_set, test_set = split(load_corpus(config.data.path), config.data)
+    train_set = with_counterfactuals(train_set, build_vocabulary([s for s, _ in train_set], config.data.min_count), config.data, say=lambda _: None)
     rnn, extra = load_model(run_dir / "model.safetensors")
     mlp, mlp_extra = load_model(run_dir / "baseline" / "model.safetensors")
     return report(config, run_dir, (rnn.eval(), extra["vocabulary"]), (mlp.eval(), mlp_extra["vocabulary"]), train_set, val_set, test_set)
@@ -334,10 +348,15 @@ def report(config: Config, run_dir: Path, rnn_and_vocabulary, mlp_and_vocabulary
 
 
 def predict(config: Config, run_dir: Path, text: str) -> str:
+    return predict_batch(config, run_dir, [text])[0]
+
+
+def predict_batch(config: Config, run_dir: Path, texts: list[str], batch_size: int = 256) -> list[str]:
+    """The label and its probability for each text, in batches of ``batch_size`` sentences through the model."""
     model, extra = load_model(run_dir / "model.safetensors")
-    p = probabilities(model.eval(), [text], extra["vocabulary"])[0]
-    label = int(p > 0.5)
-    return f"{LABELS[label]} (probability {max(p, 1 - p):.3f})"
+    model.eval()
+    p = [q for start in range(0, len(texts), batch_size) for q in probabilities(model, texts[start : start + batch_size], extra["vocabulary"])]
+    return [f"{LABELS[int(q > 0.5)]} (probability {max(q, 1 - q):.3f})" for q in p]
 
 
 from rnnkit.tasks.sentiment_explain import Contribution, explain, plot_contributions  # noqa: E402  (it reads with the functions above)
