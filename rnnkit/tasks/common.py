@@ -217,6 +217,18 @@ def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: Optim
     return runner
 
 
+@torch.no_grad()
+def stream_nll(model: torch.nn.Module, ids: torch.Tensor, chunk: int = 5000) -> float:
+    """A language model's mean -log p (nats) over positions 1..N-1 of one stream, the state carried through chunks."""
+    model.eval()
+    total, state = 0.0, None
+    for start in range(0, len(ids) - 1, chunk):
+        window = ids[start : start + chunk + 1]
+        logits, state = model(window[:-1].unsqueeze(0), state)
+        total += torch.nn.functional.cross_entropy(logits[0], window[1:], reduction="sum").item()
+    return total / (len(ids) - 1)
+
+
 def token_names(tokens, vocabulary: list[str]) -> Iterator[str]:
     """The vocabulary names of a one-row token stream (:func:`rnnkit.models.decoding.stream`), each drawn without grad.
 

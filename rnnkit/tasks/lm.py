@@ -162,23 +162,11 @@ def evaluate(config: Config, run_dir: Path) -> Report:
     return report(config, model.eval(), extra["vocabulary"], stream(train_docs)[: config.data.train_tokens], val_docs, test_docs)
 
 
-@torch.no_grad()
-def mean_nll(model: LanguageModel, ids: torch.Tensor, chunk: int = 2000) -> float:
-    """Mean -log p (nats) over positions 1..N-1 of one stream, the state carried through chunks."""
-    model.eval()
-    total, state = 0.0, None
-    for start in range(0, len(ids) - 1, chunk):
-        window = ids[start : start + chunk + 1]
-        logits, state = model(window[:-1].unsqueeze(0), state)
-        total += torch.nn.functional.cross_entropy(logits[0], window[1:], reduction="sum").item()
-    return total / (len(ids) - 1)
-
-
 def report(config: Config, model, vocabulary, train_tokens, val_docs, test_docs) -> Report:
     data = config.data
     test_ids = encode(stream(test_docs)[: data.eval_tokens], vocabulary)
     name = f"{config.model.rnn.cell.upper()} language model"
-    rows = {name: math.exp(mean_nll(model, test_ids))}
+    rows = {name: math.exp(common.stream_nll(model, test_ids))}
     train_np, test_np = encode(train_tokens, vocabulary).numpy(), test_ids.numpy()
     markov = MarkovModel(train_np, 1, len(vocabulary))
     rows["bigram, Witten-Bell"] = float(np.exp(-np.log(markov.probabilities(test_np, 1, "Witten-Bell")).mean()))
