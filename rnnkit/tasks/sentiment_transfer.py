@@ -32,7 +32,7 @@ from rnnkit.training.transfer import GradualUnfreezing, discriminative_param_gro
 
 @dataclass
 class PretrainConfig:
-    enabled: bool = True  # False: the classifier learns its own embeddings from the labelled sentences alone
+    enabled: bool = False  # True: ULMFiT's three stages (sentiment.ULMFIT); False: the classifier learns from the labelled sentences alone
     init: str | None = None  # an `rnnkit train lm` run (`--init RUN`); None: stage 1 runs here, on lm.data
     lm: lm.Config = field(default_factory=lambda: dataclasses.replace(lm.Config(), data=lm.DataConfig(train_tokens=None)))
     finetune_epochs: int = 2  # stage 2, on the training sentences
