@@ -40,7 +40,7 @@ def transfer_runs(tmp_path_factory):
     return root
 
 
-def test_train_lm_reads_every_file_and_reports_perplexity_beside_ngrams(transfer_runs):
+def test_train_lm_reads_every_file_and_reports_perplexity_beside_ngrams(transfer_runs, capsys):
     config = json.loads((transfer_runs / "lm" / "config.json").read_text())["config"]
     assert [p.rsplit("/", 1)[-1] for p in config["data"]["paths"]] == ["a.txt", "b.txt"]
     assert config["trainer"]["tbptt_k1"] == 35 and config["trainer"]["max_steps"] == 4
@@ -49,6 +49,9 @@ def test_train_lm_reads_every_file_and_reports_perplexity_beside_ngrams(transfer
     model, extra = load_model(transfer_runs / "lm" / "model.safetensors")
     assert extra["vocabulary"][:3] == ["<pad>", "<unk>", "<eos>"] and "plot" in extra["vocabulary"]
     assert all(0 < row["perplexity"] < len(extra["vocabulary"]) * 2 for row in results["rows"].values())
+    capsys.readouterr()
+    assert main(["eval", str(transfer_runs / "lm")]) == 0  # reloaded: the same held-out perplexity
+    assert f"{results['rows']['LSTM language model']['perplexity']:.2f}" in capsys.readouterr().out
 
 
 def test_sentiment_init_starts_from_the_language_model_and_fine_tunes_it(transfer_runs):
