@@ -116,6 +116,19 @@ def test_predict_reads_values_for_a_forecast(runs, capsys, monkeypatch):
     assert "text: expected numbers separated by spaces or commas" in capsys.readouterr().err
 
 
+def test_predict_file_reads_the_model_once_for_a_task_without_batches(runs, capsys, tmp_path):
+    rows = [" ".join(str(50 + (i + shift) % 12) for i in range(30)) for shift in (0, 5)]
+    (tmp_path / "rows.txt").write_text("\n".join(rows) + "\n")
+    assert main(["predict", str(runs["co2"]), "--file", str(tmp_path / "rows.txt")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0] != out[1]
+    assert main(["predict", str(runs["co2"]), rows[1]]) == 0
+    assert capsys.readouterr().out.strip() == out[1]
+    (tmp_path / "bad.txt").write_text(rows[0] + "\n1 2 x\n")
+    assert main(["predict", str(runs["co2"]), "--file", str(tmp_path / "bad.txt")]) == 1
+    assert "line 2: text: expected numbers separated by spaces or commas" in capsys.readouterr().err
+
+
 def test_generate_samples_from_a_language_model(runs, capsys):
     assert main(["generate", str(runs["charlm"]), "--prime", "the ", "--temperature", "0.8", "--length", "50"]) == 0
     assert capsys.readouterr().out.startswith("the ")

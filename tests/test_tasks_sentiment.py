@@ -83,8 +83,12 @@ def test_trains_end_to_end_and_beats_the_majority_class(tmp_path):
     config = task.config("fast", overrides, data=str(tmp_path / "reviews.csv"))
     run = tmp_path / "run"
     report = task.train(config, run, say=lambda message: None)
-    rnn, _, majority = report.rows.values()
+    rnn, _, nbsvm, majority = report.rows.values()
     assert rnn["accuracy"] >= 0.9 and majority["accuracy"] <= 0.6  # the stated check: far above the majority class
+    assert nbsvm["accuracy"] >= majority["accuracy"] + 0.1  # bigrams read "not good", though not "not really good"
+    for row in (rnn, nbsvm, majority):  # sqrt(a (1 - a) / n) on the 120 test sentences
+        assert row["std error"] == pytest.approx((row["accuracy"] * (1 - row["accuracy"]) / 120) ** 0.5)
+    assert majority["std error"] > 0.04
     assert rnn["negations"] >= 0.8  # "the film is good" -> "the film is not good", label flipped: the RNN reads it
     for name in ("config.json", "model.safetensors", "baseline/model.safetensors", "metrics.csv", "loss.png", "REPORT.md", "results.json"):
         assert (run / name).is_file(), name

@@ -19,6 +19,8 @@ examples:
   rnnkit train co2 model.rnn.cell=lstm data.horizon=26 trainer.max_epochs=60
   rnnkit train charlm --size demo --out runs/charlm-small
   rnnkit train sentiment --data reviews.csv      # your own data: see docs/tasks.md
+  rnnkit train lm --data a.txt b.txt --out runs/lm   # a word-level language model on plain text
+  rnnkit train sentiment --init runs/lm          # fine-tune the LM on the sentences, then the classifier
   rnnkit train --resume runs/charlm              # after Ctrl-C or a crash: continue exactly
   rnnkit train --resume runs/charlm trainer.max_steps=10000   # train a finished run longer
 
@@ -42,7 +44,9 @@ def register(subparsers) -> None:
                                    epilog=EPILOG.format(tasks=listing, safe=", ".join(_runs.SAFE_KEYS)))  # fmt: skip
     parser.add_argument("task", nargs="?", metavar="TASK", help="one of: " + ", ".join(tasks.TASKS) + " (optional with --resume)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.max_epochs=5")
-    parser.add_argument("--data", metavar="PATH", help="train on your own file instead of the built-in data (format: the task's docs)")
+    parser.add_argument("--data", metavar="PATH", nargs="+", action="extend",
+                        help="train on your own file(s) instead of the built-in data (format: the task's docs; lm takes several)")
+    parser.add_argument("--init", metavar="RUN", help="sentiment: start from the language model of an `rnnkit train lm` run (fine-tuned, then the classifier)")
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/TASK); it must be new or empty, see --overwrite")
     parser.add_argument("--size", choices=tasks.SIZES, help="model and training size (default: default)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint, with its config")
@@ -96,7 +100,16 @@ def plan(args, say=print):
         overrides, name = [name, *overrides], None
     if name is not None and name not in tasks.TASKS:
         raise _shared.UsageError(f"TASK: expected one of {list(tasks.TASKS)}, got {name!r}")
-    data = args.data and str(Path(args.data).resolve())  # eval works from anywhere
+    data_files = list(args.data or [])
+    overrides += [item for item in data_files if "=" in item and not Path(item).exists()]  # `--data a.txt b.txt key=value`
+    data_files = [item for item in data_files if item not in overrides]
+    data = [str(Path(item).resolve()) for item in data_files] or None  # eval works from anywhere
+    if args.init is not None:
+        if name != "sentiment" or args.resume is not None:
+            raise _shared.UsageError(f"--init: expected it with `train sentiment` (a new run), got it with {name or '--resume'}")
+        if not (Path(args.init) / "model.safetensors").is_file():
+            raise _shared.UsageError(f"--init: expected a run folder of `rnnkit train lm` with model.safetensors, got {args.init}")
+        overrides[:0] = init_overrides(Path(args.init))
     if args.resume is None:
         if name is None:
             raise _shared.UsageError(f"TASK: expected a task to train (one of {list(tasks.TASKS)}) or --resume RUN, got neither")
@@ -124,6 +137,17 @@ def plan(args, say=print):
         fresh = task.config(args.size or "default", overrides, data)
     _runs.check_checkpoints(run)
     return task, _runs.resume_config(run, stored, fresh), run, True
+
+
+def init_overrides(run: Path) -> list[str]:
+    """``--init RUN``: pretraining from RUN's language model, whose embedding and LSTM sizes the classifier takes."""
+    task, lm_config = tasks.load_run(run)
+    if task.name != "lm":
+        raise _shared.UsageError(f"--init: expected a run folder of `rnnkit train lm`, got a {task.name} run in {run}")
+    rnn = lm_config.model.rnn
+    return ["pretrain.enabled=true", f"pretrain.init={run.resolve()}", f"model.embedding_dim={lm_config.model.embedding_dim}",
+            *(f"model.rnn.{key}={getattr(rnn, key)}" for key in ("cell", "hidden_size", "num_layers", "layer_norm", "nonlinearity")),
+            "model.rnn.bidirectional=false"]  # fmt: skip
 
 
 class StopOnSignal(Callback):

@@ -48,15 +48,24 @@ class InputConfig:
     embedding_dim: int = 32
     feature_size: int | None = None
     padding_idx: int | None = 0
+    embedding_dropout: float = 0.0  # whole words (AWD-LSTM); tokens only, see InputEncoder
 
     def __post_init__(self) -> None:
         if (self.vocab_size is None) == (self.feature_size is None):
             raise errors.fail("input", "exactly one of vocab_size (tokens) or feature_size (continuous)",
                               f"vocab_size={self.vocab_size}, feature_size={self.feature_size}")  # fmt: skip
+        check_embedding_dropout(self.embedding_dropout)
+        if self.embedding_dropout and self.vocab_size is None:
+            raise errors.fail("embedding_dropout", "0 for continuous features (it drops whole words of a vocabulary)", self.embedding_dropout)
 
     @property
     def output_size(self) -> int:
         return self.embedding_dim if self.vocab_size is not None else self.feature_size
+
+
+def check_embedding_dropout(p: object) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise errors.fail("embedding_dropout", "a probability in [0, 1)", p)
 
 
 def make_layer(rnn: RecurrentConfig, input_size: int) -> rnnkit.RecurrentLayer:
@@ -73,7 +82,17 @@ def make_layer(rnn: RecurrentConfig, input_size: int) -> rnnkit.RecurrentLayer:
 
 
 class InputEncoder(nn.Module):
-    """Embeds tokens, or passes continuous features through, then applies dropout."""
+    r"""Embeds tokens, or passes continuous features through, then applies dropout.
+
+    Embedding dropout (Gal & Ghahramani, 2016, section 4; AWD-LSTM, Merity et
+    al., 2018, section 4.3), in training only: each word w of the vocabulary
+    keeps its embedding row with probability 1 - p, scaled by 1 / (1 - p),
+    and is zeroed otherwise, :math:`E' = \mathrm{diag}(m) E / (1 - p)`, with
+    :math:`m_w \sim \mathrm{Bernoulli}(1 - p)` drawn once per forward call. A
+    dropped word is dropped at every position and in every sequence of the
+    batch, so the model cannot lean on any single word; the expectation of
+    each row is unchanged. In eval mode it is the identity.
+    """
 
     def __init__(self, config: InputConfig, dropout: float = 0.0) -> None:
         super().__init__()
@@ -88,10 +107,18 @@ class InputEncoder(nn.Module):
         if self.embedding is not None:
             if x.dtype.is_floating_point:
                 raise errors.fail("inputs", "integer token ids for a model with vocab_size", f"dtype {x.dtype}")
-            return self.dropout(self.embedding(x))
+            return self.dropout(self.embed(x))
         if x.dim() != 3 or x.shape[-1] != self.config.feature_size:
             raise errors.fail("inputs", f"features of shape (batch, time, {self.config.feature_size})", f"shape {tuple(x.shape)}")
         return self.dropout(x)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The embedding of token ids ``x``, with whole-word dropout in training (see the class docstring)."""
+        p, weight = self.config.embedding_dropout, self.embedding.weight
+        if not (self.training and p):
+            return self.embedding(x)
+        keep = torch.empty(weight.shape[0], 1, dtype=weight.dtype, device=weight.device).bernoulli_(1 - p) / (1 - p)
+        return F.embedding(x, weight * keep, self.embedding.padding_idx)
 
 
 def split_inputs(inputs) -> tuple[Tensor, Tensor | None]:

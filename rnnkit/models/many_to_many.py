@@ -84,6 +84,7 @@ class LanguageModelConfig:
     dropout: float = 0.0
     tie_weights: bool = False
     pad_id: int | None = None  # targets equal to it do not count
+    embedding_dropout: float = 0.0  # whole words (AWD-LSTM), see rnnkit.models.common.InputEncoder
 
 
 @register
@@ -100,7 +101,8 @@ class LanguageModel(nn.Module):
             raise errors.fail("tie_weights", "embedding_dim == hidden_size, so the embedding can be the output layer",
                               f"embedding_dim={config.embedding_dim}, hidden_size={config.rnn.hidden_size}")  # fmt: skip
         self.config = config
-        self.encoder = InputEncoder(InputConfig(vocab_size=config.vocab_size, embedding_dim=config.embedding_dim, padding_idx=None), config.dropout)
+        self.encoder = InputEncoder(InputConfig(vocab_size=config.vocab_size, embedding_dim=config.embedding_dim, padding_idx=None,
+                                                 embedding_dropout=config.embedding_dropout), config.dropout)  # fmt: skip
         self.rnn = make_layer(config.rnn, config.embedding_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.rnn.hidden_size, config.vocab_size)

@@ -24,6 +24,7 @@ model of a run from its checkpoint (``rnnkit train --resume``).
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,10 @@ class Task:
     def load(self):
         return importlib.import_module(self.module)
 
-    def config(self, size: str = "default", overrides: list[str] = (), data: str | None = None):
-        """The task's config: preset, then ``size``, then ``overrides`` (``"a.b=value"``), then the data file.
+    def config(self, size: str = "default", overrides: list[str] = (), data: str | list[str] | None = None):
+        """The task's config: preset, then ``size``, then ``overrides`` (``"a.b=value"``), then the data file(s).
+
+        ``data`` is one file (``data.path``), or a list of them for a task whose data takes several (``data.paths``).
 
         Any invalid value, including one its dataclass rejects, is a :class:`~rnnkit.config.ConfigError`.
         """
@@ -50,7 +53,7 @@ class Task:
         if size not in SIZES:
             raise configs.ConfigError(f"size: expected one of {list(SIZES)}, got {size!r}")
         preset = module.PRESETS[self.preset] if self.preset else []
-        extra = [f"data.path={data}"] if data is not None else []
+        extra = [] if data is None else data_overrides(module.Config().data, data)
         try:
             return configs.apply_overrides(module.Config(), [*preset, *module.SIZES.get(size, []), *overrides, *extra])
         except configs.ConfigError:
@@ -68,12 +71,22 @@ class Task:
         return report
 
 
+def data_overrides(data_config, data: str | list[str]) -> list[str]:
+    files = [data] if isinstance(data, str) else list(data)
+    if hasattr(data_config, "paths"):
+        return [f"data.paths={json.dumps(files)}"]
+    if len(files) != 1:
+        raise configs.ConfigError(f"--data: expected one file for this task, got {len(files)}: {files}")
+    return [f"data.path={files[0]}"]
+
+
 TASKS = {
     task.name: task
     for task in [
         Task("sentiment", "rnnkit.tasks.sentiment", "sentence sentiment, many-to-one (Pang & Lee's Rotten Tomatoes sentences)"),
         Task("co2", "rnnkit.tasks.forecasting", "weekly CO2 forecasting, one and many steps ahead (Mauna Loa, statsmodels)", "co2"),
         Task("stocks", "rnnkit.tasks.forecasting", "daily stock-price forecasting (Microsoft, pmdarima)", "msft"),
+        Task("lm", "rnnkit.tasks.lm", "word-level language model on plain text, truncated BPTT (Pang & Lee's movie reviews)"),
         Task("charlm", "rnnkit.tasks.charlm", "character-level text generation, truncated BPTT (Shakespeare)"),
         Task("translation", "rnnkit.tasks.translation", "English to French translation, encoder-decoder with attention (Bible verses)"),
         Task("captioning", "rnnkit.tasks.captioning", "captions for strips of handwritten digits, one-to-many (scikit-learn's digits)"),

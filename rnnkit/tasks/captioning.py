@@ -376,9 +376,9 @@ def plot_captions(path: Path, strips: Strips, hypotheses, references, shown: int
     plt.close(fig)
 
 
-def predict(config: Config, run_dir: Path, text: str) -> str:
+def predict(config: Config, run_dir: Path, text: str, loaded: tuple | None = None) -> str:
     """The greedy caption of a strip built from held-out test images of the digits in ``text`` ("419"), or of an image file."""
-    model, _ = load_model(run_dir / "model.safetensors")
+    model, _ = loaded or load_model(run_dir / "model.safetensors")
     text = text.strip()
     if re.fullmatch(r"\d+", text):
         image, note = test_strip(config, text)

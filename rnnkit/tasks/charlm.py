@@ -187,16 +187,9 @@ def evaluate(config: Config, run_dir: Path) -> Report:
     return report(config, run_dir, model.eval(), extra["vocabulary"], *load_texts(config.data))
 
 
-@torch.no_grad()
 def bits_per_character(model: LanguageModel, ids: torch.Tensor, chunk: int = 5000) -> float:
     """Mean -log2 p over positions 1..N-1 of one stream, the state carried through chunks (the same as one call)."""
-    model.eval()
-    total, state = 0.0, None
-    for start in range(0, len(ids) - 1, chunk):
-        window = ids[start : start + chunk + 1]
-        logits, state = model(window[:-1].unsqueeze(0), state)
-        total += torch.nn.functional.cross_entropy(logits[0], window[1:], reduction="sum").item()
-    return total / (len(ids) - 1) / math.log(2)
+    return common.stream_nll(model, ids, chunk) / math.log(2)
 
 
 def report(config: Config, run_dir: Path, model, vocabulary, train_text: str, val_text: str, test_text: str) -> Report:

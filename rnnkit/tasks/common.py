@@ -188,8 +188,13 @@ def fit_options(resume: bool = False, callbacks=()):
         _fit_options.reset(token)
 
 
-def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: OptimConfig, run_dir: Path) -> Trainer:
+def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: OptimConfig, run_dir: Path, *,
+        param_groups: list[dict] | None = None, schedule=None, callbacks=()) -> Trainer:  # fmt: skip
     """Train with Adam, writing the trainer's records to ``run_dir``.
+
+    ``param_groups`` (default: all parameters at ``optim.lr``) may give each
+    group its own rate; ``schedule(optimizer)`` returns a per-step scheduler;
+    ``callbacks`` are added to the trainer's.
 
     Keeps the final weights, unless an earlier validation (saved by the trainer
     as best.safetensors) did better than they do. Under ``fit_options(resume=True)``
@@ -197,9 +202,10 @@ def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: Optim
     (a model that had finished trains no further), else it starts afresh.
     """
     config = dataclasses.replace(trainer, run_dir=str(run_dir))
-    optimizer = torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    optimizer = torch.optim.Adam(param_groups or model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     options = _fit_options.get()
-    runner = Trainer(model, optimizer, config, callbacks=list(options.callbacks))
+    scheduler = schedule(optimizer) if schedule is not None else None
+    runner = Trainer(model, optimizer, config, scheduler=scheduler, callbacks=[*callbacks, *options.callbacks])
     if options.resume and (run_dir / "checkpoint.safetensors").is_file():
         runner.resume(run_dir / "checkpoint.safetensors")
     runner.fit(train, val)
@@ -209,6 +215,18 @@ def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: Optim
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     model.eval()
     return runner
+
+
+@torch.no_grad()
+def stream_nll(model: torch.nn.Module, ids: torch.Tensor, chunk: int = 5000) -> float:
+    """A language model's mean -log p (nats) over positions 1..N-1 of one stream, the state carried through chunks."""
+    model.eval()
+    total, state = 0.0, None
+    for start in range(0, len(ids) - 1, chunk):
+        window = ids[start : start + chunk + 1]
+        logits, state = model(window[:-1].unsqueeze(0), state)
+        total += torch.nn.functional.cross_entropy(logits[0], window[1:], reduction="sum").item()
+    return total / (len(ids) - 1)
 
 
 def token_names(tokens, vocabulary: list[str]) -> Iterator[str]:

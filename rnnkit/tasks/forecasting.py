@@ -378,9 +378,9 @@ def plot_forecasts(path: Path, y, observed, origins, targets, forecasts: dict[st
     plt.close(fig)
 
 
-def predict(config: Config, run_dir: Path, text: str) -> str:
-    """Forecast the next H values after the values in ``text`` (numbers separated by spaces or commas)."""
-    model, extra = load_model(run_dir / "model.safetensors")
+def predict(config: Config, run_dir: Path, text: str, loaded: tuple | None = None) -> str:
+    """Forecast the next H values after the values in ``text`` (numbers separated by spaces or commas); ``loaded``: the run's ``load_model``."""
+    model, extra = loaded or load_model(run_dir / "model.safetensors")
     data = config.data
     try:
         values = np.array([float(v) for v in re.split(r"[\s,;]+", text.strip()) if v], dtype=np.float64)

@@ -296,9 +296,9 @@ def report(config: Config, rnn, mlp, train_words, test_set) -> Report:
                   plots=["loss.png", "baseline/loss.png"])  # fmt: skip
 
 
-def predict(config: Config, run_dir: Path, text: str) -> str:
+def predict(config: Config, run_dir: Path, text: str, loaded: tuple | None = None) -> str:
     """Recognise a WAV file, or digit words synthesised with the first held-out voice (then also their WER)."""
-    model, _ = load_model(run_dir / "model.safetensors")
+    model, _ = loaded or load_model(run_dir / "model.safetensors")
     path = Path(text)
     if path.suffix.lower() == ".wav" or path.is_file():
         audio, rate = read_recording(common.read_bytes(path), str(path))

@@ -410,8 +410,14 @@ def plot_attention(model: Seq2Seq, sentence: str, vocabularies, path: Path) -> N
 
 def predict(config: Config, run_dir: Path, text: str) -> str:
     """The beam-search translation of one sentence."""
-    if not tokenize(text):
-        raise DataError(f"TEXT: expected a sentence to translate, got {text!r}")
+    return predict_batch(config, run_dir, [text])[0]
+
+
+def predict_batch(config: Config, run_dir: Path, texts: list[str]) -> list[str]:
+    """The beam-search translations of several sentences, with the model read once."""
+    for number, text in enumerate(texts, 1):
+        if not tokenize(text):
+            raise DataError(f"TEXT{f' (line {number})' if len(texts) > 1 else ''}: expected a sentence to translate, got {text!r}")
     model, extra = load_model(run_dir / "model.safetensors")
     vocabularies = [extra["source_vocabulary"], extra["target_vocabulary"]]
-    return translate(model.eval(), [text], vocabularies, config.beam_size, config.length_penalty, extra["lexicon"])[0]
+    return translate(model.eval(), texts, vocabularies, config.beam_size, config.length_penalty, extra["lexicon"])
