@@ -8,7 +8,8 @@ choice of execution ``engine=``.
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.engine.onnx_export import translation_table as onnx_translation_table
 from rnnkit.layers import GRU, LSTM, RNN, RecurrentLayer
+from rnnkit.layers.quantized import quantize_dynamic
 
 __version__ = "0.1.0"
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "RecurrentLayer", "__version__", "onnx_translation_table"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "RecurrentLayer", "__version__", "onnx_translation_table", "quantize_dynamic"]
