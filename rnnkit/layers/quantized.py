@@ -38,7 +38,7 @@ SCHEME = "int8"  # the value of ``quantized`` in a checkpoint's metadata
 
 
 def quantize_dynamic(model: nn.Module, linear: bool = False) -> nn.Module:
-    """A copy of ``model`` with its rnnkit layers and cells (and, with ``linear``, its nn.Linear) in int8.
+    """A copy of ``model`` in eval mode with its rnnkit layers and cells (and, with ``linear``, its nn.Linear) in int8.
 
     The original is not changed. Raises ValueError for a module it cannot convert (see the module docstring).
     """
@@ -47,7 +47,7 @@ def quantize_dynamic(model: nn.Module, linear: bool = False) -> nn.Module:
     if _convertible(converted, linear):
         return _convert(converted, "model")
     _convert_children(converted, linear, "model")
-    return converted
+    return converted.eval()  # for inference: dropout off everywhere, as the int8 modules are
 
 
 def is_quantized(model: nn.Module) -> bool:

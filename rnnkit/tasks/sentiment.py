@@ -241,12 +241,12 @@ def train(config: Config, run_dir: Path, say=print) -> Report:
     return report(config, run_dir, rnn, mlp, vocabulary, train_set, test_set)
 
 
-def evaluate(config: Config, run_dir: Path) -> Report:
-    """Reload a run's two models and report them again on the same held-out split."""
+def evaluate(config: Config, run_dir: Path, quantize: str | None = None) -> Report:
+    """Reload a run's two models and report them again on the same held-out split (the RNN in int8 with ``quantize``)."""
     train_set, _, test_set = split(load_corpus(config.data.path), config.data)
     rnn, extra = load_model(run_dir / "model.safetensors")
     mlp, _ = load_model(run_dir / "baseline" / "model.safetensors")
-    return report(config, run_dir, rnn.eval(), mlp.eval(), extra["vocabulary"], train_set, test_set)
+    return report(config, run_dir, common.quantized(rnn, quantize), mlp.eval(), extra["vocabulary"], train_set, test_set)
 
 
 def accuracy(model, pairs, vocabulary, data: DataConfig) -> float:
