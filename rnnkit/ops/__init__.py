@@ -1,7 +1,7 @@
 """The one seam between Python and the compiled kernels: operators registered with ``torch.library``.
 
-Every compiled kernel is an op of the ``rnnkit_fused`` library (``csrc/fused_loops.cpp``,
-built on first use by :mod:`rnnkit.ops.build`):
+Every compiled kernel is an op of the ``rnnkit_fused`` library (``csrc/fused_loops.cpp`` and the
+fragments in the other ``csrc/*.cpp``, built on first use by :mod:`rnnkit.ops.build`):
 
 =============================  ==========================================================
 ``forward_loop``               a sequence's recurrence from its input projections, with history
@@ -10,6 +10,8 @@ built on first use by :mod:`rnnkit.ops.build`):
 ``cell_step``                  one step of a stand-alone cell, for inference
 ``layer_norm_lstm_forward``    the LayerNorm LSTM's recurrence, with history
 ``layer_norm_lstm_backward``   and its backward
+``int8_linear``                ``x W^T + b`` with int8 W, rows of x quantized on the fly (``csrc/lowp_loops.cpp``)
+``int8_recurrence``            a direction's int8 recurrence, inference only (``csrc/lowp_loops.cpp``)
 =============================  ==========================================================
 
 Each op has a schema (C++ ``TORCH_LIBRARY``), a CPU kernel, a fake kernel for shape
