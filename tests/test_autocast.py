@@ -63,7 +63,7 @@ def test_dtypes_and_values_match_torch_nn_under_autocast(family, options):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gradients_match_float32_within_bf16_rounding(family):
-    layer = family(8, 16, num_layers=2)
+    layer = family(8, 16, num_layers=2, bidirectional=True)
     x = torch.randn(11, 4, 8)
     out, final, grads = gradients(layer, x, autocast=True)
     reference_out, _, reference_grads = gradients(layer, x, autocast=False)

@@ -44,6 +44,14 @@ def test_layers_match_float32(family, options):
     assert layer.weight_ih_l0.dtype == torch.float32  # the original is left as it was
 
 
+def test_relu_rnn_layer_and_cell():
+    layer, cell = rnnkit.RNN(4, 9, nonlinearity="relu"), rnnkit.RNNCell(4, 9, nonlinearity="relu")
+    x = torch.randn(5, 2, 4)
+    with torch.no_grad():
+        assert relative(rnnkit.quantize_dynamic(layer)(x)[0], layer(x)[0]) < INT8
+        assert relative(rnnkit.quantize_dynamic(cell)(x[0]), cell(x[0])) < INT8
+
+
 def test_lengths_keep_padding_zero_and_states_at_each_end():
     layer = rnnkit.LSTM(4, 6, num_layers=2)
     quantized = rnnkit.quantize_dynamic(layer)
