@@ -71,20 +71,32 @@ def gemm_peak(device: torch.device, n: int = 2048, repeats: int = 10) -> dict[st
             rates[name] = "not available in this torch build"
             continue
         try:
-            fn()
-            sync()
-            best = float("inf")
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                sync()
-                best = min(best, time.perf_counter() - start)
-            rates[name] = flops / best / 1e9
+            rates[name] = flops / best_time(fn, repeats, sync) / 1e9
         except (RuntimeError, NotImplementedError) as error:
             rates[name] = f"failed: {str(error).splitlines()[0][:80]}"
     return rates
 
 
-def peak_of(rates: dict[str, float | str]) -> float:
-    """The highest measured rate, in GFLOP/s."""
-    return max(rate for rate in rates.values() if isinstance(rate, float))
+def best_time(fn, repeats: int, sync=lambda: None) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``fn``, after one call to warm up."""
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+LOW_PRECISIONS = ("bf16", "int8")  # kernels of these precisions are named with the precision first
+
+
+def peak_of(rates: dict[str, float | str], precision: str = "float32") -> float:
+    """The highest measured rate of a precision (float32: the kernels not named bf16/int8), in GFLOP/s; NaN if none."""
+    chosen = [
+        rate for name, rate in rates.items()
+        if isinstance(rate, float) and (name.startswith(f"{precision} ") if precision in LOW_PRECISIONS else not name.startswith(LOW_PRECISIONS))
+    ]  # fmt: skip
+    return max(chosen) if chosen else float("nan")

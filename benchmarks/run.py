@@ -3,6 +3,7 @@
     python -m benchmarks.run                      # configs A, B, C; writes docs/benchmarks.md
     python -m benchmarks.run --configs B --cells gru --repeats 9
     python -m benchmarks.run --quick --out /tmp/bench.md   # tiny sizes, a smoke check
+    python -m benchmarks.run --single-process      # the old order: every config in this one process
 
 What is measured, for each config and cell (LSTM, GRU, Elman RNN with tanh),
 single layer, unidirectional, float32, time-major input:
@@ -14,8 +15,14 @@ single layer, unidirectional, float32, time-major input:
 * streaming: B=1, I=32, H=128, one step per call with the state carried,
   torch.nn's cells against rnnkit's cells and rnnkit's layers fed length-1
   sequences;
+* bf16 autocast (inference and training) against torch.nn under the same
+  autocast, and int8 inference against torch.nn float32 and torch.ao's
+  ``quantize_dynamic`` (:mod:`benchmarks.precision`);
 * achieved GFLOP/s (:mod:`benchmarks.flops`) as a fraction of this machine's
-  GEMM peak, measured in the same run.
+  GEMM peak of the same precision, measured in the same run.
+
+Each config runs in a fresh process (:mod:`benchmarks.fresh`), unless
+``--single-process``.
 
 Contenders are torch.nn's layer, rnnkit with ``engine="auto"``, every other
 engine in :data:`rnnkit.engine.ENGINES`, and (LSTM training only, when the
@@ -45,7 +52,7 @@ if __package__ in (None, ""):  # run as a script, `python benchmarks/run.py`: ma
 
 import rnnkit
 import rnnkit.engine
-from benchmarks import flops, timing
+from benchmarks import flops, fresh, precision, timing
 
 
 @dataclass(frozen=True)
@@ -223,20 +230,37 @@ def bench_layers(cell: str, config: str, shape: Shape, device: torch.device, arg
             calls[(name, "inference")] = inference_call(model, x)
     for name, model in models.items():
         calls[(name, "training")] = training_call(model, x)
+    if not args.no_precision and report.auto_label in models:
+        calls.update(checked_precision_calls(models[TORCH], models[report.auto_label], x, expected, diffs, f"{device.type} {config} {cell}", report))
     repeats = args.repeats_c if config == "C" else args.repeats
     warmup = min(args.warmup, 1) if config == "C" else args.warmup
     keys = list(calls)
     samples = timing.interleaved({f"{n}|{m}": calls[(n, m)] for n, m in keys}, repeats, warmup, timing.synchronizer(device))
     for name, mode in keys:
         stats = timing.summarize(samples[f"{name}|{mode}"]).scaled(1e3)
-        work = forward if mode == "inference" else flops.training_flops(forward)
-        diff = diffs[name] if mode == "inference" else None
+        work = forward if mode.startswith("inference") else flops.training_flops(forward)
+        diff = diffs.get(name if mode == "inference" else (name, mode)) if mode.startswith("inference") else None
         report.timed.append(Timed(device.type, config, cell, mode, name, stats, work, diff))
 
     if not args.no_memory:
         for name, model in models.items():  # every model is warm: it ran its training step above
             model.zero_grad(set_to_none=True)
             report.memory.append((device.type, config, cell, name, timing.peak_memory(_no_zero_grad(model, x), device)))
+
+
+def checked_precision_calls(torch_layer, kit_layer, x, expected, diffs, where: str, report: Report) -> dict:
+    """The bf16 and int8 rows' calls that run (one call each, its output's difference from torch.nn's float32
+    output kept in ``diffs[(contender, mode)]``); a failing one is a note."""
+    found = {}
+    for (name, mode), call in precision.calls(torch_layer, kit_layer, report.auto_label, TORCH, x, report.notes).items():
+        try:
+            out = call()
+            if mode.startswith("inference"):
+                diffs[(name, mode)] = (out[0].float() - expected).abs().max().item()
+            found[(name, mode)] = call
+        except Exception as error:  # noqa: BLE001 - a broken contender is reported, not fatal
+            report.notes.append(f"{where}: {name} ({mode}) failed and was skipped ({type(error).__name__}: {error})")
+    return found
 
 
 def _no_zero_grad(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -359,6 +383,7 @@ def targets(report: Report) -> list[tuple[str, str, str]]:
                 for mode in ("inference", "training"):
                     value = ratio(median(config, cell, mode, auto), median(config, cell, mode, COMPILED))
                     add(f"{config} {CELL_TITLE[cell]} {mode}: eager / torch.compile'd rnnkit >= 1.0x (no slower)", value, 1.0)
+    precision.targets(median, report.configs, report.args.cells, auto, TORCH, add, ratio, CELL_TITLE)
     by_cell: dict[str, dict[str, float]] = {}
     for cell, name, stats, _ in report.streaming:
         by_cell.setdefault(cell, {})[name] = stats.median
@@ -391,7 +416,11 @@ CAVEATS = [
     "large blocks are freed, so on what ran earlier in the process. At config B this swings whole rows. With the "
     "same code, LSTM training measured 1.29-1.31x (LayerNorm LSTM 0.88-0.90x of nn.LSTM's time) in runs of B alone, "
     "and 0.73-1.24x, four of five runs below 1.0x (LayerNorm LSTM 1.05-2.25x, three of five above 1.5x), in full "
-    "runs, which start with config A. Run `--configs B` to see the other state."),
+    "runs, which start with config A. So each config now runs in a fresh process (the default); `--single-process` "
+    "keeps the old order."),
+    ("bf16 and int8 rows: `% peak` divides by the GEMM peak of the same precision measured in this run (bf16 "
+    "`torch.mm`; int8: the better of rnnkit's and torch.ao's dynamic int8 linear, GOP/s). Their `max abs diff` "
+    "is against torch.nn's float32 output: the precision's rounding, not an error."),
 ]
 
 
@@ -470,6 +499,12 @@ def render(report: Report, command: str) -> str:
         "step, so it frees no block allocated before profiling. Cross-check: the CPU allocator reports its own "
         "running total with each event; its maximum minus its starting value is shown beside the peak and should be equal. "
         "On CUDA: `torch.cuda.max_memory_allocated` after a reset."),
+        ("- Process: " + ("every config in this one process, one after the other (`--single-process`)." if args.single_process
+         else "each config in a fresh `python -m benchmarks.run` process of its own (the GEMM peaks and streaming in the "
+         "parent), so that no config inherits another's allocator state.")),
+        ("- Low precision: `inference bf16` / `training bf16` call torch.nn and rnnkit both under "
+        "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`; `inference int8` times torch.nn float32 (the ratio's base), "
+        f"`{precision.TORCH_AO}` and `{precision.RNNKIT_INT8}`, interleaved with the float32 rows."),
         (f"- Streaming: B=1, I={report.args.stream_shape.input}, H={report.args.stream_shape.hidden}, "
         f"{args.stream_steps} steps per call, one step at a time with the state carried, under `torch.no_grad()`; "
         "µs per step."),
@@ -489,14 +524,16 @@ def render(report: Report, command: str) -> str:
     for device in dict.fromkeys(t.device for t in report.timed):
         peak = flops.peak_of(report.peaks[device])
         out += [f"## Layers ({device})", ""]
+        peaks = {p: flops.peak_of(report.peaks[device], p) for p in ("float32", "bf16", "int8")}
         rows = []
         for t in (t for t in report.timed if t.device == device):
             nn_ms = report.median(device, t.config, t.cell, t.mode, TORCH)
             gflops = t.flops / (t.ms.median / 1e3) / 1e9
             median, iqr = fmt_stats(t.ms)
+            mode_peak = peaks[precision.precision_of(t.mode)]
             rows.append([
-                t.config, CELL_TITLE[t.cell], t.mode, t.contender, median, iqr, f"{nn_ms / t.ms.median:.2f}x",
-                f"{gflops:.1f}", f"{100 * gflops / peak:.0f}%", "" if t.max_diff is None else f"{t.max_diff:.1e}",
+                t.config, CELL_TITLE[t.cell], t.mode, t.contender, median, iqr, "-" if nn_ms is None else f"{nn_ms / t.ms.median:.2f}x",
+                f"{gflops:.1f}", f"{100 * gflops / mode_peak:.0f}%" if mode_peak == mode_peak else "-", "" if t.max_diff is None else f"{t.max_diff:.1e}",
             ])  # fmt: skip
         header = ["config", "cell", "mode", "contender", "median ms", "IQR ms", "ratio", "GFLOP/s", "% peak", "max abs diff"]
         out += [table(header, rows), ""]
@@ -515,10 +552,11 @@ def render(report: Report, command: str) -> str:
             out += [table(header, mem_rows), ""]
 
         n = args.gemm_n
-        out += [(f"### GEMM peak ({device}, float32, {n}x{n} @ {n}x{n}, best of {args.gemm_repeats} calls at the start "
-                "and as many at the end)"), ""]  # fmt: skip
+        out += [(f"### GEMM peak ({device}, {n}x{n} @ {n}x{n}, best of {args.gemm_repeats} calls at the start "
+                "and as many at the end; float32 unless named)"), ""]  # fmt: skip
         peak_rows = [[k, f"{v:.1f}" if isinstance(v, float) else v] for k, v in report.peaks[device].items()]
-        out += [table(["kernel", "GFLOP/s"], peak_rows), "", f"Peak used for `% peak`: {peak:.1f} GFLOP/s.", ""]
+        used = ", ".join(f"{p} {v:.1f}" for p, v in peaks.items() if v == v)
+        out += [table(["kernel", "GFLOP/s"], peak_rows), "", f"Peaks used for `% peak` (GFLOP/s; int8 GOP/s): {used}.", ""]
 
     if report.streaming:
         out += ["## Streaming (CPU, one step per call)", ""]
@@ -551,6 +589,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-streaming", action="store_true", help="skip the streaming benchmark")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd rnnkit contender")
+    parser.add_argument("--no-precision", action="store_true", help="skip the bf16 autocast and int8 rows")
+    parser.add_argument("--single-process", action="store_true", help="every config in this process (the old order), not each in a fresh one")
+    parser.add_argument("--worker-result", help=argparse.SUPPRESS)  # a child of the fresh-process method: write rows here
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke check of a few seconds")
     parser.add_argument("--out", help="Markdown report path (default docs/benchmarks.md; none with --quick)")
     args = parser.parse_args(argv)
@@ -568,12 +609,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    if args.out is None and not args.quick:
+    if args.out is None and not args.quick and args.worker_result is None:
         args.out = "docs/benchmarks.md"
     return args
 
 
+def gemm_peaks(device: torch.device, args) -> dict[str, float | str]:
+    """The float32 GEMM rates and, on CPU unless --no-precision, the bf16 and int8 ones."""
+    rates = flops.gemm_peak(device, args.gemm_n, args.gemm_repeats)
+    if device.type == "cpu" and not args.no_precision:
+        rates.update(precision.gemm_rates(args.gemm_n, args.gemm_repeats, flops.best_time))
+    return rates
+
+
 def main(argv=None) -> Report:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float32)
@@ -596,15 +646,28 @@ def main(argv=None) -> Report:
     def say(text):
         print(text, file=sys.stderr, flush=True)
 
+    if args.worker_result is not None:  # a child of the fresh-process method: its config's rows, nothing else
+        for device in devices:
+            for config, shape in report.configs.items():
+                for cell in args.cells:
+                    say(f"[{device.type}] config {config} ({shape}), {cell} ...")
+                    bench_layers(cell, config, shape, device, args, report)
+        fresh.write(report, Path(args.worker_result))
+        return report
     for device in devices:
         say(f"[{device.type}] GEMM peak ...")
-        report.peaks[device.type] = flops.gemm_peak(device, args.gemm_n, args.gemm_repeats)
-        for config, shape in report.configs.items():
-            for cell in args.cells:
-                say(f"[{device.type}] config {config} ({shape}), {cell} ...")
-                bench_layers(cell, config, shape, device, args, report)
+        report.peaks[device.type] = gemm_peaks(device, args)
+    for config, shape in report.configs.items():
+        if args.single_process:
+            for device in devices:
+                for cell in args.cells:
+                    say(f"[{device.type}] config {config} ({shape}), {cell} ...")
+                    bench_layers(cell, config, shape, device, args, report)
+        else:
+            say(f"config {config} ({shape}) in a fresh process ...")
+            fresh.run_config(argv, config, report, say)
     for device in devices:  # the peak again: a busy moment at the start must not understate it
-        again = flops.gemm_peak(device, args.gemm_n, args.gemm_repeats)
+        again = gemm_peaks(device, args)
         first = report.peaks[device.type]
         best = {k: max((v for v in (first[k], again[k]) if isinstance(v, float)), default=first[k]) for k in first}
         report.peaks[device.type] = best
@@ -624,7 +687,7 @@ def main(argv=None) -> Report:
             "core can make it many times slower (seen at 100x during development), which inflates ratios in "
             "rnnkit's favour. Rerun on an idle machine."
         ))  # fmt: skip
-    command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.run " + " ".join(argv)
     markdown = render(report, command.strip())
     print(markdown)
     if args.out:

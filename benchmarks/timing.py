@@ -98,7 +98,7 @@ def cpu_seconds() -> tuple[float, float, float] | None:
 
     Differences between two calls give how many cores *other* processes kept
     busy meanwhile: ``(machine - own) / wall``. The machine's busy time is the
-    non-idle time in ``/proc/stat``; this process's is :func:`os.times`.
+    non-idle time in ``/proc/stat``; this process's is :func:`os.times` (its finished children included).
     """
     try:
         with open("/proc/stat") as stat:
@@ -107,8 +107,8 @@ def cpu_seconds() -> tuple[float, float, float] | None:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal; guest time is already in user
-    own = os.times()
-    return time.perf_counter(), busy, own.user + own.system
+    own = os.times()  # with the children waited for: the fresh processes that ran configs are this run's own work
+    return time.perf_counter(), busy, own.user + own.system + own.children_user + own.children_system
 
 
 def other_cores_busy(start: tuple[float, float, float] | None, end: tuple[float, float, float] | None) -> float | None:

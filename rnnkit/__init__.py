@@ -9,10 +9,11 @@ choice of execution ``engine=``. Beside them, the linear recurrences minGRU, min
 from rnnkit.cells import GRUCell, LSTMCell, MinGRUCell, MinLSTMCell, RGLRUCell, RNNCell
 from rnnkit.engine.onnx_export import translation_table as onnx_translation_table
 from rnnkit.layers import GRU, LSTM, RGLRU, RNN, MinGRU, MinLSTM, RecurrentLayer
+from rnnkit.layers.quantized import quantize_dynamic
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GRU", "GRUCell", "LSTM", "LSTMCell", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell", "RGLRU", "RGLRUCell", "RNN", "RNNCell",
-    "RecurrentLayer", "__version__", "onnx_translation_table",
+    "RecurrentLayer", "__version__", "onnx_translation_table", "quantize_dynamic",
 ]  # fmt: skip

@@ -331,15 +331,15 @@ def test_fallback_runs_on_cuda():
     assert_close_lists(expected, actual, torch.float64)
 
 
-def test_autocast_runs_the_recurrence_in_float32(path):
+def test_autocast_returns_torch_nn_dtypes_near_float32(path):
     torch.manual_seed(3)
     layer = rnnkit.LSTM(4, 8, num_layers=2, engine="fused")
     x = torch.randn(5, 2, 4)
     expected, _ = layer(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         actual, (h_n, _) = layer(x)
-    assert actual.dtype == h_n.dtype == torch.float32
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    assert actual.dtype == h_n.dtype == torch.bfloat16  # as torch.nn.LSTM; more in tests/test_autocast.py
+    torch.testing.assert_close(actual.float(), expected, atol=2e-2, rtol=2e-2)
 
 
 def test_unsupported_specs_and_dtypes_still_run():

@@ -27,6 +27,10 @@ defines the results; faster engines are checked against it.
   (:mod:`rnnkit.engine.scan`): all projections in one GEMM, then h_t = a_t h_{t-1} + b_t by
   the compiled scan op (backward: a scan the other way), or in plain PyTorch without it.
 
+Under autocast the fused engine runs the GEMMs that span all steps in the autocast dtype and the
+recurrence in float32, returning torch.nn's dtypes (:mod:`rnnkit.engine.autocast`). int8
+inference (``rnnkit.quantize_dynamic``) has its own engine, :mod:`rnnkit.engine.int8`.
+
 Every compiled kernel is an op of :mod:`rnnkit.ops`; the fused engine's sequences are the
 composite ops ``rnnkit::recurrence`` and ``rnnkit::layer_norm_lstm``, with autograd that serves
 double backward and torch.func (:mod:`rnnkit.engine.transforms`), and ONNX rules

@@ -59,7 +59,7 @@ from torch import Tensor
 from rnnkit import ops
 from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_SPECS
 from rnnkit.cells.base import CellSpec, CellWeights, State
-from rnnkit.engine import fused_layer_norm, fused_loops, hoisted, reference, scan, transforms
+from rnnkit.engine import autocast, fused_layer_norm, fused_loops, hoisted, reference, scan, transforms
 from rnnkit.engine.fused_loops import GRU, KINDS, LSTM, RNN_RELU, RNN_TANH
 from rnnkit.engine.gemm import linear, matmul, recorded_by_autograd
 
@@ -200,21 +200,20 @@ def supports(spec: CellSpec, weights: CellWeights | None = None) -> bool:
 def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`.
 
-    Under autocast the recurrence runs in float32 (as ``torch.amp.custom_fwd(cast_inputs=torch.float32)``
-    would): its state is carried through every step, where low precision compounds.
-    The linear-recurrence families (minGRU, minLSTM, RG-LRU) run the parallel scan, :mod:`rnnkit.engine.scan`.
+    Under autocast the GEMMs that span all steps run in the autocast dtype and the recurrence in
+    float32 (:mod:`rnnkit.engine.autocast`).
+    The linear-recurrence families (minGRU, minLSTM, RG-LRU) run the parallel scan, :mod:`rnnkit.engine.scan`
+    (under autocast entirely in float32).
     """
     if scan.supports(spec):
         return scan.run_direction(spec, x, state, weights, valid, reverse)
+    if torch.is_autocast_enabled(x.device.type):
+        return autocast.run_direction(spec, x, state, weights, valid, reverse)
     if fused_layer_norm.supports(spec, x, weights):
         return fused_layer_norm.run_direction(spec, x, state, weights, valid, reverse)
     if not supports(spec, weights):
         runner = hoisted if hoisted.supports(spec) else reference
         return runner.run_direction(spec, x, state, weights, valid, reverse)
-    if torch.is_autocast_enabled(x.device.type):
-        with torch.autocast(x.device.type, enabled=False):
-            x, state = _to_float32(x), tuple(_to_float32(s) for s in state)
-            return run_direction(spec, x, state, weights, valid, reverse)
     kind = KINDS[spec.name]
     if not transforms.recorded() and x.shape[0] == 1 and valid is None and (stepped := single_step(spec, x[0], state, weights)) is not None:
         return stepped[0].unsqueeze(0), (stepped[0].clone(), *stepped[1:])  # the state apart from the output
@@ -301,7 +300,3 @@ def single_step(spec: CellSpec, x: Tensor, state: State, weights: CellWeights) -
     (see :func:`rnnkit.ops.single_step`); only where :func:`loops_for` picks the compiled kernels."""
     native = loops_for(x)
     return ops.single_step(spec.name, x, state, weights, native) if isinstance(native, ops.NativeLoops) else None
-
-
-def _to_float32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

@@ -271,7 +271,9 @@ class RecurrentLayer(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.input_size:
             raise errors.fail("input", f"last dimension input_size={self.input_size}", f"{x.shape[-1]}")
-        errors.check_like("input", x, registered_or_attribute(self, self._parameters, "weight_ih_l0"), "the layer's parameters")
+        weight = registered_or_attribute(self, self._parameters, "weight_ih_l0")
+        if not _autocast_compatible(x, weight):
+            errors.check_like("input", x, weight, "the layer's parameters")
 
     def _state_names(self) -> tuple[str, ...]:
         return ("hx",) if self.spec.state_count == 1 else ("hx[0] (h_0)", "hx[1] (c_0)")
@@ -297,7 +299,7 @@ class RecurrentLayer(nn.Module):
         checked = []
         for name, tensor, size in zip(self._state_names(), parts, sizes):
             expected = (stacked, size) if unbatched else (stacked, batch, size)
-            if tensor.shape != expected or tensor.dtype != x.dtype or tensor.device != x.device:
+            if tensor.shape != expected or (tensor.dtype != x.dtype and not _autocast_compatible(tensor, x)) or tensor.device != x.device:
                 self._reject_state(name, tensor, expected, x, unbatched)
             if self.check_finite:
                 errors.check_finite(name, tensor.unsqueeze(1) if unbatched else tensor, first_dim="layer*direction index")
@@ -315,7 +317,9 @@ class RecurrentLayer(nn.Module):
         if not unbatched and tensor.shape[1] != expected[1]:
             raise errors.fail(name, f"batch size {expected[1]} to match input", f"{tensor.shape[1]} (shape {tuple(tensor.shape)})")
         errors.check_shape(name, tensor, expected, legend)
-        errors.check_like(name, tensor, x, "input")
+        if not _autocast_compatible(tensor, x):
+            errors.check_like(name, tensor, x, "input")
+        errors.check_like(name, tensor.to(x.dtype), x, "input")  # the device
         raise AssertionError(f"{name}: rejected without a reason")  # unreachable: the caller saw a difference
 
     def extra_repr(self) -> str:
@@ -379,3 +383,13 @@ def _final_state(finals: list[State], unbatched: bool):
     join = torch.cat if unbatched else torch.stack
     h_n = join([final[0] for final in finals])
     return h_n if len(finals[0]) == 1 else (h_n, join([final[1] for final in finals]))
+
+
+def _autocast_compatible(tensor: Tensor, reference: Tensor) -> bool:
+    """Whether two tensors of different dtypes may meet because autocast casts them, as torch.nn allows:
+    under autocast on their device, float32 and the autocast dtype mix (the engine keeps the state in float32)."""
+    device = reference.device.type
+    if tensor.device != reference.device or not torch.is_autocast_enabled(device):
+        return False
+    allowed = (torch.float32, torch.get_autocast_dtype(device))
+    return tensor.dtype in allowed and reference.dtype in allowed

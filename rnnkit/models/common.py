@@ -21,6 +21,7 @@ from torch import Tensor, nn
 import rnnkit
 from rnnkit import config as configs
 from rnnkit import errors
+from rnnkit.layers import quantized
 from rnnkit.training.checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint
 
 LAYERS = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN, "mingru": rnnkit.MinGRU, "minlstm": rnnkit.MinLSTM, "rglru": rnnkit.RGLRU}
@@ -167,7 +168,15 @@ def register(cls):
 def save_model(model: nn.Module, path, extra: dict | None = None) -> None:
     """Write weights (safetensors) and config (JSON) through the checkpoint format; ``extra`` may hold a vocabulary."""
     metadata = {"model_class": type(model).__name__, "model_config": configs.to_dict(model.config), "extra": extra or {}}
+    if quantized.is_quantized(model):  # load_model converts a fresh model the same way before loading the int8 weights
+        metadata["quantized"] = {"scheme": quantized.SCHEME, "linear": any(isinstance(m, quantized.QuantizedLinear) for m in model.modules())}
     save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()}, metadata)
+
+
+def _quantized_twin(model: nn.Module, recorded: dict, path) -> nn.Module:
+    if not isinstance(recorded, dict) or recorded.get("scheme") != quantized.SCHEME or not isinstance(recorded.get("linear"), bool):
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected quantized metadata {{'scheme': {quantized.SCHEME!r}, 'linear': bool}}, got {recorded!r}")
+    return quantized.quantize_dynamic(model, linear=recorded["linear"])
 
 
 def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
@@ -179,8 +188,14 @@ def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
     cls = MODEL_REGISTRY[name]
     config = configs.from_dict(cls.config_class, metadata["model_config"])
     model = cls(config)
+    if "quantized" in metadata:
+        model = _quantized_twin(model, metadata["quantized"], path)
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     check_state_dict(model.state_dict(), weights, f"checkpoint {str(path)!r}")
+    if "quantized" in metadata:  # load_state_dict would cast silently: an int8 weight must come as int8
+        for name, tensor in model.state_dict().items():
+            if weights[name].dtype != tensor.dtype:
+                raise CheckpointError(f"checkpoint {str(path)!r}: expected {name} of dtype {tensor.dtype} (an int8 model), got {weights[name].dtype}")
     model.load_state_dict(weights)
     return model.to(device), metadata.get("extra", {})
 

@@ -1,7 +1,7 @@
 """The one seam between Python and the compiled kernels: operators registered with ``torch.library``.
 
-Every compiled kernel is an op of the ``rnnkit_fused`` library (``csrc/*.cpp``,
-built on first use by :mod:`rnnkit.ops.build`):
+Every compiled kernel is an op of the ``rnnkit_fused`` library (``csrc/fused_loops.cpp`` and the
+fragments in the other ``csrc/*.cpp``, built on first use by :mod:`rnnkit.ops.build`):
 
 =============================  ==========================================================
 ``forward_loop``               a sequence's recurrence from its input projections, with history
@@ -14,6 +14,8 @@ built on first use by :mod:`rnnkit.ops.build`):
 ``linear_scan_backward``       its gradients: one scan the other way, then products
 ``scan_coefficients``          those families' (a_t, b_t) from their projected input, all steps at once
 ``scan_coefficients_backward`` and their backward
+``int8_linear``                ``x W^T + b`` with int8 W, rows of x quantized on the fly (``csrc/lowp_loops.cpp``)
+``int8_recurrence``            a direction's int8 recurrence, inference only (``csrc/lowp_loops.cpp``)
 =============================  ==========================================================
 
 Each op has a schema (C++ ``TORCH_LIBRARY``), a CPU kernel, a fake kernel for shape

@@ -182,9 +182,9 @@ def train(config: Config, run_dir: Path, say=print) -> Report:
     return report(config, run_dir, model, vocabulary, train_text, val_text, test_text)
 
 
-def evaluate(config: Config, run_dir: Path) -> Report:
+def evaluate(config: Config, run_dir: Path, quantize: str | None = None) -> Report:
     model, extra = load_model(run_dir / "model.safetensors")
-    return report(config, run_dir, model.eval(), extra["vocabulary"], *load_texts(config.data))
+    return report(config, run_dir, common.quantized(model, quantize), extra["vocabulary"], *load_texts(config.data))
 
 
 def bits_per_character(model: LanguageModel, ids: torch.Tensor, chunk: int = 5000) -> float:

@@ -155,6 +155,20 @@ class OptimConfig:
     weight_decay: float = 0.0
 
 
+QUANTIZATIONS = ("int8",)  # what ``rnnkit eval --quantize`` and ``rnnkit export --quantize`` accept
+
+
+def quantized(model: torch.nn.Module, quantize: str | None) -> torch.nn.Module:
+    """A loaded model for evaluation: as trained (``None``), or converted by :func:`rnnkit.quantize_dynamic` (``"int8"``)."""
+    if quantize is None:
+        return model.eval()
+    if quantize not in QUANTIZATIONS:
+        raise configs.ConfigError(f"quantize: expected one of {list(QUANTIZATIONS)}, got {quantize!r}")
+    from rnnkit import quantize_dynamic
+
+    return quantize_dynamic(model.eval())
+
+
 def trainer_config(**overrides) -> TrainerConfig:
     """The tasks' trainer defaults: clip gradients at norm 1 (RNNs need it), then the overrides."""
     return TrainerConfig(**{"clip_grad_norm": 1.0, **overrides})

@@ -105,3 +105,14 @@ def export(task: str, config, run_dir: Path, fmt: str, out: Path) -> Path:
 
 
 __all__ = ["EXPORTABLE", "FORMATS", "export", "onnx_translation_table", "program"]
+
+
+def quantized(run_dir: Path, scheme: str, out: Path) -> Path:
+    """Write the run's model converted by :func:`rnnkit.quantize_dynamic` to ``out`` (safetensors + JSON)."""
+    from rnnkit.models import save_model
+    from rnnkit.tasks import common
+
+    model, extra = load_model(Path(run_dir) / "model.safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(common.quantized(model, scheme), out, extra)
+    return out

@@ -67,6 +67,7 @@ import math
 import re
 import tarfile
 from dataclasses import dataclass, field
+import tempfile
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -315,10 +316,13 @@ def train(config: Config, run_dir: Path, say=print) -> Report:
     return report(config, run_dir, model, scale, y, observed, z, split)
 
 
-def evaluate(config: Config, run_dir: Path) -> Report:
+def evaluate(config: Config, run_dir: Path, quantize: str | None = None) -> Report:
     model, extra = load_model(run_dir / "model.safetensors")
     y, observed, z, split = prepare(config.data)
-    return report(config, run_dir, model.eval(), extra["scale"], y, observed, z, split)
+    if quantize is None:
+        return report(config, run_dir, model.eval(), extra["scale"], y, observed, z, split)
+    with tempfile.TemporaryDirectory() as plots:  # the int8 model's plot is not kept: the run's own stays as trained
+        return report(config, Path(plots), common.quantized(model, quantize), extra["scale"], y, observed, z, split)
 
 
 def report(config: Config, run_dir: Path, model, scale: float, y, observed, z, split: Split) -> Report:

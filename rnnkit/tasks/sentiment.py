@@ -288,13 +288,14 @@ def with_counterfactuals(train_set, vocabulary, data: DataConfig, say=print) -> 
     return train_set + edits
 
 
-def evaluate(config: Config, run_dir: Path) -> Report:
-    """Reload a run's two models and report them again on the same held-out split."""
+def evaluate(config: Config, run_dir: Path, quantize: str | None = None) -> Report:
+    """Reload a run's two models and report them again on the same held-out split (the RNN in int8 with ``quantize``)."""
     train_set, val_set, test_set = split(load_corpus(config.data.path), config.data)
     train_set = with_counterfactuals(train_set, build_vocabulary([s for s, _ in train_set], config.data.min_count), config.data, say=lambda _: None)
     rnn, extra = load_model(run_dir / "model.safetensors")
     mlp, mlp_extra = load_model(run_dir / "baseline" / "model.safetensors")
-    return report(config, run_dir, (rnn.eval(), extra["vocabulary"]), (mlp.eval(), mlp_extra["vocabulary"]), train_set, val_set, test_set)
+    return report(config, run_dir, (common.quantized(rnn, quantize), extra["vocabulary"]), (mlp.eval(), mlp_extra["vocabulary"]),
+                  train_set, val_set, test_set)  # fmt: skip
 
 
 def accuracy(model, pairs, vocabulary, data: DataConfig) -> float:

@@ -1,0 +1,174 @@
+r"""The fused engine under autocast: low-precision GEMMs, a float32 recurrence.
+
+Under ``torch.autocast`` (CPU bf16 or fp16, or any device's) a layer call of the
+fused engine lands here (:func:`run_direction`). What runs in which precision:
+
+========================================  ===========================================
+input projections ``X W_ih^T``             the autocast dtype (bf16/fp16 GEMM, fp32 accumulation)
+input gradient ``dG W_ih``                 the autocast dtype
+weight gradients ``dG^T X``, ``dG^T H``    the autocast dtype, returned in float32 (the parameters' dtype)
+per-step recurrent product ``h W_hh^T``    float32, in the compiled loop
+state ``h``, ``c`` and the gate math       float32
+bias sums, LayerNorm                       float32
+========================================  ===========================================
+
+The per-step product stays in float32 because its input is the state: rounding
+``h_{t-1}`` to 8 bits of mantissa at every step compounds over the sequence,
+which is exactly what "keep the state in fp32" is about. The products that span
+all steps do not feed back, so their rounding does not compound; they are also
+most of the FLOPs of a training step (the input side and every weight gradient).
+
+Returned dtypes are torch.nn's under the same autocast: the LSTM and the Elman RNN
+return output and states in the autocast dtype, the GRU in float32 (ATen's autocast
+lists ``lstm`` and ``rnn_tanh``/``rnn_relu`` for lower precision and not ``gru``);
+the LayerNorm variants follow their family. LSTM inference without padding or
+``proj_size`` runs oneDNN's LSTM primitive in the autocast dtype, which is what
+torch.nn.LSTM runs there; it keeps ``c`` in float32 and rounds ``h`` per step.
+
+Gradients are first-order (the compiled BPTT in float32 between low-precision
+GEMMs); a second derivative or a torch.func transform under autocast raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from rnnkit.cells.base import CellSpec, CellWeights, State
+from rnnkit.engine import fused, reference, transforms
+from rnnkit.engine.fused_loops import GRU, KINDS, LSTM
+from rnnkit.ops import recorded_by_autograd
+
+
+def output_dtype(spec: CellSpec, low: torch.dtype) -> torch.dtype:
+    """The dtype torch.nn's peer returns under autocast to ``low``: float32 for the GRU family, else ``low``."""
+    return torch.float32 if spec.name in ("gru", "layer_norm_gru") else low
+
+
+def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
+    """Same contract as :func:`rnnkit.engine.reference.run_direction`, under autocast (see the module docstring)."""
+    device = x.device.type
+    low = torch.get_autocast_dtype(device)
+    if transforms.functorch_active() or transforms.recorded():
+        raise NotImplementedError(
+            "rnnkit's fused engine under autocast runs eagerly only: torch.func transforms, torch.compile, torch.export "
+            "and tracing of a layer under autocast are not supported; call it without autocast, or use engine='reference'"
+        )
+    out = output_dtype(spec, low)
+    with torch.autocast(device, enabled=False):
+        state32 = tuple(s.float() for s in state)
+        if spec.name in KINDS and weights.layer_norm is None:
+            y, final = _plain(KINDS[spec.name], x, state32, weights, valid, reverse, low)
+        elif spec.project_input is not None and spec.recur is not None:
+            y, final = _layer_norm(spec, x, state32, weights, valid, reverse, low)
+        else:
+            raise NotImplementedError(f"rnnkit's fused engine has no autocast path for the cell {spec.name!r}")
+    return y.to(out), tuple(s.to(out) for s in final)
+
+
+def _low_linear(x: Tensor, weight: Tensor, low: torch.dtype) -> Tensor:
+    """``x W^T`` as a GEMM in ``low`` (fp32 accumulation inside), returned in float32."""
+    return torch.mm(x.to(low), weight.to(low).t()).float()
+
+
+def _low_matmul(a: Tensor, b: Tensor, low: torch.dtype) -> Tensor:
+    """A weight gradient ``a @ b`` as a GEMM in ``low``, returned in float32."""
+    return torch.mm(a.to(low), b.to(low)).float()
+
+
+def _projections(kind: int, x: Tensor, weights: CellWeights, low: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """``X W_ih^T + b`` of every step (L, N, G*H) in float32 from a low-precision GEMM, and GRU's ``b_hn``."""
+    length, batch, features = x.shape
+    bias, b_hn = fused._folded_bias(kind, weights.bias_ih, weights.bias_hh)
+    xp = _low_linear(x.reshape(length * batch, features), weights.weight_ih, low)
+    if bias is not None:
+        xp += bias
+    return xp.view(length, batch, -1), b_hn
+
+
+def _plain(kind, x, state, weights, valid, reverse, low):
+    h0, c0 = state[0].contiguous(), state[1].contiguous() if kind == LSTM else x.new_empty(0, dtype=torch.float32)
+    w = weights
+    if not recorded_by_autograd(x, *state, *w[:5]):
+        if kind == LSTM and _onednn_lstm_applies(x, w, valid):
+            low_weights = CellWeights(*(None if t is None else t.to(low) for t in w[:5]))
+            y, h_n, c_n = fused._onednn_lstm(x.to(low), h0.to(low), c0.to(low), low_weights, reverse)
+            return y, (h_n, c_n)
+        xp, b_hn = _projections(kind, x, w, low)
+        y, hs, cs, _, _ = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, w.weight_hh.contiguous(), b_hn, _contiguous(w.weight_hr), valid, reverse)
+        y = transforms.output(y, hs, reverse, valid is None and w.weight_hr is None)
+        h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
+        return y, (h_n, c_n) if kind == LSTM else (h_n,)
+    y, h_n, c_n = AutocastRecurrence.apply(kind, reverse, valid, low, x, *w[:5], h0, c0 if kind == LSTM else None)
+    return y, (h_n, c_n) if kind == LSTM else (h_n,)
+
+
+def _onednn_lstm_applies(x: Tensor, weights: CellWeights, valid: Tensor | None) -> bool:
+    return x.device.type == "cpu" and valid is None and weights.weight_hr is None and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+class AutocastRecurrence(torch.autograd.Function):
+    """One layer and direction of a plain family under autocast: ``(y, h_n, c_n)`` in float32.
+
+    Inputs ``kind, reverse, valid, low, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0`` (h0, c0 in float32;
+    x in any floating dtype, its gradient in the same). The equations of the backward are
+    :mod:`rnnkit.engine.fused`'s; only the GEMMs that span all steps run in ``low``.
+    """
+
+    @staticmethod
+    def forward(ctx, kind, reverse, valid, low, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+        weights = CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
+        xp, b_hn = _projections(kind, x, weights, low)
+        c0 = x.new_empty(0, dtype=torch.float32) if c0 is None else c0
+        y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, w_hh.contiguous(), b_hn, _contiguous(w_hr), valid, reverse)
+        y = transforms.output(y, hs, reverse, valid is None and w_hr is None).clone()  # an output of its own, not a view of a saved tensor
+        h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
+        gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)
+        ctx.kind, ctx.reverse, ctx.low, ctx.x_dtype = kind, reverse, low, x.dtype
+        ctx.save_for_backward(valid, x.to(low), w_ih, w_hh, b_ih, w_hr, gates, hs, cs, hn, hraw)
+        ctx.mark_non_differentiable(*(() if kind == LSTM else (c_n,)))
+        return y, h_n, c_n
+
+    @staticmethod
+    @once_differentiable  # a second derivative through it raises (PyTorch's error), never silently drops terms
+    def backward(ctx, d_y, d_hn, d_cn):
+        valid, x_low, w_ih, w_hh, b_ih, w_hr, gates, hs, cs, hn, hraw = ctx.saved_tensors
+        kind, reverse, low = ctx.kind, ctx.reverse, ctx.low
+        length, batch, features = x_low.shape
+        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_y is None else d_y.float()
+        dh_n = hs.new_zeros(hs.shape[1:]) if d_hn is None else d_hn.float().contiguous()
+        dc_n = hs.new_empty(0) if kind != LSTM else (cs.new_zeros(cs.shape[1:]) if d_cn is None else d_cn.float().contiguous())
+        dgx, dgh_n, dh0, dc0, dproj = fused.loops_for(hs).backward_loop(
+            kind, gates, hs, cs, hn, hraw, w_hh.contiguous(), _contiguous(w_hr), valid, reverse, dy, dh_n, dc_n
+        )
+        steps = length * batch
+        dgx2d = dgx.view(steps, dgx.shape[2])
+        dg_low = dgx2d.to(low)
+        need = ctx.needs_input_grad[4:]  # from x on
+        dx = torch.mm(dg_low, w_ih.to(low)).view(length, batch, features).to(ctx.x_dtype) if need[0] else None
+        dw_ih = _low_matmul(dg_low.t(), x_low.view(steps, features), low) if need[1] else None
+        h_prev = hs[reverse : length + reverse].reshape(steps, hs.shape[2])
+        recurrent_parts = [dgx2d] if kind != GRU else [dgx2d[:, : 2 * dgh_n.shape[2]], dgh_n.view(steps, dgh_n.shape[2])]
+        dw_hh = torch.cat([_low_matmul(part.t(), h_prev, low) for part in recurrent_parts]) if need[2] else None
+        db_ih = db_hh = None
+        if b_ih is not None:
+            db_ih = dgx2d.sum(0)
+            db_hh = db_ih.clone() if kind != GRU else torch.cat([part.sum(0) for part in recurrent_parts])
+        dw_hr = _low_matmul(dproj.view(steps, -1).t(), hraw.view(steps, -1), low) if w_hr is not None and need[5] else None
+        return None, None, None, None, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None
+
+
+def _layer_norm(spec, x, state, weights, valid, reverse, low):
+    """A LayerNorm variant: its input side ``LN(W_ih x) γ + b`` with the GEMM in ``low`` (LayerNorm in float32),
+    then the recurrence in float32 by the hoisted loop's per-step math under autograd."""
+    with torch.autocast(x.device.type, dtype=low):  # autocast's own rules: the GEMM in low, layer_norm in float32
+        projected = spec.project_input(x, weights)
+    recurrence = dataclasses.replace(spec, step=spec.recur)
+    return reference.run_direction(recurrence, projected.float(), state, weights, valid, reverse)

@@ -1,0 +1,142 @@
+"""The fused engine under CPU autocast (rnnkit/engine/autocast.py): dtypes as torch.nn's, results and
+gradients against the float32 reference within bf16 rounding.
+
+Tolerance: relative error in the Frobenius norm. bf16 keeps 8 significant bits (unit roundoff
+2^-9 ≈ 0.002); the plain families land at 0.002-0.007 here, so 0.02 is about ten roundoffs. The
+LayerNorm LSTM is more sensitive: rounding only x and W_ih to bf16 in a float32 run already moves its
+gradients by 0.03-0.06 at these sizes; autocast's may move them 2.5 times that much (measured: 1.2-1.6).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import rnnkit
+from tests.helpers import as_tuple, torch_twin
+
+PLAIN = 0.02
+LAYER_NORM_FACTOR = 2.5
+FAMILIES = [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN]
+
+
+def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
+
+
+def run(layer, x, dtype=torch.bfloat16, **kwargs):
+    with torch.autocast("cpu", dtype=dtype):
+        out, final = layer(x, **kwargs)
+    return out, as_tuple(final)
+
+
+def loss(out, final) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(7)
+    return sum((t.float() * torch.randn(t.shape, generator=generator)).sum() for t in (out, *final))
+
+
+def gradients(layer, x, autocast: bool, **kwargs):
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    out, final = run(layer, x, **kwargs) if autocast else (lambda o: (o[0], as_tuple(o[1])))(layer(x, **kwargs))
+    loss(out, final).backward()
+    return out, final, [x.grad, *(p.grad for p in layer.parameters())]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2, "bidirectional": True}])
+def test_dtypes_and_values_match_torch_nn_under_autocast(family, options):
+    layer = family(8, 16, **options)
+    twin = torch_twin(layer)
+    x = torch.randn(9, 3, 8)
+    with torch.no_grad():
+        out, final = run(layer, x)
+        expected_out, expected_final = run(twin, x)
+        reference_out, _ = layer(x)
+    assert out.dtype == expected_out.dtype
+    assert [t.dtype for t in final] == [t.dtype for t in expected_final]
+    assert relative(out, reference_out) < PLAIN  # against float32
+    assert relative(out, expected_out) < PLAIN  # and against torch.nn under autocast
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradients_match_float32_within_bf16_rounding(family):
+    layer = family(8, 16, num_layers=2, bidirectional=True)
+    x = torch.randn(11, 4, 8)
+    out, final, grads = gradients(layer, x, autocast=True)
+    reference_out, _, reference_grads = gradients(layer, x, autocast=False)
+    assert out.dtype == (torch.float32 if family is rnnkit.GRU else torch.bfloat16)
+    assert grads[0].dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads[1:])
+    assert relative(out, reference_out) < PLAIN
+    for got, want in zip(grads, reference_grads):
+        assert relative(got, want) < PLAIN
+
+
+def test_padding_and_projection_under_autocast():
+    layer = rnnkit.LSTM(8, 16, proj_size=5)
+    x = torch.randn(7, 3, 8)
+    lengths = [7, 4, 2]
+    out, final, grads = gradients(layer, x, autocast=True, lengths=lengths)
+    reference_out, reference_final, reference_grads = gradients(layer, x, autocast=False, lengths=lengths)
+    assert out.shape == reference_out.shape and out.dtype == torch.bfloat16
+    assert out[4:, 1].abs().max() == 0 and out[2:, 2].abs().max() == 0  # padding stays zero
+    for got, want in zip((*final, *grads), (*reference_final, *reference_grads)):
+        assert relative(got, want) < PLAIN
+
+
+@pytest.mark.parametrize("family", [rnnkit.LSTM, rnnkit.GRU])
+def test_layer_norm_variants_under_autocast(family):
+    layer = family(8, 16, layer_norm=True)
+    x = torch.randn(9, 3, 8)
+    out, final, grads = gradients(layer, x, autocast=True)
+    reference_out, _, reference_grads = gradients(layer, x, autocast=False)
+    rounded = copy.deepcopy(layer)  # float32 with only x and W_ih rounded to bf16: the sensitivity of the cell itself
+    with torch.no_grad():
+        rounded.weight_ih_l0.copy_(rounded.weight_ih_l0.bfloat16().float())
+    _, _, rounded_grads = gradients(rounded, x.bfloat16().float(), autocast=False)
+    assert out.dtype == (torch.bfloat16 if family is rnnkit.LSTM else torch.float32)
+    assert relative(out, reference_out) < PLAIN
+    for got, by_rounding, want in zip(grads, rounded_grads, reference_grads):
+        assert relative(got, want) < max(PLAIN, LAYER_NORM_FACTOR * relative(by_rounding, want))
+
+
+def test_float16_autocast_runs_the_lstm_torch_nn_cannot():
+    layer = rnnkit.LSTM(8, 16)
+    x = torch.randn(6, 2, 8)
+    with torch.no_grad():
+        out, final = run(layer, x, dtype=torch.float16)
+        reference_out, _ = layer(x)
+    assert out.dtype == torch.float16 and final[1].dtype == torch.float16
+    assert relative(out, reference_out) < 0.005  # fp16 keeps 11 significant bits
+
+
+def test_autocast_refuses_second_derivative_and_torch_func():
+    layer = rnnkit.GRU(4, 6)
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(x)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)  # first order is fine
+    with pytest.raises(RuntimeError):  # the gradient of a first-order-only backward cannot be differentiated
+        torch.autograd.grad(grad.sum(), x)
+
+    def f(inputs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return layer(inputs)[0].sum()
+
+    with pytest.raises(NotImplementedError, match="autocast"):
+        torch.func.grad(f)(x.detach())
+
+
+def test_state_carried_between_calls_mixes_dtypes_as_torch_nn_allows():
+    layer = rnnkit.LSTM(4, 6)
+    x = torch.randn(5, 2, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, state = layer(x[:3])
+        assert state[0].dtype == torch.bfloat16
+        out, _ = layer(x[3:], state)  # float32 input, bf16 state: autocast casts them, as torch.nn.LSTM accepts
+        twin_out, _ = torch_twin(layer)(x[3:], state)
+    assert relative(out, twin_out) < PLAIN
+    with pytest.raises(ValueError, match="dtype"):  # outside autocast the dtypes must agree
+        layer(x[3:], state)
