@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import numbers
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rnnkit import errors
@@ -63,19 +62,32 @@ def settings(owner) -> dict[str, float]:
     return {name: getattr(owner, name) for name in NAMES if getattr(owner, name) > 0}
 
 
+def bernoulli(shape, p: float, like: Tensor) -> Tensor:
+    """1.0 with probability p, else 0.0, in ``like``'s dtype and device: ``U < p`` with ``U ~ torch.rand``.
+
+    Not ``bernoulli_`` or ``F.dropout``: on CPU those cost 2-4x the uniform draw, which is most of a mask's price
+    (float32 (100, 32, 256): 6.1 ms against 2.7 ms, one thread)."""
+    return torch.rand(shape, dtype=like.dtype, device=like.device).lt_(p)
+
+
+def scaled_keep(shape, p: float, like: Tensor) -> Tensor:
+    """A dropout mask: 1/(1-p) with probability 1-p, else 0, so that its mean is 1."""
+    return torch.rand(shape, dtype=like.dtype, device=like.device).ge_(p).mul_(1 / (1 - p))
+
+
 def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """``x`` (L, N, F) or one step (N, F) times one (N, F) mask of Bernoulli(1-p)/(1-p), the same at every step."""
     if not training or p == 0:
         return x
-    mask = x.new_empty(x.shape[-2:]).bernoulli_(1 - p).div_(1 - p)
-    return x * mask
+    return x * scaled_keep(x.shape[-2:], p, x)
 
 
 def drop_weights(weights: CellWeights, p: float, training: bool) -> CellWeights:
     """The cell's weights with DropConnect on ``weight_hh`` (one mask for the whole call); the same weights otherwise."""
     if not training or p == 0:
         return weights
-    return weights._replace(weight_hh=F.dropout(weights.weight_hh, p, training=True))
+    w_hh = weights.weight_hh
+    return weights._replace(weight_hh=w_hh * scaled_keep(w_hh.shape, p, w_hh))
 
 
 def zoneout_mask(x: Tensor, size: int, p: float, training: bool) -> Tensor | None:
@@ -84,7 +96,7 @@ def zoneout_mask(x: Tensor, size: int, p: float, training: bool) -> Tensor | Non
         return None
     shape = (x.shape[0], x.shape[1], size)
     if training:
-        return torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(p)
+        return bernoulli(shape, p, x)
     return torch.full(shape, p, dtype=x.dtype, device=x.device)
 
 
