@@ -185,6 +185,10 @@ def test_eval_mode_is_identity_for_dropouts_and_zero_rates_change_nothing(cls):
 def test_bad_rates_are_refused_naming_the_argument(name, bad):
     with pytest.raises(ValueError, match=rf"^{name}: expected a float in \[0, 1\)"):
         rnnkit.GRU(3, 5, **{name: bad})
+    layer = rnnkit.GRU(3, 5)
+    with pytest.raises(ValueError, match=rf"^{name}: expected a float in \[0, 1\)"):
+        setattr(layer, name, bad)
+    assert getattr(layer, name) == 0.0
     with pytest.raises(ValueError, match=rf"rnn.{name}: expected a float in \[0, 1\)"):
         RecurrentConfig(**{name: bad})
 

@@ -54,8 +54,15 @@ class RecurrentLayer(nn.Module):
         weight_drop, input_dropout, layer_dropout, output_dropout, zoneout:
             the AWD-LSTM / haste regularisers, each a float in [0, 1), 0 = off
             (math, masks and eval behaviour in :mod:`rnnkit.layers.regularisers`).
-            They are attributes and may be changed between calls.
+            They are attributes, checked when set, and may be changed between calls.
     """
+
+    # The regularisers' rates, checked whenever they are set.
+    weight_drop = regularisers.rate_property("weight_drop")
+    input_dropout = regularisers.rate_property("input_dropout")
+    layer_dropout = regularisers.rate_property("layer_dropout")
+    output_dropout = regularisers.rate_property("output_dropout")
+    zoneout = regularisers.rate_property("zoneout")
 
     def __init__(
         self,
@@ -81,9 +88,8 @@ class RecurrentLayer(nn.Module):
         zoneout: float = 0.0,
     ) -> None:
         super().__init__()
-        rates = dict(weight_drop=weight_drop, input_dropout=input_dropout, layer_dropout=layer_dropout, output_dropout=output_dropout, zoneout=zoneout)
-        for name, rate in rates.items():
-            setattr(self, name, regularisers.check_rate(name, rate))
+        self.weight_drop, self.input_dropout, self.layer_dropout = weight_drop, input_dropout, layer_dropout  # checked properties
+        self.output_dropout, self.zoneout = output_dropout, zoneout
         errors.check_positive_int("input_size", input_size)
         errors.check_positive_int("hidden_size", hidden_size)
         errors.check_positive_int("num_layers", num_layers)

@@ -51,6 +51,19 @@ def check_rate(name: str, value: object) -> float:
     return float(value)
 
 
+def rate_property(name: str) -> property:
+    """An attribute that holds a rate and checks every value assigned to it (``layer.zoneout = 1.5`` fails there)."""
+    slot = f"_{name}_rate"
+
+    def get(self) -> float:
+        return self.__dict__[slot]
+
+    def set(self, value) -> None:
+        self.__dict__[slot] = check_rate(name, value)
+
+    return property(get, set, doc=f"The layer's {name} rate, in [0, 1); see :mod:`rnnkit.layers.regularisers`.")
+
+
 def active(owner, training: bool) -> bool:
     """Whether a forward call of ``owner`` (a layer, or anything with the five rates as attributes) in this mode draws a
     mask or mixes a state (zoneout acts in eval mode too, with its expectation)."""
