@@ -209,11 +209,10 @@ def run_direction(
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`.
 
     Under autocast the recurrence runs in float32 (as ``torch.amp.custom_fwd(cast_inputs=torch.float32)``
-    would): its state is carried through every step, where low precision compounds. With ``zoneout``
-    the LayerNorm LSTM runs the hoisted loop (its compiled kernel has no zoneout).
+    would): its state is carried through every step, where low precision compounds.
     """
-    if zoneout is None and fused_layer_norm.supports(spec, x, weights):
-        return fused_layer_norm.run_direction(spec, x, state, weights, valid, reverse)
+    if fused_layer_norm.supports(spec, x, weights):
+        return fused_layer_norm.run_direction(spec, x, state, weights, valid, reverse, zoneout)
     if not supports(spec, weights):
         runner = hoisted if hoisted.supports(spec) else reference
         return runner.run_direction(spec, x, state, weights, valid, reverse, *(() if zoneout is None else (zoneout,)))

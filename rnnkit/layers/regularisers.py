@@ -21,6 +21,10 @@ output size per direction.
   identity. The LSTM's cell state ``c`` is not zoned out (as in haste; the paper zones it out
   with a rate of its own). The engines apply it per step (:func:`rnnkit.engine.reference.run_direction`).
 
+Masks are per forward call: a sequence fed one step per call in training mode draws new masks
+at every step (feed whole windows; truncated BPTT windows each draw their own, as AWD-LSTM's
+batches do).
+
 Reference loop of one stacked layer in training mode (what the layer computes)::
 
     x = x * locked_mask(x, input_dropout)

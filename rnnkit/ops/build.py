@@ -66,12 +66,12 @@ class NativeLoops:
     def backward_loop(self, kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None):
         return self._ops.backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, _contiguous(valid), reverse, dy, dh_n, dc_n, _contiguous(zoneout))
 
-    def layer_norm_lstm_forward(self, xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse):
-        return self._ops.layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, _contiguous(valid), reverse)
+    def layer_norm_lstm_forward(self, xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, zoneout=None):
+        return self._ops.layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, _contiguous(valid), reverse, _contiguous(zoneout))
 
-    def layer_norm_lstm_backward(self, gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, dy, dh_n, dc_n):
+    def layer_norm_lstm_backward(self, gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, dy, dh_n, dc_n, zoneout=None):
         return self._ops.layer_norm_lstm_backward(
-            gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, _contiguous(valid), reverse, dy, dh_n, dc_n
+            gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, _contiguous(valid), reverse, dy, dh_n, dc_n, _contiguous(zoneout)
         )
 
     def cell_step(self, kind, x, h, c, w_ih, w_hh, b_ih, b_hh):

@@ -77,6 +77,17 @@ class StepBarrier {
   int threads_ = 1;
 };
 
+// Zoneout on units [u0, u1) of one row: h = h̃ + m (h_prev - h̃), in the state and the output.
+template <typename T>
+inline void zone_out(const T* m, const T* h_prev, T* h_new, T* y_row, int64_t u0, int64_t u1) {
+#pragma omp simd
+  for (int64_t u = u0; u < u1; ++u) {
+    const T h = h_new[u] + m[u] * (h_prev[u] - h_new[u]);
+    h_new[u] = h;
+    y_row[u] = h;
+  }
+}
+
 // body(tid, threads) on a team of up to `threads` OpenMP threads that share `barrier`.
 template <typename Body>
 void run_team(int threads, StepBarrier& barrier, const Body& body) {
@@ -330,16 +341,6 @@ struct Loop {
           for (int64_t u = u0; u < u1; ++u) gate[u] = h_new[u];
         zone_out(zone + (t * N + n) * Hout, h_prev, h_new, y_row, u0, u1);
       }
-    }
-  }
-
-  // h = h̃ + m (h_prev - h̃) on units [u0, u1) of one row, in the state and the output.
-  static void zone_out(const T* m, const T* h_prev, T* h_new, T* y_row, int64_t u0, int64_t u1) {
-#pragma omp simd
-    for (int64_t u = u0; u < u1; ++u) {
-      const T h = h_new[u] + m[u] * (h_prev[u] - h_new[u]);
-      h_new[u] = h;
-      y_row[u] = h;
     }
   }
 
@@ -816,6 +817,8 @@ struct NormLoop {
   T *dgx, *da, *dh, *dc;
   double *dgain_hh, *dgain_cell, *dbias_cell;  // sums over every step and row: accumulated in double
   StepBarrier* barrier = nullptr;  // shared by the team running the loop
+  // Zoneout (L, N, H) or null, as in Loop; backward keeps each row's m_t dh_t in `scratch` (N, H) between phases 1 and 2.
+  const T* zone = nullptr;
 
   bool ok(int64_t t, int64_t n) const { return valid == nullptr || valid[t * N + n]; }
   int64_t before(int64_t t) const { return t + reverse; }
@@ -902,6 +905,7 @@ struct NormLoop {
         h_new[u] = h;
         y_row[u] = h;
       }
+      if (zone != nullptr) zone_out(zone + (t * N + n) * H, hs + (before(t) * N + n) * H, h_new, y_row, u0, u1);
       if (tid == 0) rstd[(t * N + n) * 2 + 1] = r;
     }
     barrier->wait();
@@ -916,6 +920,11 @@ struct NormLoop {
         T* dh_row = dh + n * H;
         const T* dy_row = dy + t * dy_stride[0] + n * dy_stride[1];
         for (int64_t u = u0; u < u1; ++u) dh_row[u] += dy_row[u * dy_stride[2]];
+        if (zone != nullptr) {  // the step gets (1 - m_t) dh_t; m_t dh_t waits in scratch to become dh_{t-1}'s bypass
+          const T* m = zone + (t * N + n) * H;
+          T* zoned = scratch + n * H;
+          for (int64_t u = u0; u < u1; ++u) zoned[u] = m[u] * dh_row[u], dh_row[u] -= zoned[u];
+        }
         const T* o = gates + (t * N + n) * GH + 3 * H;
         const T* c_hat = chat + (t * N + n) * H;
         T* d_o = dgx + (t * N + n) * GH + 3 * H;
@@ -965,6 +974,8 @@ struct NormLoop {
             sum += d, dot += double(d) * a_hat[j];
           }
         }
+        if (zone != nullptr)
+          for (int64_t u = u0; u < u1; ++u) dh_row[u] = scratch[n * H + u];
       } else {  // padding: dh and dc pass through; this step contributes nothing
         for (int64_t k = 0; k < 4; ++k)
           for (int64_t u = u0; u < u1; ++u) dgx[row + k * H + u] = T(0), da[row + k * H + u] = T(0);
@@ -1015,7 +1026,7 @@ void drive_norm(NormLoop<T> loop, bool backward, const at::TensorOptions& option
 // output y is a view of hs, as in forward_loop.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward(
     at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor gain_hh, at::Tensor gain_cell, at::Tensor bias_cell,
-    std::optional<at::Tensor> valid, bool reverse) {
+    std::optional<at::Tensor> valid, bool reverse, std::optional<at::Tensor> zoneout) {
   const int64_t L = xp.size(0), N = xp.size(1), H = h0.size(1);
   at::Tensor hs = at::empty({L + 1, N, H}, xp.options()), cs = at::empty({L + 1, N, H}, xp.options());
   hs.select(0, reverse ? L : 0).copy_(h0);
@@ -1024,7 +1035,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor gates = xp, ahat = at::empty_like(xp);
   at::Tensor chat = at::empty({L, N, H}, xp.options()), rstd = at::empty({L, N, 2}, xp.options());
   at::Tensor scratch = at::empty({N, 4 * H}, xp.options());
-  at::Tensor valid_t = ptr_source(valid);
+  at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_layer_norm_lstm_forward", [&] {
     NormLoop<scalar_t> loop{L, N, H, reverse, data_or_null<bool>(valid_t), xp.const_data_ptr<scalar_t>(),
                             gates.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
@@ -1032,6 +1043,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                             w_hh.const_data_ptr<scalar_t>(), gain_hh.const_data_ptr<scalar_t>(),
                             gain_cell.const_data_ptr<scalar_t>(), bias_cell.const_data_ptr<scalar_t>(),
                             scratch.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, thread_count(H)};
+    loop.zone = data_or_null<scalar_t>(zone_t);
     drive_norm(loop, false, xp.options());
   });
   return {valid.has_value() ? y : at::empty({0}, xp.options()), hs, cs, ahat, chat, rstd};
@@ -1040,14 +1052,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_backward(
     at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor ahat, at::Tensor chat, at::Tensor rstd, at::Tensor w_hh,
     at::Tensor gain_hh, at::Tensor gain_cell, at::Tensor bias_cell, std::optional<at::Tensor> valid, bool reverse, at::Tensor dy,
-    at::Tensor dh_n, at::Tensor dc_n) {
+    at::Tensor dh_n, at::Tensor dc_n, std::optional<at::Tensor> zoneout) {
   const int64_t L = dy.size(0), N = dy.size(1), H = hs.size(2);
   at::Tensor dgx = at::empty_like(gates), da = at::empty_like(gates);
   at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
   const auto sums = gain_hh.options().dtype(at::kDouble);
   at::Tensor dgain_hh = at::zeros(gain_hh.sizes(), sums), dgain_cell = at::zeros(gain_cell.sizes(), sums), dbias_cell = at::zeros(bias_cell.sizes(), sums);
   at::Tensor scratch_c = at::empty({N, H}, gates.options());
-  at::Tensor valid_t = ptr_source(valid);
+  at::Tensor zoned = empty_like_or_none(gates, {N, H}, zoneout.has_value());
+  at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_layer_norm_lstm_backward", [&] {
     NormLoop<scalar_t> loop{L, N, H, reverse, data_or_null<bool>(valid_t), nullptr, gates.data_ptr<scalar_t>(), nullptr,
                             hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), ahat.data_ptr<scalar_t>(), chat.data_ptr<scalar_t>(),
@@ -1058,6 +1071,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     loop.dgx = dgx.data_ptr<scalar_t>(), loop.da = da.data_ptr<scalar_t>(), loop.dh = dh.data_ptr<scalar_t>();
     loop.dc = dc.data_ptr<scalar_t>(), loop.dgain_hh = dgain_hh.data_ptr<double>();
     loop.dgain_cell = dgain_cell.data_ptr<double>(), loop.dbias_cell = dbias_cell.data_ptr<double>();
+    loop.zone = data_or_null<scalar_t>(zone_t), loop.scratch = zoned.data_ptr<scalar_t>();
     drive_norm(loop, true, gates.options());
   });
   return {dgx, da, dh, dc, dgain_hh.to(gates.scalar_type()), dgain_cell.to(gates.scalar_type()), dbias_cell.to(gates.scalar_type())};
@@ -1107,8 +1121,8 @@ constexpr char k_forward_loop[] = "forward_loop", k_cell_step[] = "cell_step", k
 TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)");
-  m.def("layer_norm_lstm_forward(Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("layer_norm_lstm_forward(Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("forward_inference(int kind, Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)");
   m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
