@@ -416,7 +416,12 @@ struct Loop {
       T* zoned = zone != nullptr && !proj ? scratch + n * H : nullptr;  // m_t dh_t, the part that skips the step
       if (zoned != nullptr) {
         const T* m = zone + (t * N + n) * Hout;
-        for (int64_t u = u0; u < u1; ++u) zoned[u] = m[u] * dh_row[u], dh_row[u] -= zoned[u];
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) {
+          const T bypass = m[u] * dh_row[u];
+          zoned[u] = bypass;
+          dh_row[u] -= bypass;
+        }
       }
       const T* dr = proj ? scratch + n * H : dh_row;
       if (kind == LSTM) {
@@ -461,6 +466,7 @@ struct Loop {
         }
       }
       if (zoned != nullptr)
+#pragma omp simd
         for (int64_t u = u0; u < u1; ++u) dh_row[u] += zoned[u];
     }
   }
@@ -923,7 +929,12 @@ struct NormLoop {
         if (zone != nullptr) {  // the step gets (1 - m_t) dh_t; m_t dh_t waits in scratch to become dh_{t-1}'s bypass
           const T* m = zone + (t * N + n) * H;
           T* zoned = scratch + n * H;
-          for (int64_t u = u0; u < u1; ++u) zoned[u] = m[u] * dh_row[u], dh_row[u] -= zoned[u];
+#pragma omp simd
+          for (int64_t u = u0; u < u1; ++u) {
+            const T bypass = m[u] * dh_row[u];
+            zoned[u] = bypass;
+            dh_row[u] -= bypass;
+          }
         }
         const T* o = gates + (t * N + n) * GH + 3 * H;
         const T* c_hat = chat + (t * N + n) * H;
