@@ -26,7 +26,8 @@ Each config runs in a fresh process (:mod:`benchmarks.fresh`), unless
 
 Contenders are torch.nn's layer, rnnkit with ``engine="auto"``, every other
 engine in :data:`rnnkit.engine.ENGINES`, and (LSTM training only, when the
-constructor accepts it) rnnkit's LSTM with ``layer_norm=True``. They share
+constructor accepts it) rnnkit's LSTM with ``layer_norm=True``, and (training
+only) rnnkit's layer with weight drop, locked dropout and zoneout. They share
 one set of weights and one input, and are timed interleaved
 (:func:`benchmarks.timing.interleaved`). The ratio is torch.nn's time divided
 by the contender's: above 1.0 the contender is faster.
@@ -81,6 +82,8 @@ TORCH = "torch.nn"
 BUSY_CORES = 0.2  # other processes' average core use above which the report warns that timings are unreliable
 LAYER_NORM = "rnnkit auto, layer_norm=True"
 COMPILED = "rnnkit auto, torch.compile"
+REGULARISED = "rnnkit auto, weight drop + variational dropout + zoneout"
+REGULARISERS = dict(weight_drop=0.25, input_dropout=0.2, output_dropout=0.2, zoneout=0.1)  # AWD-LSTM-like rates
 
 
 # -- results ----------------------------------------------------------------
@@ -171,6 +174,10 @@ def layer_contenders(cell: str, shape: Shape, config: str, args, device: torch.d
                 report.notes.append(layer_norm)
         else:
             models[LAYER_NORM] = layer_norm
+    try:
+        models[REGULARISED] = kit_layer(shape.input, shape.hidden, engine="auto", **REGULARISERS)
+    except (TypeError, ValueError) as error:
+        report.notes.append(f"the regularisers are not supported by this rnnkit ({type(error).__name__}: {error})")
     if not args.no_compile:
         models[COMPILED] = kit_layer(shape.input, shape.hidden, engine="auto")
     for name, model in models.items():
@@ -226,7 +233,7 @@ def bench_layers(cell: str, config: str, shape: Shape, device: torch.device, arg
 
     calls: dict[tuple[str, str], Callable[[], object]] = {}
     for name, model in models.items():
-        if name != LAYER_NORM:
+        if name not in (LAYER_NORM, REGULARISED):  # training-only contenders
             calls[(name, "inference")] = inference_call(model, x)
     for name, model in models.items():
         calls[(name, "training")] = training_call(model, x)
@@ -378,6 +385,9 @@ def targets(report: Report) -> list[tuple[str, str, str]]:
         if "lstm" in report.args.cells:
             value = ratio(median(config, "lstm", "training", LAYER_NORM), median(config, "lstm", "training", TORCH))
             add(f"{config} LayerNorm LSTM training: time / nn.LSTM's time <= 1.5x", value, 1.5, at_most=True)
+        for cell in report.args.cells:
+            value = ratio(median(config, cell, "training", REGULARISED), median(config, cell, "training", auto))
+            add(f"{config} {CELL_TITLE[cell]} training with weight drop + variational dropout + zoneout: time / plain <= 1.15x", value, 1.15, at_most=True)
         if not report.args.no_compile:
             for cell in report.args.cells:
                 for mode in ("inference", "training"):

@@ -357,3 +357,21 @@ def test_onnx_export_refuses_with_a_pointer_to_torch_export(tmp_path):
             torch.onnx.export(layer, (x,), str(tmp_path / "legacy.onnx"), dynamo=False)
         with pytest.raises(Exception, match="no native ONNX node.*torch.export"):
             torch.onnx.export(layer, (x,), str(tmp_path / "dynamo.onnx"), dynamo=True, custom_translation_table=rnnkit.onnx_translation_table())
+
+
+@pytest.mark.parametrize("cls", FAMILIES, ids=IDS)
+def test_zoneout_and_locked_dropout_scan_equals_the_step_loop(cls):
+    """Zoneout keeps the recurrence linear (a' = a + m(1 - a), b' = (1 - m) b): the scan runs, with the reference's masks."""
+    options = dict(num_layers=2, bidirectional=True, zoneout=0.3, input_dropout=0.2, layer_dropout=0.1, output_dropout=0.2)
+    fast, reference = pair(cls, **options)
+    x = torch.randn(6, 3, INPUT, dtype=torch.float64)
+    h0 = torch.randn(4, 3, HIDDEN, dtype=torch.float64)
+    for training in (True, False):
+        results = []
+        for layer in (fast.train(training), reference.train(training)):
+            torch.manual_seed(11)  # the layer draws its masks in one order, whatever the engine
+            results.append(run_and_grads(layer, x, h0, [6, 2, 4]))
+        for got, expected in zip(*results, strict=True):
+            assert_close(got, expected, torch.float64, f"{cls.__name__} training={training}")
+    with pytest.raises(ValueError, match=f"weight_drop: expected 0: {cls.__name__}'s gates read only the input"):
+        cls(INPUT, HIDDEN, weight_drop=0.5)

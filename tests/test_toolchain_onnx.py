@@ -78,7 +78,8 @@ def test_onnx_takes_lengths_and_initial_state_as_graph_inputs(tmp_path):
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-exporter", "dynamo-exporter"])
-@pytest.mark.parametrize("kwargs, message", [({"proj_size": 2}, "proj_size has no native ONNX node"), ({"layer_norm": True}, "LayerNorm")])
+@pytest.mark.parametrize("kwargs, message", [({"proj_size": 2}, "proj_size has no native ONNX node"), ({"layer_norm": True}, "LayerNorm"),
+                                             ({"zoneout": 0.2}, "zoneout has no native ONNX node")])
 def test_onnx_refuses_what_has_no_native_node(kwargs, message, dynamo, tmp_path):
     layer = rnnkit.LSTM(INPUT, HIDDEN, **kwargs).eval()
     options = {"custom_translation_table": rnnkit.onnx_translation_table()} if dynamo else {}

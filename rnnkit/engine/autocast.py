@@ -48,8 +48,12 @@ def output_dtype(spec: CellSpec, low: torch.dtype) -> torch.dtype:
     return torch.float32 if spec.name in ("gru", "layer_norm_gru") else low
 
 
-def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
-    """Same contract as :func:`rnnkit.engine.reference.run_direction`, under autocast (see the module docstring)."""
+def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool,
+                  zoneout: Tensor | None = None) -> tuple[Tensor, State]:  # fmt: skip
+    """Same contract as :func:`rnnkit.engine.reference.run_direction`, under autocast (see the module docstring).
+
+    ``zoneout`` (L, N, H), the per-step keep masks of :mod:`rnnkit.layers.regularisers`, is applied in float32 in the loop.
+    """
     device = x.device.type
     low = torch.get_autocast_dtype(device)
     if transforms.functorch_active() or transforms.recorded():
@@ -61,9 +65,9 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
     with torch.autocast(device, enabled=False):
         state32 = tuple(s.float() for s in state)
         if spec.name in KINDS and weights.layer_norm is None:
-            y, final = _plain(KINDS[spec.name], x, state32, weights, valid, reverse, low)
+            y, final = _plain(KINDS[spec.name], x, state32, weights, valid, reverse, low, zoneout)
         elif spec.project_input is not None and spec.recur is not None:
-            y, final = _layer_norm(spec, x, state32, weights, valid, reverse, low)
+            y, final = _layer_norm(spec, x, state32, weights, valid, reverse, low, zoneout)
         else:
             raise NotImplementedError(f"rnnkit's fused engine has no autocast path for the cell {spec.name!r}")
     return y.to(out), tuple(s.to(out) for s in final)
@@ -89,20 +93,21 @@ def _projections(kind: int, x: Tensor, weights: CellWeights, low: torch.dtype) -
     return xp.view(length, batch, -1), b_hn
 
 
-def _plain(kind, x, state, weights, valid, reverse, low):
+def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
     h0, c0 = state[0].contiguous(), state[1].contiguous() if kind == LSTM else x.new_empty(0, dtype=torch.float32)
     w = weights
     if not recorded_by_autograd(x, *state, *w[:5]):
-        if kind == LSTM and _onednn_lstm_applies(x, w, valid):
+        if kind == LSTM and zoneout is None and _onednn_lstm_applies(x, w, valid):
             low_weights = CellWeights(*(None if t is None else t.to(low) for t in w[:5]))
             y, h_n, c_n = fused._onednn_lstm(x.to(low), h0.to(low), c0.to(low), low_weights, reverse)
             return y, (h_n, c_n)
         xp, b_hn = _projections(kind, x, w, low)
-        y, hs, cs, _, _ = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, w.weight_hh.contiguous(), b_hn, _contiguous(w.weight_hr), valid, reverse)
+        y, hs, cs, _, _ = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, w.weight_hh.contiguous(), b_hn, _contiguous(w.weight_hr), valid, reverse,
+                                                           _float32(zoneout))  # fmt: skip
         y = transforms.output(y, hs, reverse, valid is None and w.weight_hr is None)
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
         return y, (h_n, c_n) if kind == LSTM else (h_n,)
-    y, h_n, c_n = AutocastRecurrence.apply(kind, reverse, valid, low, x, *w[:5], h0, c0 if kind == LSTM else None)
+    y, h_n, c_n = AutocastRecurrence.apply(kind, reverse, valid, low, x, *w[:5], h0, c0 if kind == LSTM else None, _float32(zoneout))
     return y, (h_n, c_n) if kind == LSTM else (h_n,)
 
 
@@ -114,6 +119,10 @@ def _contiguous(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
+def _float32(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.float().contiguous()
+
+
 class AutocastRecurrence(torch.autograd.Function):
     """One layer and direction of a plain family under autocast: ``(y, h_n, c_n)`` in float32.
 
@@ -123,30 +132,30 @@ class AutocastRecurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, kind, reverse, valid, low, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+    def forward(ctx, kind, reverse, valid, low, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None):
         weights = CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
         xp, b_hn = _projections(kind, x, weights, low)
         c0 = x.new_empty(0, dtype=torch.float32) if c0 is None else c0
-        y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, w_hh.contiguous(), b_hn, _contiguous(w_hr), valid, reverse)
+        y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, w_hh.contiguous(), b_hn, _contiguous(w_hr), valid, reverse, zoneout)
         y = transforms.output(y, hs, reverse, valid is None and w_hr is None).clone()  # an output of its own, not a view of a saved tensor
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
         gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)
         ctx.kind, ctx.reverse, ctx.low, ctx.x_dtype = kind, reverse, low, x.dtype
-        ctx.save_for_backward(valid, x.to(low), w_ih, w_hh, b_ih, w_hr, gates, hs, cs, hn, hraw)
+        ctx.save_for_backward(valid, x.to(low), w_ih, w_hh, b_ih, w_hr, gates, hs, cs, hn, hraw, zoneout)
         ctx.mark_non_differentiable(*(() if kind == LSTM else (c_n,)))
         return y, h_n, c_n
 
     @staticmethod
     @once_differentiable  # a second derivative through it raises (PyTorch's error), never silently drops terms
     def backward(ctx, d_y, d_hn, d_cn):
-        valid, x_low, w_ih, w_hh, b_ih, w_hr, gates, hs, cs, hn, hraw = ctx.saved_tensors
+        valid, x_low, w_ih, w_hh, b_ih, w_hr, gates, hs, cs, hn, hraw, zoneout = ctx.saved_tensors
         kind, reverse, low = ctx.kind, ctx.reverse, ctx.low
         length, batch, features = x_low.shape
         dy = hs.new_zeros(length, batch, hs.shape[2]) if d_y is None else d_y.float()
         dh_n = hs.new_zeros(hs.shape[1:]) if d_hn is None else d_hn.float().contiguous()
         dc_n = hs.new_empty(0) if kind != LSTM else (cs.new_zeros(cs.shape[1:]) if d_cn is None else d_cn.float().contiguous())
         dgx, dgh_n, dh0, dc0, dproj = fused.loops_for(hs).backward_loop(
-            kind, gates, hs, cs, hn, hraw, w_hh.contiguous(), _contiguous(w_hr), valid, reverse, dy, dh_n, dc_n
+            kind, gates, hs, cs, hn, hraw, w_hh.contiguous(), _contiguous(w_hr), valid, reverse, dy, dh_n, dc_n, zoneout
         )
         steps = length * batch
         dgx2d = dgx.view(steps, dgx.shape[2])
@@ -162,13 +171,13 @@ class AutocastRecurrence(torch.autograd.Function):
             db_ih = dgx2d.sum(0)
             db_hh = db_ih.clone() if kind != GRU else torch.cat([part.sum(0) for part in recurrent_parts])
         dw_hr = _low_matmul(dproj.view(steps, -1).t(), hraw.view(steps, -1), low) if w_hr is not None and need[5] else None
-        return None, None, None, None, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None
+        return None, None, None, None, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None, None
 
 
-def _layer_norm(spec, x, state, weights, valid, reverse, low):
+def _layer_norm(spec, x, state, weights, valid, reverse, low, zoneout=None):
     """A LayerNorm variant: its input side ``LN(W_ih x) γ + b`` with the GEMM in ``low`` (LayerNorm in float32),
     then the recurrence in float32 by the hoisted loop's per-step math under autograd."""
     with torch.autocast(x.device.type, dtype=low):  # autocast's own rules: the GEMM in low, layer_norm in float32
         projected = spec.project_input(x, weights)
     recurrence = dataclasses.replace(spec, step=spec.recur)
-    return reference.run_direction(recurrence, projected.float(), state, weights, valid, reverse)
+    return reference.run_direction(recurrence, projected.float(), state, weights, valid, reverse, _float32(zoneout))

@@ -66,7 +66,7 @@ from rnnkit.engine.gemm import linear, matmul, recorded_by_autograd
 STEPS = {RNN_TANH: RNN_SPECS["tanh"].step, RNN_RELU: RNN_SPECS["relu"].step, LSTM: LSTM_SPEC.step, GRU: GRU_SPEC.step}
 
 # Argument layouts of FusedRecurrence, for its vmap rule.
-_ROLES = (None, None, None, "mask", "seq", "weight", "weight", "weight", "weight", "weight", "state", "state")
+_ROLES = (None, None, None, "mask", "seq", "weight", "weight", "weight", "weight", "weight", "state", "state", "seq")
 
 
 class FusedRecurrence(torch.autograd.Function):
@@ -77,42 +77,46 @@ class FusedRecurrence(torch.autograd.Function):
     (:func:`rnnkit.engine.transforms.output`). The final states are outputs of their own, so
     that their gradients arrive as (N, H) tensors, never scattered into an (L+1, N, H) buffer;
     ``hs`` is differentiable only where the output is its view. ``cs``, ``gates``, ``hn`` and
-    ``hraw`` are the backward's internals (see :mod:`rnnkit.engine.fused_loops`).
+    ``hraw`` are the backward's internals (see :mod:`rnnkit.engine.fused_loops`). ``zoneout``
+    (L, N, H_out) or None: the keep-previous weights of :func:`rnnkit.engine.reference.run_direction`,
+    applied per step by the loop kernels; it gets no gradient.
     How each transform is served is in :mod:`rnnkit.engine.transforms`.
     """
 
     @staticmethod
-    def forward(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-        xp, y, hs, cs, hn, hraw = _forward(kind, loops_for(x), reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
-        gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
+    def forward(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None):
+        xp, y, hs, cs, hn, hraw = _forward(kind, loops_for(x), reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout)
+        gates = xp if kind in (LSTM, GRU) or zoneout is not None else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
         if share:
             y = transforms.shared_output(y, hs, reverse)
         return y, *transforms.final_states(hs, cs, reverse, kind == LSTM), hs, cs, gates, hn, hraw
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = inputs
+        kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *zoneout = inputs
         y, _, _, hs, cs, gates, hn, hraw = output
         ctx.kind, ctx.reverse, ctx.view = kind, reverse, valid is None and w_hr is None and not share
         ctx.mark_non_differentiable(cs, gates, hn, hraw, *(() if ctx.view else (hs,)))
         ctx.set_materialize_grads(False)
-        ctx.primals, ctx.valid = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), valid  # for jvp; all saved for backward anyway
+        zoneout = zoneout[0] if zoneout else None
+        ctx.primals, ctx.valid, ctx.zoneout = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), valid, zoneout  # for jvp
         transforms.keep_output(ctx, y, share)
-        ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs)
+        ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs, zoneout)
 
     @staticmethod
     def backward(ctx, d_y, d_hn, d_cn, d_hs, *_internals):
         saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing allows no second unpack
         if torch.is_grad_enabled():  # create_graph=True or torch.func: the reference math, differentiable again
-            valid, primals = saved[0], saved[1:9]
-            grads = transforms.reference_vjp(_reference(ctx.kind, ctx.reverse, valid, ctx.view), primals, (d_y, d_hn, d_cn, d_hs))
-            return None, None, None, None, *grads
+            valid, primals, zoneout = saved[0], saved[1:9], saved[14]
+            grads = transforms.reference_vjp(_reference(ctx.kind, ctx.reverse, valid, ctx.view, zoneout), primals, (d_y, d_hn, d_cn, d_hs))
+            return None, None, None, None, *grads, None
         with torch.autocast(saved[1].device.type, enabled=False):  # gradients in the forward's precision
-            return None, None, None, None, *_backward(ctx, saved, d_y, d_hn, d_cn, d_hs)
+            return None, None, None, None, *_backward(ctx, saved, d_y, d_hn, d_cn, d_hs), None
 
     @staticmethod
     def jvp(ctx, _kind, _reverse, _share, _valid, *tangents):
-        y, h_n, c_n, hs = transforms.reference_jvp(_reference(ctx.kind, ctx.reverse, ctx.valid, ctx.view), ctx.primals, tangents)
+        tangents = tangents[:8]  # the zoneout masks have none
+        y, h_n, c_n, hs = transforms.reference_jvp(_reference(ctx.kind, ctx.reverse, ctx.valid, ctx.view, ctx.zoneout), ctx.primals, tangents)
         return y, h_n, c_n, hs if ctx.view else None, None, None, None, None
 
     @staticmethod
@@ -120,30 +124,31 @@ class FusedRecurrence(torch.autograd.Function):
         return transforms.vmap_by_batch(FusedRecurrence.apply, info, in_dims, args, _ROLES)
 
 
-def _reference(kind, reverse, valid, output_is_view):
+def _reference(kind, reverse, valid, output_is_view, zoneout=None):
     """FusedRecurrence's differentiable outputs as a function of its tensor inputs, by the cell's own step."""
 
     def outputs(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
         state = (h0, c0) if kind == LSTM else (h0,)
-        return transforms.reference_outputs(STEPS[kind], CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr), x, state, valid, reverse, output_is_view)
+        weights = CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
+        return transforms.reference_outputs(STEPS[kind], weights, x, state, valid, reverse, output_is_view, zoneout)
 
     return outputs
 
 
 def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     """The compiled backward through time: gradients of (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)."""
-    valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs = saved
+    valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs, zoneout = saved
     kind, reverse = ctx.kind, ctx.reverse
     loops = loops_for(x)
     if transforms.output_edited(ctx):  # the output, which is the states, was edited in place: run them once more from h_0
-        hs = _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)[2]
+        hs = _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout)[2]
     length, batch, _ = x.shape
     dy = transforms.output_gradient(ctx.view, d_y, d_hs, hs, reverse)
     dh_n = h0.new_zeros(h0.shape) if d_hn is None else d_hn
     dc_n = x.new_empty(0) if kind != LSTM else (c0.new_zeros(c0.shape) if d_cn is None else d_cn)
     dgx, dgh_n, dh0, dc0, dproj = loops.backward_loop(
         kind, gates, hs, cs, hn, hraw, w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(), valid, reverse,
-        dy, dh_n.contiguous(), dc_n.contiguous(),
+        dy, dh_n.contiguous(), dc_n.contiguous(), zoneout,
     )  # fmt: skip
     steps = length * batch
     dgx2d = dgx.view(steps, dgx.shape[2])
@@ -162,14 +167,15 @@ def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None
 
 
-def _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+def _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None):
     """The input projections of every step in one GEMM, then the loop kernel: ``xp`` (now the gates), y, hs, cs, hn, hraw."""
     length, batch, _ = x.shape
     bias, b_hn = _folded_bias(kind, b_ih, b_hh)
     xp = linear(x.reshape(length * batch, x.shape[2]), w_ih, bias).view(length, batch, w_hh.shape[0])
     c0 = x.new_empty(0) if c0 is None else c0.contiguous()
     w_hr = None if w_hr is None else w_hr.contiguous()
-    return xp, *loops.forward_loop(kind, xp, h0.contiguous(), c0, w_hh.contiguous(), b_hn, w_hr, valid, reverse)
+    zoneout = None if zoneout is None else zoneout.contiguous()
+    return xp, *loops.forward_loop(kind, xp, h0.contiguous(), c0, w_hh.contiguous(), b_hn, w_hr, valid, reverse, zoneout)
 
 
 def _folded_bias(kind: int, b_ih: Tensor | None, b_hh: Tensor | None):
@@ -197,7 +203,9 @@ def supports(spec: CellSpec, weights: CellWeights | None = None) -> bool:
     return spec.name in KINDS and (weights is None or getattr(weights, "layer_norm", None) is None)
 
 
-def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
+def run_direction(
+    spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool, zoneout: Tensor | None = None
+) -> tuple[Tensor, State]:
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`.
 
     Under autocast the GEMMs that span all steps run in the autocast dtype and the recurrence in
@@ -206,43 +214,47 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
     (under autocast entirely in float32).
     """
     if scan.supports(spec):
-        return scan.run_direction(spec, x, state, weights, valid, reverse)
+        return scan.run_direction(spec, x, state, weights, valid, reverse, zoneout)
     if torch.is_autocast_enabled(x.device.type):
-        return autocast.run_direction(spec, x, state, weights, valid, reverse)
+        return autocast.run_direction(spec, x, state, weights, valid, reverse, zoneout)
     if fused_layer_norm.supports(spec, x, weights):
-        return fused_layer_norm.run_direction(spec, x, state, weights, valid, reverse)
+        return fused_layer_norm.run_direction(spec, x, state, weights, valid, reverse, zoneout)
     if not supports(spec, weights):
         runner = hoisted if hoisted.supports(spec) else reference
-        return runner.run_direction(spec, x, state, weights, valid, reverse)
+        return runner.run_direction(spec, x, state, weights, valid, reverse, *(() if zoneout is None else (zoneout,)))
     kind = KINDS[spec.name]
-    if not transforms.recorded() and x.shape[0] == 1 and valid is None and (stepped := single_step(spec, x[0], state, weights)) is not None:
+    stepped = None
+    if not transforms.recorded() and x.shape[0] == 1 and valid is None and zoneout is None:
+        stepped = single_step(spec, x[0], state, weights)
+    if stepped is not None:
         return stepped[0].unsqueeze(0), (stepped[0].clone(), *stepped[1:])  # the state apart from the output
     h0, c0 = state[0], state[1] if kind == LSTM else None
-    args = (kind, x.contiguous(), h0, c0, *weights[:5], valid, reverse)
+    args = (kind, x.contiguous(), h0, c0, *weights[:5], valid, reverse, zoneout)
     y, h_n, c_n = transforms.call(torch.ops.rnnkit.recurrence, _recurrence, *args)
     return y, (h_n, c_n) if kind == LSTM else (h_n,)
 
 
-def _recurrence(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse):
+def _recurrence(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse, zoneout=None):
     """``rnnkit::recurrence``: one layer and direction, ``(y, h_n, c_n)`` (c_n empty but for the LSTM).
 
     Without autograd on the compiled path it runs the inference kernel, which keeps no
-    history; otherwise :class:`FusedRecurrence`. The op is composite (its kernel runs these
-    Python calls), so a trace records it as one node and decides between the two at run time.
+    history (and has no zoneout: with zoneout, :class:`FusedRecurrence` runs); otherwise
+    :class:`FusedRecurrence`. The op is composite (its kernel runs these Python calls), so a
+    trace records it as one node and decides between the two at run time.
     """
     loops = loops_for(x)
-    if isinstance(loops, ops.NativeLoops) and not recorded_by_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+    if zoneout is None and isinstance(loops, ops.NativeLoops) and not recorded_by_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
         return _infer(kind, loops, x, h0, c0, CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr), valid, reverse)
     aliased = valid is None and w_hr is None
     share = transforms.shares_output(aliased)
-    y, h_n, c_n, hs, *_ = FusedRecurrence.apply(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
+    y, h_n, c_n, hs, *_ = FusedRecurrence.apply(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout)
     return transforms.output(y, hs, reverse, aliased and not share), h_n, c_n
 
 
 _LIBRARY = torch.library.Library("rnnkit", "FRAGMENT")
 _LIBRARY.define(
     "recurrence(int kind, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-    "Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)"
+    "Tensor? w_hr, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor)"
 )
 _LIBRARY.impl("recurrence", _recurrence, "CompositeImplicitAutograd")
 

@@ -24,7 +24,9 @@ then ``dW_hh = Σ_t da_t^T h_{t-1}`` is one GEMM over all steps, and ``dxp`` goe
 through ATen's LayerNorm backward and two GEMMs to the input side's gradients.
 
 It covers the LayerNorm LSTM without ``proj_size``, on CPU float32/float64
-when the C++ kernel is built; everything else runs the hoisted loop.
+when the C++ kernel is built; everything else runs the hoisted loop. Zoneout
+(keep-previous weights ``m_t`` on ``h``) is applied in the loop after ``h̃_t``;
+backward sends ``(1-m_t) dh_t`` into the step and ``m_t dh_t`` to ``dh_{t-1}``.
 """
 
 from __future__ import annotations
@@ -38,46 +40,49 @@ from rnnkit.cells.lstm import layer_norm_lstm_step
 from rnnkit.engine import transforms
 from rnnkit.engine.gemm import linear
 
-_ROLES = (None, None, "mask", "seq", *["weight"] * 8, "state", "state")
+_ROLES = (None, None, "mask", "seq", *["weight"] * 8, "state", "state", "seq")
 
 
 class FusedLayerNormLSTM(torch.autograd.Function):
     """One layer and direction: ``(y, h_n, c_n, hs, cs, *internals)``, as :class:`rnnkit.engine.fused.FusedRecurrence`.
 
-    Inputs: ``reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0``.
+    Inputs: ``reverse, share, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, zoneout``
+    (zoneout: (L, N, H) keep-previous weights or None, see :func:`rnnkit.engine.reference.run_direction`).
     The input side, ``LN(x W_ih^T) γ_ih + b_ih + b_hh``, runs here too (its backward is
     ATen's LayerNorm backward and two GEMMs), so that the higher-order path can recompute
     everything from x. How each transform is served is in :mod:`rnnkit.engine.transforms`.
     """
 
     @staticmethod
-    def forward(reverse, share, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
-        y, hs, cs, *internals = _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
+    def forward(reverse, share, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, zoneout=None):
+        y, hs, cs, *internals = _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, zoneout)
         y = transforms.shared_output(y, hs, reverse) if share else y
         return y, *transforms.final_states(hs, cs, reverse, True), hs, cs, *internals
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         reverse, share, valid, *primals = inputs
+        zoneout = primals.pop() if len(primals) == 12 else None
         y, _, _, hs, cs, *internals = output
         ctx.reverse, ctx.view = reverse, valid is None and not share
         ctx.mark_non_differentiable(cs, *internals, *(() if ctx.view else (hs,)))
         ctx.set_materialize_grads(False)
-        ctx.primals, ctx.valid = tuple(primals), valid  # for jvp; all saved for backward anyway
+        ctx.primals, ctx.valid, ctx.zoneout = tuple(primals), valid, zoneout  # for jvp; all saved for backward anyway
         transforms.keep_output(ctx, y, share)
-        ctx.save_for_backward(valid, *primals, cs, *internals, hs)
+        ctx.save_for_backward(valid, *primals, cs, *internals, hs, zoneout)
 
     @staticmethod
     def backward(ctx, d_y, d_hn, d_cn, d_hs, *_internals):
         saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing allows no second unpack
         if torch.is_grad_enabled():  # create_graph=True or torch.func: the reference math, differentiable again
-            grads = transforms.reference_vjp(_reference(ctx.reverse, saved[0], ctx.view), saved[1:12], (d_y, d_hn, d_cn, d_hs))
-            return None, None, None, *grads
-        return None, None, None, *_backward(ctx, saved, d_y, d_hn, d_cn, d_hs)
+            grads = transforms.reference_vjp(_reference(ctx.reverse, saved[0], ctx.view, saved[-1]), saved[1:12], (d_y, d_hn, d_cn, d_hs))
+            return None, None, None, *grads, None
+        return None, None, None, *_backward(ctx, saved, d_y, d_hn, d_cn, d_hs), None
 
     @staticmethod
     def jvp(ctx, _reverse, _share, _valid, *tangents):
-        y, h_n, c_n, hs = transforms.reference_jvp(_reference(ctx.reverse, ctx.valid, ctx.view), ctx.primals, tangents)
+        tangents = tangents[:11]  # the zoneout masks have none
+        y, h_n, c_n, hs = transforms.reference_jvp(_reference(ctx.reverse, ctx.valid, ctx.view, ctx.zoneout), ctx.primals, tangents)
         return y, h_n, c_n, hs if ctx.view else None, *[None] * 8
 
     @staticmethod
@@ -85,7 +90,7 @@ class FusedLayerNormLSTM(torch.autograd.Function):
         return transforms.vmap_by_batch(FusedLayerNormLSTM.apply, info, in_dims, args, _ROLES)
 
 
-def _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
+def _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, zoneout=None):
     length, batch, features = x.shape
     projected = linear(x.reshape(length * batch, features), w_ih, None)
     # LN(W_ih x)γ_ih + b_ih, plus b_hh, which is added after the recurrent LayerNorm and so folds in here, as one
@@ -95,33 +100,33 @@ def _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_c
     # The kernel overwrites xp, which only it reads, with the gate activations: no other (L, N, 4H) buffer to fault in.
     y, hs, cs, ahat, chat, rstd = ops.native_loops().layer_norm_lstm_forward(
         xp.view(length, batch, -1), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), gain_hh.contiguous(),
-        gain_cell.contiguous(), bias_cell.contiguous(), valid, reverse,
+        gain_cell.contiguous(), bias_cell.contiguous(), valid, reverse, zoneout,
     )  # fmt: skip
     return y, hs, cs, xp.view(length, batch, -1), ahat, chat, rstd, projected, mean, rstd_in
 
 
-def _reference(reverse, valid, output_is_view):
+def _reference(reverse, valid, output_is_view, zoneout=None):
     """FusedLayerNormLSTM's differentiable outputs as a function of its tensor inputs, by the cell's own step."""
 
     def outputs(x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0):
         weights = CellWeights(w_ih, w_hh, b_ih, b_hh, None, LayerNormWeights(gain_ih, gain_hh, gain_cell, bias_cell))
-        return transforms.reference_outputs(layer_norm_lstm_step, weights, x, (h0, c0), valid, reverse, output_is_view)
+        return transforms.reference_outputs(layer_norm_lstm_step, weights, x, (h0, c0), valid, reverse, output_is_view, zoneout)
 
     return outputs
 
 
 def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     """The compiled backward: gradients of (x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)."""
-    valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, cs, gates, ahat, chat, rstd, projected, mean, rstd_in, hs = saved
+    valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, cs, gates, ahat, chat, rstd, projected, mean, rstd_in, hs, zoneout = saved
     if transforms.output_edited(ctx):  # the output, which is the states, was edited in place: run them once more from h_0
-        _, hs, cs, gates, ahat, chat, rstd, *_ = _forward(ctx.reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
+        _, hs, cs, gates, ahat, chat, rstd, *_ = _forward(ctx.reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, zoneout)
     length, batch, _ = x.shape
     dy = transforms.output_gradient(ctx.view, d_y, d_hs, hs, ctx.reverse)
     dh_n = h0.new_zeros(h0.shape) if d_hn is None else d_hn
     dc_n = c0.new_zeros(c0.shape) if d_cn is None else d_cn
     dxp, da, dh0, dc0, dgain_hh, dgain_cell, dbias_cell = ops.native_loops().layer_norm_lstm_backward(
         gates, hs, cs, ahat, chat, rstd, w_hh.contiguous(), gain_hh.contiguous(), gain_cell.contiguous(),
-        bias_cell.contiguous(), valid, ctx.reverse, dy, dh_n.contiguous(), dc_n.contiguous(),
+        bias_cell.contiguous(), valid, ctx.reverse, dy, dh_n.contiguous(), dc_n.contiguous(), zoneout,
     )  # fmt: skip
     steps = length * batch
     h_prev = hs[ctx.reverse : length + ctx.reverse].reshape(steps, hs.shape[2])
@@ -151,25 +156,28 @@ def supports(spec: CellSpec, x: Tensor, weights: CellWeights) -> bool:
     )
 
 
-def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
+def run_direction(
+    spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool, zoneout: Tensor | None = None
+) -> tuple[Tensor, State]:
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`, for a call :func:`supports` covers."""
     norm = weights.layer_norm
     h0, c0 = state
     args = (x, h0, c0, weights.weight_ih, weights.weight_hh, weights.bias_ih, weights.bias_hh, norm.gain_ih, norm.gain_hh, norm.gain_cell, norm.bias_cell, valid, reverse)
+    args += () if zoneout is None else (zoneout.contiguous(),)
     y, h_n, c_n = transforms.call(torch.ops.rnnkit.layer_norm_lstm, _layer_norm_lstm, *args)
     return y, (h_n, c_n)
 
 
-def _layer_norm_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, gain_ih, gain_hh, gain_cell, bias_cell, valid, reverse):
+def _layer_norm_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, gain_ih, gain_hh, gain_cell, bias_cell, valid, reverse, zoneout=None):
     """``rnnkit::layer_norm_lstm``: one layer and direction, ``(y, h_n, c_n)``."""
     share = transforms.shares_output(valid is None)
-    y, h_n, c_n, hs, *_ = FusedLayerNormLSTM.apply(reverse, share, valid, x.contiguous(), w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0)
+    y, h_n, c_n, hs, *_ = FusedLayerNormLSTM.apply(reverse, share, valid, x.contiguous(), w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_cell, bias_cell, h0, c0, zoneout)
     return transforms.output(y, hs, reverse, valid is None and not share), h_n, c_n
 
 
 _LIBRARY = torch.library.Library("rnnkit", "FRAGMENT")
 _LIBRARY.define(
     "layer_norm_lstm(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor gain_ih, "
-    "Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)"
+    "Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor)"
 )
 _LIBRARY.impl("layer_norm_lstm", _layer_norm_lstm, "CompositeImplicitAutograd")

@@ -10,17 +10,22 @@ Contract (time-indexed buffers; ``before = t + reverse``, ``after = t + 1 - reve
 index the state history, so that a step always reads ``hs[before]`` and writes
 ``hs[after]`` whichever direction the loop runs)::
 
-    forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse)
+    forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None)
         -> y (L,N,H_out), hs (L+1,N,H_out), cs (L+1,N,H), hn (L,N,H), hraw (L,N,H)
            (y is empty without padding and projection: the output is then hs's steps, a view taken by the caller)
-    backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n)
+    backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None)
         -> dgx (L,N,G*H), dgh_n (L,N,H), dh0 (N,H_out), dc0 (N,H), dproj (L,N,H_out)
 
 ``xp`` holds the input projections on entry and is overwritten with the gate
 activations the backward pass needs (``gates``; RNN needs none and passes an
-empty tensor); ``dy`` may have any strides; ``dgh_n`` is GRU's
+empty tensor, but with zoneout it keeps the new states before zoneout, h̃_t, there); ``dy`` may have any strides; ``dgh_n`` is GRU's
 recurrent-side gradient of the n gate, ``δn⊙r`` (its r and z parts equal
 ``dgx``'s); unused results are empty tensors. The equations are in :mod:`rnnkit.engine.fused`.
+
+``zoneout`` (L, N, H_out), optional: keep-previous weights ``m_t``. A valid step's new hidden
+state (after the projection, if any) becomes ``h_t = h̃_t + m_t ⊙ (h_{t-1} - h̃_t)``, and it is
+also the output. Backward then splits the total gradient ``dh_t``: ``(1 - m_t) ⊙ dh_t`` goes into
+the step (the gates, or the projection), ``m_t ⊙ dh_t`` straight to ``dh_{t-1}``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
-def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
+def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None):
     length, batch, _ = xp.shape
     out_size = h0.shape[1]
     hidden = w_hh.shape[0] // {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}[kind]
@@ -75,6 +80,10 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
         else:
             pre = gates + recurrent
             h_new = pre.tanh() if kind == RNN_TANH else pre.relu()
+            if zoneout is not None:  # backward's tanh'/relu' need h̃, which hs will not hold
+                gates.copy_(h_new)
+        if zoneout is not None:
+            h_new = h_new + zoneout[t] * (h_prev - h_new)
         if valid is not None:
             keep = valid[t].unsqueeze(1)
             y[t] = torch.where(keep, h_new, 0.0)
@@ -89,7 +98,7 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
     return y, hs, cs, hn, hraw
 
 
-def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n):
+def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None):
     length, batch, _ = dy.shape
     gate_size = w_hh.shape[0]
     dgx = dy.new_empty(length, batch, gate_size)  # RNN passes no gates: its backward reads hs
@@ -103,6 +112,10 @@ def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy,
         keep = valid[t].unsqueeze(1) if valid is not None else None
         dh = dh + (dy[t] if keep is None else torch.where(keep, dy[t], 0.0))
         direct = None  # the part of dh_{t-1} that does not go through W_hh
+        dh_total = dh  # what a padded step passes through
+        if zoneout is not None:
+            direct = zoneout[t] * dh
+            dh = dh - direct  # (1 - m) dh, in one op less
         if kind == LSTM:
             dh_raw = dh
             if w_hr is not None:
@@ -122,9 +135,9 @@ def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy,
             d_r_pre = d_n_pre * hn[t] * r * (1 - r)
             dgx[t] = torch.cat((d_r_pre, d_z_pre, d_n_pre), dim=1)
             dgh_n[t] = d_n_pre * r
-            direct = dh * z
+            direct = dh * z if direct is None else direct + dh * z
         else:
-            h = hs[after]
+            h = hs[after] if zoneout is None else gates[t]
             dgx[t] = dh * (1 - h * h) if kind == RNN_TANH else dh * (h > 0)
         if keep is not None:
             dgx[t] = torch.where(keep, dgx[t], 0.0)
@@ -137,5 +150,5 @@ def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy,
             dh_prev = dgx[t] @ w_hh
         if direct is not None:
             dh_prev = dh_prev + direct
-        dh = dh_prev if keep is None else torch.where(keep, dh_prev, dh)
+        dh = dh_prev if keep is None else torch.where(keep, dh_prev, dh_total)
     return dgx, dgh_n, dh, dc, dproj

@@ -35,10 +35,17 @@ def supports(spec: CellSpec) -> bool:
     return spec.project_input is not None and spec.recur is not None
 
 
-def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
+def run_direction(
+    spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool, zoneout: Tensor | None = None
+) -> tuple[Tensor, State]:
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`."""
     projected = spec.project_input(x, weights)  # (L, N, G*H), every step at once
     if spec.name in SPECS and transforms.recorded() and not transforms.functorch_active():
+        if zoneout is not None:
+            raise ValueError(
+                f"zoneout: the LayerNorm variants ({spec.name}) have no zoneout under torch.jit.trace, torch.export or "
+                "torch.compile (rnnkit::hoisted_recurrence takes no masks); run the layer eagerly, or set zoneout=0"
+            )
         norm = weights.layer_norm
         c0 = state[1] if len(state) == 2 else None
         y, h_n, c_n = hoisted_recurrence(
@@ -47,7 +54,7 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
         )  # fmt: skip
         return y, (h_n, c_n) if c0 is not None else (h_n,)
     recurrence = dataclasses.replace(spec, step=spec.recur)
-    return reference.run_direction(recurrence, projected, state, weights, valid, reverse)
+    return reference.run_direction(recurrence, projected, state, weights, valid, reverse, zoneout)
 
 
 def _loop(family, projected, h0, c0, w_hh, b_hh, w_hr, gain_hh, gain_cell, bias_cell, valid, reverse):

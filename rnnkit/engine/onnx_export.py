@@ -19,7 +19,7 @@ Two exporters, two registrations:
   Without it the exporter has no rule for the op and fails.
 
 Not exportable as native nodes, and refused with an error that says so: ``proj_size`` (ONNX's
-LSTM has no projection) and the LayerNorm variants (``rnnkit::layer_norm_lstm``, and the
+LSTM has no projection), ``zoneout`` (no such input) and the LayerNorm variants (``rnnkit::layer_norm_lstm``, and the
 hoisted loop of the LayerNorm GRU, which records every step).
 """
 
@@ -32,12 +32,15 @@ from rnnkit.ops.kinds import GRU, LSTM, RNN_RELU, RNN_TANH
 # Position in torch's gate layout of each ONNX gate block, in ONNX's order.
 ONNX_GATE_ORDER = {LSTM: (0, 3, 1, 2), GRU: (1, 0, 2), RNN_TANH: (0,), RNN_RELU: (0,)}
 NO_PROJECTION = "proj_size has no native ONNX node (ONNX's LSTM has no projection); export a model without proj_size"
+NO_ZONEOUT = "zoneout has no native ONNX node (ONNX's LSTM, GRU and RNN have no such input); export a model with zoneout=0"
 OPSET = 18
 
 
-def _symbolic(g, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse):
+def _symbolic(g, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse, zoneout=None):
     from torch.onnx import symbolic_helper as helper
 
+    if zoneout is not None and not helper._is_none(zoneout):
+        raise torch.onnx.errors.SymbolicValueError(NO_ZONEOUT, x)
     kind = helper._get_const(kind, "i", "kind")
     reverse = helper._get_const(reverse, "b", "reverse")
     if not helper._is_none(w_hr):
@@ -95,10 +98,12 @@ def register_symbolic() -> None:
         torch.onnx.register_custom_op_symbolic("rnnkit::linear_recurrence", _refuse_linear_recurrence, opset)
 
 
-def _translation(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse):
+def _translation(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse, zoneout=None):
     """rnnkit::recurrence for the dynamo exporter, as onnxscript ops."""
     from onnxscript import opset18 as op
 
+    if zoneout is not None:
+        raise ValueError(NO_ZONEOUT)
     if w_hr is not None:
         raise ValueError(NO_PROJECTION)
     hidden = w_hh.shape[1]

@@ -23,8 +23,9 @@ def run_direction(
     weights: CellWeights,
     valid: Tensor | None,
     reverse: bool,
+    zoneout: Tensor | None = None,
 ) -> tuple[Tensor, State]:
-    """Run one cell over ``x`` and return ``(outputs, final_state)``.
+    r"""Run one cell over ``x`` and return ``(outputs, final_state)``.
 
     Args:
         spec: the cell family.
@@ -36,16 +37,24 @@ def run_direction(
             reverse pass meets a sequence's padding first, holding the initial
             state there makes it start exactly at the sequence's last valid step.
         reverse: run from t = L-1 down to 0.
+        zoneout: optional (L, N, H_out) keep-previous weights ``m_t`` (Krueger et al., 2017, §2):
+            0/1 masks drawn with probability p in training, the constant p in eval mode.
+            The hidden state (the first state tensor; the LSTM's ``c`` is not zoned out, as in
+            haste) becomes ``h_t = m_t ⊙ h_{t-1} + (1 - m_t) ⊙ h̃_t``, ``h̃_t`` the cell's
+            new state, and the output is that ``h_t``. Padding is applied after it.
 
     Returns:
         outputs: (L, N, H_out); final_state: the state after the last valid step.
     """
     steps = x.unbind(0)
     masks = valid.unsqueeze(-1).unbind(0) if valid is not None else None
+    zones = zoneout.unbind(0) if zoneout is not None else None
     order = range(len(steps) - 1, -1, -1) if reverse else range(len(steps))
     outputs: list[Tensor] = [x] * len(steps)  # placeholders, every slot is overwritten
     for t in order:
         y, new_state = spec.step(steps[t], state, weights)
+        if zones is not None:
+            y, new_state = zone_out(zones[t], state, new_state)
         if masks is not None:
             keep = masks[t]
             y = torch.where(keep, y, torch.zeros((), dtype=y.dtype, device=y.device))
@@ -53,3 +62,9 @@ def run_direction(
         outputs[t] = y
         state = new_state
     return torch.stack(outputs), state
+
+
+def zone_out(keep: Tensor, state: State, new_state: State) -> tuple[Tensor, State]:
+    """One step's zoneout: ``h = h̃ + m ⊙ (h_prev - h̃)`` (= m h_prev + (1-m) h̃) on the hidden state; ``(y, state)``."""
+    h = new_state[0] + keep * (state[0] - new_state[0])
+    return h, (h, *new_state[1:])

@@ -51,23 +51,27 @@ def supports(spec: CellSpec) -> bool:
     return spec.coefficients is not None
 
 
-def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
+def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool,
+                  zoneout: Tensor | None = None) -> tuple[Tensor, State]:  # fmt: skip
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`.
 
-    Under autocast the recurrence runs in float32, as the fused engine's: the state is carried
-    through every step, where low precision compounds.
+    Under autocast the recurrence runs in float32: the state is carried through every step,
+    where low precision compounds. Zoneout keeps the recurrence linear: with keep weights m_t,
+    h_t = m_t ⊙ h_{t-1} + (1 - m_t) ⊙ (a_t ⊙ h_{t-1} + b_t) is the scan of
+    a'_t = a_t + m_t ⊙ (1 - a_t), b'_t = (1 - m_t) ⊙ b_t.
     """
     if not supports(spec):
         raise ValueError(f"engine scan: expected a linear-recurrence family (mingru, minlstm, rglru), got {spec.name!r}")
     if torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
-            return run_direction(spec, _to_float32(x), tuple(_to_float32(s) for s in state), weights, valid, reverse)
-    args = (SCAN_KINDS[spec.name], x.contiguous(), state[0], weights.weight_ih, weights.bias_ih, weights.decay_logit, valid, reverse)
+            return run_direction(spec, _to_float32(x), tuple(_to_float32(s) for s in state), weights, valid, reverse,
+                                 None if zoneout is None else _to_float32(zoneout))  # fmt: skip
+    args = (SCAN_KINDS[spec.name], x.contiguous(), state[0], weights.weight_ih, weights.bias_ih, weights.decay_logit, valid, reverse, zoneout)
     y, h_n = transforms.call(torch.ops.rnnkit.linear_recurrence, _linear_recurrence, *args)
     return y, (h_n,)
 
 
-def _linear_recurrence(kind, x, h0, w_ih, b_ih, decay_logit, valid, reverse):
+def _linear_recurrence(kind, x, h0, w_ih, b_ih, decay_logit, valid, reverse, zoneout=None):
     """``rnnkit::linear_recurrence``: one layer and direction of a linear-recurrence family, ``(y, h_n)``.
 
     The op is composite (its kernel runs these Python calls), so a trace, torch.compile and
@@ -77,6 +81,8 @@ def _linear_recurrence(kind, x, h0, w_ih, b_ih, decay_logit, valid, reverse):
     projected = linear(x.reshape(length * batch, features), w_ih, b_ih)
     a, b = coefficients(kind, projected, decay_logit)
     a, b = a.view(length, batch, -1), b.view(length, batch, -1)
+    if zoneout is not None:
+        a, b = torch.addcmul(a, zoneout, 1 - a), b * (1 - zoneout)
     keep = None if valid is None else valid.unsqueeze(-1)
     if keep is not None:
         a = torch.where(keep, a, torch.ones((), dtype=a.dtype, device=a.device))
@@ -89,7 +95,8 @@ def _linear_recurrence(kind, x, h0, w_ih, b_ih, decay_logit, valid, reverse):
 
 _LIBRARY = torch.library.Library("rnnkit", "FRAGMENT")
 _LIBRARY.define(
-    "linear_recurrence(int kind, Tensor x, Tensor h0, Tensor w_ih, Tensor? b_ih, Tensor? decay_logit, Tensor? valid, bool reverse) -> (Tensor, Tensor)"
+    "linear_recurrence(int kind, Tensor x, Tensor h0, Tensor w_ih, Tensor? b_ih, Tensor? decay_logit, Tensor? valid, bool reverse, "
+    "Tensor? zoneout=None) -> (Tensor, Tensor)"
 )
 _LIBRARY.impl("linear_recurrence", _linear_recurrence, "CompositeImplicitAutograd")
 

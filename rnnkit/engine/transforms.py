@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rnnkit.engine.reference import zone_out
+
 
 def functorch_active() -> bool:
     """Whether a torch.func transform (grad, vmap, jvp, ...) is running around this call."""
@@ -96,13 +98,17 @@ def output_edited(ctx) -> bool:
     return ctx.watched_output is not None and ctx.watched_output._version != ctx.watched_version
 
 
-def reference_outputs(step, weights, x: Tensor, state: tuple[Tensor, ...], valid: Tensor | None, reverse: bool, output_is_view: bool):
+def reference_outputs(
+    step, weights, x: Tensor, state: tuple[Tensor, ...], valid: Tensor | None, reverse: bool, output_is_view: bool, zoneout: Tensor | None = None
+):
     """A Function's differentiable outputs ``(y, h_n, c_n, hs)`` computed by a cell's step, one step at a time.
 
     Same layout as the kernels: ``hs[before]`` enters step t and ``hs[after]`` leaves it
     (``before = t + reverse``, ``after = t + 1 - reverse``); padded steps hold the state and
-    output zeros; ``y`` is empty where it is a view of hs; ``c_n`` is empty but for the LSTM.
+    output zeros; ``y`` is empty where it is a view of hs; ``c_n`` is empty but for the LSTM;
+    ``zoneout`` as in :func:`rnnkit.engine.reference.run_direction`.
     """
+
     length = x.shape[0]
     lstm = len(state) == 2
     hs: list[Tensor | None] = [None] * (length + 1)
@@ -111,6 +117,8 @@ def reference_outputs(step, weights, x: Tensor, state: tuple[Tensor, ...], valid
     ys: list[Tensor | None] = [None] * length
     for t in range(length - 1, -1, -1) if reverse else range(length):
         y, new = step(x[t], state, weights)
+        if zoneout is not None:
+            y, new = zone_out(zoneout[t], state, new)
         if valid is not None:
             keep = valid[t].unsqueeze(-1)
             y = torch.where(keep, y, torch.zeros((), dtype=y.dtype, device=y.device))

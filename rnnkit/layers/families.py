@@ -1,7 +1,10 @@
 """The torch.nn drop-ins: :class:`RNN`, :class:`LSTM` and :class:`GRU`.
 
 Each fixes the cell family of :class:`~rnnkit.layers.recurrent.RecurrentLayer`
-and takes torch.nn's constructor arguments in torch.nn's positional order.
+and takes torch.nn's constructor arguments in torch.nn's positional order, then
+rnnkit's keyword options, among them the regularisers ``weight_drop``,
+``input_dropout``, ``layer_dropout``, ``output_dropout`` and ``zoneout``
+(:mod:`rnnkit.layers.regularisers`).
 """
 
 from __future__ import annotations
@@ -40,12 +43,13 @@ class RNN(RecurrentLayer):
         proj_size=None,
         check_finite: bool = False,
         engine: str = "auto",
+        **rates: float,
     ) -> None:
         _reject_projection("RNN", proj_size)
         errors.check_nonlinearity(nonlinearity)
         super().__init__(
             RNN_SPECS[nonlinearity], input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device=device, dtype=dtype, check_finite=check_finite, engine=engine,
+            device=device, dtype=dtype, check_finite=check_finite, engine=engine, **rates,
         )  # fmt: skip
         self.nonlinearity = nonlinearity
 
@@ -73,11 +77,12 @@ class LSTM(RecurrentLayer):
         layer_norm: bool = False,
         check_finite: bool = False,
         engine: str = "auto",
+        **rates: float,
     ) -> None:
         super().__init__(
             LAYER_NORM_LSTM if layer_norm is True else LSTM_SPEC,
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
-            device=device, dtype=dtype, layer_norm=layer_norm, check_finite=check_finite, engine=engine,
+            device=device, dtype=dtype, layer_norm=layer_norm, check_finite=check_finite, engine=engine, **rates,
         )  # fmt: skip
 
 
@@ -103,10 +108,11 @@ class GRU(RecurrentLayer):
         layer_norm: bool = False,
         check_finite: bool = False,
         engine: str = "auto",
+        **rates: float,
     ) -> None:
         _reject_projection("GRU", proj_size)
         super().__init__(
             LAYER_NORM_GRU if layer_norm is True else GRU_SPEC,
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device=device, dtype=dtype, layer_norm=layer_norm, check_finite=check_finite, engine=engine,
+            device=device, dtype=dtype, layer_norm=layer_norm, check_finite=check_finite, engine=engine, **rates,
         )  # fmt: skip

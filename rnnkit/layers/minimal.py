@@ -9,7 +9,9 @@ time (:mod:`rnnkit.engine.scan`), with ``"reference"`` the per-step loop that de
 
 Parameters per layer ``k`` (``_reverse`` for the backward direction): ``weight_ih_l{k}``
 (G*H, H_in) and ``bias_ih_l{k}`` (G*H,); RG-LRU adds ``decay_logit_l{k}`` (H,). There is no
-``weight_hh``: the gates read only the input. ``h_0``/``h_n``: (D*num_layers, N, H).
+``weight_hh``: the gates read only the input. ``h_0``/``h_n``: (D*num_layers, N, H). The regularisers of :class:`RecurrentLayer` apply
+(``input_dropout``, ``layer_dropout``, ``output_dropout``, ``zoneout``: zoneout keeps the
+recurrence linear, so the scan still runs), except ``weight_drop``: there is no ``weight_hh``.
 """
 
 from __future__ import annotations
@@ -39,15 +41,19 @@ class _LinearRecurrentLayer(RecurrentLayer):
         layer_norm: bool = False,
         check_finite: bool = False,
         engine: str = "auto",
+        weight_drop: float = 0.0,
+        **regularisers,
     ) -> None:
         family = type(self).__name__
         if proj_size is not None:
             raise errors.fail("proj_size", f"no value: projections are LSTM-only, not supported by {family}", repr(proj_size))
         if layer_norm is not False:
             raise errors.fail("layer_norm", f"False: {family} has no LayerNorm variant", repr(layer_norm))
+        if weight_drop != 0:  # DropConnect on weight_hh, which these families do not have
+            raise errors.fail("weight_drop", f"0: {family}'s gates read only the input, it has no weight_hh to drop", repr(weight_drop))
         super().__init__(
             self.spec_of_family, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device=device, dtype=dtype, check_finite=check_finite, engine=engine,
+            device=device, dtype=dtype, check_finite=check_finite, engine=engine, **regularisers,
         )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from rnnkit import engine as engines
 from rnnkit import errors
 from rnnkit.cells.base import CellSpec, CellWeights, LayerNormWeights, State, init_uniform_, registered_or_attribute
 from rnnkit.engine import fused
+from rnnkit.layers import regularisers
 from rnnkit.layers.sequence import to_time_major
 
 
@@ -50,7 +51,18 @@ class RecurrentLayer(nn.Module):
         check_finite: raise ``ValueError`` on NaN or Inf in the input or the
             initial state, naming the batch index and time step.
         engine: ``"auto"`` or a name from :data:`rnnkit.engine.ENGINES`.
+        weight_drop, input_dropout, layer_dropout, output_dropout, zoneout:
+            the AWD-LSTM / haste regularisers, each a float in [0, 1), 0 = off
+            (math, masks and eval behaviour in :mod:`rnnkit.layers.regularisers`).
+            They are attributes, checked when set, and may be changed between calls.
     """
+
+    # The regularisers' rates, checked whenever they are set.
+    weight_drop = regularisers.rate_property("weight_drop")
+    input_dropout = regularisers.rate_property("input_dropout")
+    layer_dropout = regularisers.rate_property("layer_dropout")
+    output_dropout = regularisers.rate_property("output_dropout")
+    zoneout = regularisers.rate_property("zoneout")
 
     def __init__(
         self,
@@ -69,8 +81,15 @@ class RecurrentLayer(nn.Module):
         layer_norm: bool = False,
         check_finite: bool = False,
         engine: str = "auto",
+        weight_drop: float = 0.0,
+        input_dropout: float = 0.0,
+        layer_dropout: float = 0.0,
+        output_dropout: float = 0.0,
+        zoneout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.weight_drop, self.input_dropout, self.layer_dropout = weight_drop, input_dropout, layer_dropout  # checked properties
+        self.output_dropout, self.zoneout = output_dropout, zoneout
         errors.check_positive_int("input_size", input_size)
         errors.check_positive_int("hidden_size", hidden_size)
         errors.check_positive_int("num_layers", num_layers)
@@ -209,6 +228,7 @@ class RecurrentLayer(nn.Module):
         """
         if lengths is None and (stepped := self._inference_step(input, hx)) is not None:
             return stepped
+        regularisers.refuse_recording(self, self.training)
         with _checks_at_trace_time():
             x, valid, layout = to_time_major(input, self.batch_first, lengths)
             self._check_input(x)
@@ -236,6 +256,8 @@ class RecurrentLayer(nn.Module):
         """
         if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or self.check_finite or self.run_direction is not fused.run_direction:
             return None
+        if regularisers.active(self, self.training):  # masks and zoneout need the time dimension: the general path
+            return None
         if torch.jit.is_tracing() or torch.compiler.is_compiling():  # a trace must hold the op that serves every length
             return None
         if not isinstance(input, Tensor):
@@ -253,19 +275,35 @@ class RecurrentLayer(nn.Module):
 
     def _run_layers(self, x: Tensor, states: list[State], valid: Tensor | None, run_direction) -> tuple[Tensor, list[State]]:
         """Run x through every layer and direction with dropout between layers: the last layer's output and each
-        (layer, direction)'s final state. ``run_direction`` has the engine's signature."""
+        (layer, direction)'s final state. ``run_direction`` has the engine's signature.
+
+        The regularisers' masks are drawn here, in this order, whatever the engine: the input's, then per layer
+        and direction the weight mask and the zoneout mask, then the masks between layers, then the output's."""
         finals: list[State] = []
         directions = self.num_directions
+        regularised = regularisers.active(self, self.training)
+        if regularised:
+            x = regularisers.locked_dropout(x, self.input_dropout, self.training)
+        output_size = self.proj_size or self.hidden_size
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(directions):
                 index = layer * directions + direction
-                y, final = run_direction(self.spec, x, states[index], self.cell_weights(layer, direction), valid, reverse=direction == 1)
+                weights, extra = self.cell_weights(layer, direction), {}
+                if regularised:
+                    weights = regularisers.drop_weights(weights, self.weight_drop, self.training)
+                    if self.zoneout > 0:  # passed only when on: an engine without zoneout then fails loudly
+                        extra["zoneout"] = regularisers.zoneout_mask(x, output_size, self.zoneout, self.training)
+                y, final = run_direction(self.spec, x, states[index], weights, valid, reverse=direction == 1, **extra)
                 outputs.append(y)
                 finals.append(final)
             x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if self.training and layer < self.num_layers - 1 and self.dropout != 0.0:
                 x = F.dropout(x, self.dropout, training=True)
+            if regularised and layer < self.num_layers - 1:
+                x = regularisers.locked_dropout(x, self.layer_dropout, self.training)
+        if regularised:
+            x = regularisers.locked_dropout(x, self.output_dropout, self.training)
         return x, finals
 
     def _check_input(self, x: Tensor) -> None:
@@ -325,6 +363,7 @@ class RecurrentLayer(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0, "bidirectional": False, "proj_size": 0, "layer_norm": False, "engine": "auto"}
+        defaults.update(dict.fromkeys(regularisers.NAMES, 0.0))
         for key, default in defaults.items():
             value = getattr(self, key)
             if value != default:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 import rnnkit
 from rnnkit import config as configs
 from rnnkit import errors
-from rnnkit.layers import quantized
+from rnnkit.layers import quantized, regularisers
 from rnnkit.training.checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint
 
 LAYERS = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN, "mingru": rnnkit.MinGRU, "minlstm": rnnkit.MinLSTM, "rglru": rnnkit.RGLRU}
@@ -39,6 +39,16 @@ class RecurrentConfig:
     layer_norm: bool = False  # LSTM and GRU only
     nonlinearity: Literal["tanh", "relu"] = "tanh"  # RNN only
     engine: str = "auto"
+    # The layer's regularisers (rnnkit.layers.regularisers), each in [0, 1), 0 = off.
+    weight_drop: float = 0.0  # DropConnect on weight_hh, one mask per call
+    input_dropout: float = 0.0  # locked dropout: one mask per sequence, all steps
+    layer_dropout: float = 0.0
+    output_dropout: float = 0.0
+    zoneout: float = 0.0  # keep each unit's previous hidden state with this probability
+
+    def __post_init__(self) -> None:
+        for name in regularisers.NAMES:
+            setattr(self, name, regularisers.check_rate(f"rnn.{name}", getattr(self, name)))
 
 
 @dataclass
@@ -72,7 +82,8 @@ def check_embedding_dropout(p: object) -> None:
 def make_layer(rnn: RecurrentConfig, input_size: int) -> rnnkit.RecurrentLayer:
     layer = LAYERS[rnn.cell]
     kwargs = dict(num_layers=rnn.num_layers, batch_first=True, bidirectional=rnn.bidirectional, engine=rnn.engine,
-                  dropout=rnn.dropout if rnn.num_layers > 1 else 0.0)  # fmt: skip
+                  dropout=rnn.dropout if rnn.num_layers > 1 else 0.0,
+                  **{name: getattr(rnn, name) for name in regularisers.NAMES})  # fmt: skip
     if rnn.cell == "rnn":
         if rnn.layer_norm:
             raise errors.fail("layer_norm", "False for cell='rnn' (LayerNorm variants exist for LSTM and GRU)", True)

@@ -53,8 +53,8 @@ class NativeLoops:
     def __init__(self, ops) -> None:
         self._ops = ops
 
-    def forward_loop(self, kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
-        return self._ops.forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse)
+    def forward_loop(self, kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None):
+        return self._ops.forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse, _contiguous(zoneout))
 
     def forward_inference(self, kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
         """A whole direction without autograd, from the raw input x: ``(y, h_n, c_n)`` (c_n empty unless LSTM).
@@ -63,15 +63,15 @@ class NativeLoops:
         """
         return self._ops.forward_inference(kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse)
 
-    def backward_loop(self, kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n):
-        return self._ops.backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, _contiguous(valid), reverse, dy, dh_n, dc_n)
+    def backward_loop(self, kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None):
+        return self._ops.backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, _contiguous(valid), reverse, dy, dh_n, dc_n, _contiguous(zoneout))
 
-    def layer_norm_lstm_forward(self, xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse):
-        return self._ops.layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, _contiguous(valid), reverse)
+    def layer_norm_lstm_forward(self, xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, zoneout=None):
+        return self._ops.layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, _contiguous(valid), reverse, _contiguous(zoneout))
 
-    def layer_norm_lstm_backward(self, gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, dy, dh_n, dc_n):
+    def layer_norm_lstm_backward(self, gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, dy, dh_n, dc_n, zoneout=None):
         return self._ops.layer_norm_lstm_backward(
-            gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, _contiguous(valid), reverse, dy, dh_n, dc_n
+            gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, _contiguous(valid), reverse, dy, dh_n, dc_n, _contiguous(zoneout)
         )
 
     def cell_step(self, kind, x, h, c, w_ih, w_hh, b_ih, b_hh):

@@ -19,8 +19,15 @@ def _check_time_major(name: str, t: Tensor) -> None:
     torch._check(t.dim() == 3, lambda: f"{name}: expected (L, N, features), got shape {tuple(t.shape)}")
 
 
-def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
+def _check_zoneout(zoneout: Tensor | None, steps: Tensor, state: Tensor) -> None:
+    if zoneout is not None:
+        expected = (steps.shape[0], steps.shape[1], state.shape[1])
+        torch._check(tuple(zoneout.shape) == expected, lambda: f"zoneout: expected shape {expected} (L, N, H_out), got {tuple(zoneout.shape)}")
+
+
+def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None):
     _check_time_major("xp", xp)
+    _check_zoneout(zoneout, xp, h0)
     length, batch, gate_size = xp.shape
     hidden = gate_size // {LSTM: 4, GRU: 3}.get(kind, 1)
     out_size = h0.shape[1]
@@ -33,8 +40,9 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
     return y, hs, cs, hn, hraw
 
 
-def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n):
+def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None):
     _check_time_major("dy", dy)
+    _check_zoneout(zoneout, dy, dh_n)
     length, batch, _ = dy.shape
     gate_size = w_hh.shape[0]
     hidden = gate_size // {LSTM: 4, GRU: 3}.get(kind, 1)
@@ -58,8 +66,9 @@ def cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
     return x.new_empty(batch, h.shape[1]), x.new_empty(batch if kind == LSTM else 0, h.shape[1])
 
 
-def layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse):
+def layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, zoneout=None):
     _check_time_major("xp", xp)
+    _check_zoneout(zoneout, xp, h0)
     length, batch, gate_size = xp.shape
     hidden = h0.shape[1]
     y = xp.new_empty(length, batch, hidden) if valid is not None else xp.new_empty(0)
@@ -67,7 +76,8 @@ def layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, val
     return y, *states, xp.new_empty(length, batch, gate_size), xp.new_empty(length, batch, hidden), xp.new_empty(length, batch, 2)
 
 
-def layer_norm_lstm_backward(gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, dy, dh_n, dc_n):
+def layer_norm_lstm_backward(gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, dy, dh_n, dc_n, zoneout=None):
+    _check_zoneout(zoneout, dy, dh_n)
     return (
         gates.new_empty(gates.shape), gates.new_empty(gates.shape), dh_n.new_empty(dh_n.shape), dc_n.new_empty(dc_n.shape),
         gain_hh.new_empty(gain_hh.shape), gain_cell.new_empty(gain_cell.shape), bias_cell.new_empty(bias_cell.shape),

@@ -97,8 +97,10 @@ class HiddenStateProbes:
             raise errors.fail("probes", "at least one forward pass of the layer inside the with block", "none")
         return self.split(torch.autograd.grad(loss, self.tensors, retain_graph=retain_graph, allow_unused=True))
 
-    def run_direction(self, spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool):
+    def run_direction(self, spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool, zoneout=None):
         """The reference engine's loop (:func:`rnnkit.engine.reference.run_direction`) plus ``h_t + δ_t``."""
+        if zoneout is not None:
+            raise errors.fail("zoneout", "0 while probing gradients (the probes do not model zoneout); set layer.zoneout = 0", "a mask")
         if not torch.is_grad_enabled():
             raise errors.fail("probing", "gradient recording enabled (not inside torch.no_grad())", "grad mode off")
         name = self._names.get(id(weights.weight_hh))

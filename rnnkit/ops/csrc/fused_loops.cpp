@@ -79,6 +79,17 @@ class StepBarrier {
   int threads_ = 1;
 };
 
+// Zoneout on units [u0, u1) of one row: h = h̃ + m (h_prev - h̃), in the state and the output.
+template <typename T>
+inline void zone_out(const T* m, const T* h_prev, T* h_new, T* y_row, int64_t u0, int64_t u1) {
+#pragma omp simd
+  for (int64_t u = u0; u < u1; ++u) {
+    const T h = h_new[u] + m[u] * (h_prev[u] - h_new[u]);
+    h_new[u] = h;
+    y_row[u] = h;
+  }
+}
+
 // body(tid, threads) on a team of up to `threads` OpenMP threads that share `barrier`.
 template <typename Body>
 void run_team(int threads, StepBarrier& barrier, const Body& body) {
@@ -242,6 +253,9 @@ struct Loop {
   T *dgx, *dgh_n, *dh, *dc, *dproj;  // dgh_n: GRU's recurrent-side n gradient δn⊙r (L, N, H)
   int64_t dy_stride[3] = {0, 0, 0};  // (t, n, q)
   StepBarrier* barrier = nullptr;  // shared by the team running the loop
+  // Zoneout (L, N, H_out) or null: keep-previous weights m_t. A valid step's h_t becomes
+  // h̃_t + m_t (h_{t-1} - h̃_t); backward sends (1 - m_t) dh_t into the step, m_t dh_t to dh_{t-1}.
+  const T* zone = nullptr;
 
   // Training keeps every step's state and gates for backward. Inference keeps only what the next
   // step reads: hs/cs are two alternating slots, hn/hraw one, and `gates` holds the projected
@@ -324,6 +338,11 @@ struct Loop {
           y_row[u] = h;
         }
       }
+      if (zone != nullptr && !proj) {
+        if (G == 1)  // the RNN's backward reads tanh'/relu' from h̃_t, which zoneout does not leave in hs: keep it in the gates
+          for (int64_t u = u0; u < u1; ++u) gate[u] = h_new[u];
+        zone_out(zone + (t * N + n) * Hout, h_prev, h_new, y_row, u0, u1);
+      }
     }
   }
 
@@ -335,6 +354,10 @@ struct Loop {
     for (int64_t n = 0; n < N; ++n) {
       T* y_row = y + (t * N + n) * Hout;
       const bool keep = ok(t, n);
+      if (keep && zone != nullptr) {
+        zone_out(zone + (t * N + n) * Hout, h_prev + n * Hout, h_new + n * Hout, y_row, p0, p1);
+        continue;
+      }
       for (int64_t p = p0; p < p1; ++p) {
         if (!keep) h_new[n * Hout + p] = h_prev[n * Hout + p];
         y_row[p] = keep ? h_new[n * Hout + p] : T(0);
@@ -364,13 +387,18 @@ struct Loop {
       const T* dy_row = dy + t * dy_stride[0] + n * dy_stride[1];
       if (keep)
         for (int64_t q = q0; q < q1; ++q) dh_row[q] += dy_row[q * dy_stride[2]];
-      if (proj)
-        for (int64_t q = q0; q < q1; ++q) dproj[(t * N + n) * Hout + q] = keep ? dh_row[q] : T(0);
+      if (proj) {
+        T* dproj_row = dproj + (t * N + n) * Hout;
+        const T* m = zone == nullptr ? nullptr : zone + (t * N + n) * Hout;
+        for (int64_t q = q0; q < q1; ++q) dproj_row[q] = !keep ? T(0) : m ? dh_row[q] - m[q] * dh_row[q] : dh_row[q];
+      }
     }
   }
 
-  // dr_t = dh_t W_hr for hidden columns [u0, u1) (projection only).
-  void backward_projection(const Panels<T>& projection) const { gemm_panels(dh, Hout, projection, scratch, H, N, false); }
+  // dr_t = dh_t W_hr for hidden columns [u0, u1) (projection only); with zoneout, of the step's part (1 - m_t) dh_t.
+  void backward_projection(int64_t t, const Panels<T>& projection) const {
+    gemm_panels(zone == nullptr ? dh : dproj + t * N * Hout, Hout, projection, scratch, H, N, false);
+  }
 
   // Gate gradients of hidden units [u0, u1). Without projection it also replaces dh with
   // the part of dh_{t-1} that bypasses W_hh (GRU: dh⊙z; padding: all of dh).
@@ -387,6 +415,16 @@ struct Loop {
         continue;  // dh and dc pass through unchanged
       }
       const T* gate = gates + row;
+      T* zoned = zone != nullptr && !proj ? scratch + n * H : nullptr;  // m_t dh_t, the part that skips the step
+      if (zoned != nullptr) {
+        const T* m = zone + (t * N + n) * Hout;
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) {
+          const T bypass = m[u] * dh_row[u];
+          zoned[u] = bypass;
+          dh_row[u] -= bypass;
+        }
+      }
       const T* dr = proj ? scratch + n * H : dh_row;
       if (kind == LSTM) {
         const T* c_new = cs + (after(t) * N + n) * H;
@@ -421,7 +459,7 @@ struct Loop {
           dh_row[u] = d * z;
         }
       } else {
-        const T* h = hs + (after(t) * N + n) * Hout;
+        const T* h = zone != nullptr ? gate : hs + (after(t) * N + n) * Hout;  // h̃_t (see forward_gates)
 #pragma omp simd
         for (int64_t u = u0; u < u1; ++u) {
           const T d = dh_row[u];
@@ -429,14 +467,19 @@ struct Loop {
           dh_row[u] = T(0);
         }
       }
+      if (zoned != nullptr)
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) dh_row[u] += zoned[u];
     }
   }
 
-  // With projection the bypass of dh_{t-1} is only padding's pass-through: valid rows restart at zero.
+  // With projection the bypass of dh_{t-1} is padding's pass-through and zoneout's m_t dh_t: other rows restart at zero.
   void backward_projected_bypass(int64_t t, int64_t q0, int64_t q1) const {
-    for (int64_t n = 0; n < N; ++n)
-      if (ok(t, n))
-        for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] = T(0);
+    for (int64_t n = 0; n < N; ++n) {
+      if (!ok(t, n)) continue;
+      const T* m = zone == nullptr ? nullptr : zone + (t * N + n) * Hout;
+      for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] = m ? m[q] * dh[n * Hout + q] : T(0);
+    }
   }
 
   // dh_{t-1}[:, q0:q1] = (bypass part, already in dh) + dG^h_t W_hh; GRU's dG^h is [δr δz] from
@@ -537,7 +580,7 @@ void drive_backward(Loop<T> loop, const at::TensorOptions& options) {
       loop.backward_collect(t, q0, q1);
       if (loop.proj) {
         loop.barrier->wait();
-        loop.backward_projection(projection);
+        loop.backward_projection(t, projection);
       }
       loop.backward_gates(t, u0, u1);
       loop.barrier->wait();
@@ -560,7 +603,7 @@ Loop<T> forward_state(int64_t kind, int64_t G, bool proj, bool reverse, const at
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_loop(
     int64_t kind, at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, std::optional<at::Tensor> b_hn,
-    std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse) {
+    std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse, std::optional<at::Tensor> zoneout) {
   const int64_t L = xp.size(0), N = xp.size(1), GH = xp.size(2), Hout = h0.size(1);
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
@@ -578,8 +621,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   at::Tensor hraw = empty_like_or_none(xp, {L, N, H}, proj);
   at::Tensor scratch = at::empty({N, GH}, xp.options());
   at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn);
+  at::Tensor zone_t = ptr_source(zoneout);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_fused_forward", [&] {
-    drive_forward(forward_state<scalar_t>(kind, G, proj, reverse, valid_t, xp, y, hs, cs, hn, hraw, w_hh, b_hn_t, w_hr, scratch), xp.options());
+    auto loop = forward_state<scalar_t>(kind, G, proj, reverse, valid_t, xp, y, hs, cs, hn, hraw, w_hh, b_hn_t, w_hr, scratch);
+    loop.zone = data_or_null<scalar_t>(zone_t);
+    drive_forward(loop, xp.options());
   });
   return {alias ? at::empty({0}, xp.options()) : y, hs, cs, hn, hraw};
 }
@@ -619,7 +665,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_inference(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_loop(
     int64_t kind, at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor hn, at::Tensor hraw, at::Tensor w_hh,
     std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse, at::Tensor dy, at::Tensor dh_n,
-    at::Tensor dc_n) {
+    at::Tensor dc_n, std::optional<at::Tensor> zoneout) {
   const int64_t L = dy.size(0), N = dy.size(1), GH = w_hh.size(0), Hout = hs.size(2);  // RNN passes no gates
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
@@ -629,7 +675,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   at::Tensor dh = dh_n.clone();
   at::Tensor dc = kind == LSTM ? dc_n.clone() : at::empty({0}, gates.options());
   at::Tensor scratch = at::empty({N, H}, gates.options());
-  at::Tensor valid_t = ptr_source(valid);
+  at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_fused_backward", [&] {
     Loop<scalar_t> loop{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid_t),
                         gates.data_ptr<scalar_t>(), nullptr, hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
@@ -638,6 +684,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
                         dy.const_data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh_n.data_ptr<scalar_t>(),
                         dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dproj.data_ptr<scalar_t>()};
     for (int d = 0; d < 3; ++d) loop.dy_stride[d] = dy.stride(d);
+    loop.zone = data_or_null<scalar_t>(zone_t);
     drive_backward(loop, gates.options());
   });
   return {dgx, dgh_n, dh, dc, dproj};
@@ -778,6 +825,8 @@ struct NormLoop {
   T *dgx, *da, *dh, *dc;
   double *dgain_hh, *dgain_cell, *dbias_cell;  // sums over every step and row: accumulated in double
   StepBarrier* barrier = nullptr;  // shared by the team running the loop
+  // Zoneout (L, N, H) or null, as in Loop; backward keeps each row's m_t dh_t in `scratch` (N, H) between phases 1 and 2.
+  const T* zone = nullptr;
 
   bool ok(int64_t t, int64_t n) const { return valid == nullptr || valid[t * N + n]; }
   int64_t before(int64_t t) const { return t + reverse; }
@@ -864,6 +913,7 @@ struct NormLoop {
         h_new[u] = h;
         y_row[u] = h;
       }
+      if (zone != nullptr) zone_out(zone + (t * N + n) * H, hs + (before(t) * N + n) * H, h_new, y_row, u0, u1);
       if (tid == 0) rstd[(t * N + n) * 2 + 1] = r;
     }
     barrier->wait();
@@ -878,6 +928,16 @@ struct NormLoop {
         T* dh_row = dh + n * H;
         const T* dy_row = dy + t * dy_stride[0] + n * dy_stride[1];
         for (int64_t u = u0; u < u1; ++u) dh_row[u] += dy_row[u * dy_stride[2]];
+        if (zone != nullptr) {  // the step gets (1 - m_t) dh_t; m_t dh_t waits in scratch to become dh_{t-1}'s bypass
+          const T* m = zone + (t * N + n) * H;
+          T* zoned = scratch + n * H;
+#pragma omp simd
+          for (int64_t u = u0; u < u1; ++u) {
+            const T bypass = m[u] * dh_row[u];
+            zoned[u] = bypass;
+            dh_row[u] -= bypass;
+          }
+        }
         const T* o = gates + (t * N + n) * GH + 3 * H;
         const T* c_hat = chat + (t * N + n) * H;
         T* d_o = dgx + (t * N + n) * GH + 3 * H;
@@ -927,6 +987,8 @@ struct NormLoop {
             sum += d, dot += double(d) * a_hat[j];
           }
         }
+        if (zone != nullptr)
+          for (int64_t u = u0; u < u1; ++u) dh_row[u] = scratch[n * H + u];
       } else {  // padding: dh and dc pass through; this step contributes nothing
         for (int64_t k = 0; k < 4; ++k)
           for (int64_t u = u0; u < u1; ++u) dgx[row + k * H + u] = T(0), da[row + k * H + u] = T(0);
@@ -977,7 +1039,7 @@ void drive_norm(NormLoop<T> loop, bool backward, const at::TensorOptions& option
 // output y is a view of hs, as in forward_loop.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward(
     at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor gain_hh, at::Tensor gain_cell, at::Tensor bias_cell,
-    std::optional<at::Tensor> valid, bool reverse) {
+    std::optional<at::Tensor> valid, bool reverse, std::optional<at::Tensor> zoneout) {
   const int64_t L = xp.size(0), N = xp.size(1), H = h0.size(1);
   at::Tensor hs = at::empty({L + 1, N, H}, xp.options()), cs = at::empty({L + 1, N, H}, xp.options());
   hs.select(0, reverse ? L : 0).copy_(h0);
@@ -986,7 +1048,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor gates = xp, ahat = at::empty_like(xp);
   at::Tensor chat = at::empty({L, N, H}, xp.options()), rstd = at::empty({L, N, 2}, xp.options());
   at::Tensor scratch = at::empty({N, 4 * H}, xp.options());
-  at::Tensor valid_t = ptr_source(valid);
+  at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_layer_norm_lstm_forward", [&] {
     NormLoop<scalar_t> loop{L, N, H, reverse, data_or_null<bool>(valid_t), xp.const_data_ptr<scalar_t>(),
                             gates.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
@@ -994,6 +1056,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                             w_hh.const_data_ptr<scalar_t>(), gain_hh.const_data_ptr<scalar_t>(),
                             gain_cell.const_data_ptr<scalar_t>(), bias_cell.const_data_ptr<scalar_t>(),
                             scratch.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, thread_count(H)};
+    loop.zone = data_or_null<scalar_t>(zone_t);
     drive_norm(loop, false, xp.options());
   });
   return {valid.has_value() ? y : at::empty({0}, xp.options()), hs, cs, ahat, chat, rstd};
@@ -1002,14 +1065,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_backward(
     at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor ahat, at::Tensor chat, at::Tensor rstd, at::Tensor w_hh,
     at::Tensor gain_hh, at::Tensor gain_cell, at::Tensor bias_cell, std::optional<at::Tensor> valid, bool reverse, at::Tensor dy,
-    at::Tensor dh_n, at::Tensor dc_n) {
+    at::Tensor dh_n, at::Tensor dc_n, std::optional<at::Tensor> zoneout) {
   const int64_t L = dy.size(0), N = dy.size(1), H = hs.size(2);
   at::Tensor dgx = at::empty_like(gates), da = at::empty_like(gates);
   at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
   const auto sums = gain_hh.options().dtype(at::kDouble);
   at::Tensor dgain_hh = at::zeros(gain_hh.sizes(), sums), dgain_cell = at::zeros(gain_cell.sizes(), sums), dbias_cell = at::zeros(bias_cell.sizes(), sums);
   at::Tensor scratch_c = at::empty({N, H}, gates.options());
-  at::Tensor valid_t = ptr_source(valid);
+  at::Tensor zoned = empty_like_or_none(gates, {N, H}, zoneout.has_value());
+  at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_layer_norm_lstm_backward", [&] {
     NormLoop<scalar_t> loop{L, N, H, reverse, data_or_null<bool>(valid_t), nullptr, gates.data_ptr<scalar_t>(), nullptr,
                             hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), ahat.data_ptr<scalar_t>(), chat.data_ptr<scalar_t>(),
@@ -1020,6 +1084,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     loop.dgx = dgx.data_ptr<scalar_t>(), loop.da = da.data_ptr<scalar_t>(), loop.dh = dh.data_ptr<scalar_t>();
     loop.dc = dc.data_ptr<scalar_t>(), loop.dgain_hh = dgain_hh.data_ptr<double>();
     loop.dgain_cell = dgain_cell.data_ptr<double>(), loop.dbias_cell = dbias_cell.data_ptr<double>();
+    loop.zone = data_or_null<scalar_t>(zone_t), loop.scratch = zoned.data_ptr<scalar_t>();
     drive_norm(loop, true, gates.options());
   });
   return {dgx, da, dh, dc, dgain_hh.to(gates.scalar_type()), dgain_cell.to(gates.scalar_type()), dbias_cell.to(gates.scalar_type())};
@@ -1032,12 +1097,12 @@ constexpr char k_forward_loop[] = "forward_loop", k_cell_step[] = "cell_step", k
 }  // namespace
 
 TORCH_LIBRARY(rnnkit_fused, m) {
-  m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)");
-  m.def("layer_norm_lstm_forward(Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("layer_norm_lstm_forward(Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("forward_inference(int kind, Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)");
-  m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_fused, CPU, m) {
