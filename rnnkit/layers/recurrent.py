@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import PackedSequence
 from rnnkit import engine as engines
 from rnnkit import errors
 from rnnkit.cells.base import CellSpec, CellWeights, LayerNormWeights, State, init_uniform_, registered_or_attribute
-from rnnkit.engine import fused
+from rnnkit.engine import cudnn, fused
 from rnnkit.layers.sequence import to_time_major
 
 
@@ -209,7 +209,10 @@ class RecurrentLayer(nn.Module):
             if self.check_finite:
                 errors.check_finite("input", x, valid)
             states = self._initial_states(hx, x, layout.unbatched)
-        x, finals = self._run_layers(x, states, valid, self.run_direction)
+        if x.device.type == "cuda" and cudnn.declines(self, "cuda") is None:  # what cuDNN computes exactly: torch's kernels
+            x, finals = cudnn.run_layers(self, x, states, layout.lengths if valid is not None else None)
+        else:
+            x, finals = self._run_layers(x, states, valid, self.run_direction)
         return layout.output(x), _final_state(finals, layout.unbatched)
 
     def _inference_step(self, input, hx):
@@ -232,8 +235,8 @@ class RecurrentLayer(nn.Module):
             return None
         if torch.jit.is_tracing() or torch.compiler.is_compiling():  # a trace must hold the op that serves every length
             return None
-        if not isinstance(input, Tensor):
-            return None
+        if not isinstance(input, Tensor) or (input.device.type == "cuda" and cudnn.declines(self, "cuda") is None):
+            return None  # on CUDA torch's cuDNN step is the faster one
         rank = input.dim()
         time_dim = 1 if rank == 3 and self.batch_first else 0
         if rank not in (2, 3) or input.shape[time_dim] != 1:

@@ -42,9 +42,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def runs_on(tensor: Tensor) -> bool:
-    """Whether the Triton ops can run on this tensor's device: CUDA with triton installed, or CPU while interpreting."""
-    return available() and (tensor.device.type == "cuda" or (tensor.device.type == "cpu" and interpreting()))
+def runs_on(tensor: Tensor | str) -> bool:
+    """Whether the Triton ops run on this tensor's device (or device type): CUDA with triton installed, or CPU
+    while interpreting."""
+    device = tensor if isinstance(tensor, str) else tensor.device.type
+    return available() and (device == "cuda" or (device == "cpu" and interpreting()))
 
 
 def kernels(family: str, tensor: Tensor):
