@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script, `python benchmarks/run.py`: ma
 
 import rnnkit
 import rnnkit.engine
-from benchmarks import flops, timing
+from benchmarks import flops, gpu, timing
 
 
 @dataclass(frozen=True)
@@ -482,8 +482,8 @@ def render(report: Report, command: str) -> str:
         ]
     out += [""]
 
-    out += ["## Targets (CPU, rnnkit `auto` unless named)", ""]
-    target_rows = targets(report)
+    out += ["## Targets (CPU, then GPU; rnnkit `auto` unless named)", ""]
+    target_rows = targets(report) + gpu.targets(report, sys.modules[__name__])
     out += [table(["target", "measured", "status"], [list(r) for r in target_rows]) if target_rows else "None measured.", ""]
 
     for device in dict.fromkeys(t.device for t in report.timed):
@@ -589,7 +589,7 @@ def main(argv=None) -> Report:
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     else:
-        report.notes.append("GPU rows skipped: torch.cuda.is_available() is False (no GPU, or a CPU-only torch build).")
+        report.notes.append("GPU rows not measured: torch.cuda.is_available() is False (no GPU, or a CPU-only torch build).")
     if args.skip_reference_c and "C" in args.configs:
         report.notes.append("--skip-reference-c: the reference engine was not timed at C, except as what `auto` resolves to.")
 
@@ -603,6 +603,7 @@ def main(argv=None) -> Report:
             for cell in args.cells:
                 say(f"[{device.type}] config {config} ({shape}), {cell} ...")
                 bench_layers(cell, config, shape, device, args, report)
+    gpu.bench(report, sys.modules[__name__], args)  # config L, the LayerNorm LSTM and minGRU on CUDA (benchmarks/gpu.py)
     for device in devices:  # the peak again: a busy moment at the start must not understate it
         again = flops.gemm_peak(device, args.gemm_n, args.gemm_repeats)
         first = report.peaks[device.type]
