@@ -76,4 +76,14 @@ def block_size(features: int) -> int:
     return max(16, 1 << (features - 1).bit_length())
 
 
-__all__ = ["available", "block_size", "check_floating", "interpreting", "kernels", "runs_on"]
+def launch_options(block: int) -> dict:
+    """Compile options of a launch whose program holds a few blocks of ``block`` values.
+
+    Warps grow with the block so that each thread keeps a few values per block in registers.
+    No fused multiply-add contraction: every product is rounded as written, as in the
+    interpreter's numpy arithmetic and the C++ kernels, and Triton's default for it is changing.
+    """
+    return {"num_warps": 4 if block <= 512 else 8 if block <= 2048 else 16, "enable_fp_fusion": False}
+
+
+__all__ = ["available", "block_size", "check_floating", "interpreting", "kernels", "launch_options", "runs_on"]

@@ -51,6 +51,7 @@ def layer_norm_lstm_forward(
     y = xp.new_empty(length, batch, hidden) if valid is not None else xp.new_empty(0)
     ahat, chat, rstd = torch.empty_like(xp), xp.new_empty(length, batch, hidden), xp.new_empty(length, batch, 2)
     rows = _valid_rows(valid, xp)
+    block = triton_ops.block_size(hidden)
     a = xp.new_empty(batch, 4 * hidden)
     w_t = w_hh.t()
     for t in _steps(length, reverse, backward=False):
@@ -59,7 +60,7 @@ def layer_norm_lstm_forward(
         kernels.lstm_forward_step[(batch,)](
             xp[t], a, hs[before], cs[before], hs[after], cs[after], y[t] if valid is not None else hs[after], ahat[t], chat[t],
             rstd[t], rows[t] if valid is not None else rows, gain_hh, gain_cell, bias_cell, hidden, LAYER_NORM_EPS,
-            HAS_VALID=valid is not None, BLOCK=triton_ops.block_size(hidden),
+            HAS_VALID=valid is not None, BLOCK=block, **triton_ops.launch_options(block),
         )  # fmt: skip
     return y, hs, cs, ahat, chat, rstd
 
@@ -89,11 +90,12 @@ def layer_norm_lstm_backward(
     dh, dc = dh_n.clone(memory_format=torch.contiguous_format), dc_n.clone(memory_format=torch.contiguous_format)
     dy = dy.contiguous()
     rows = _valid_rows(valid, gates)
+    block = triton_ops.block_size(hidden)
     for t in _steps(length, reverse, backward=True):
         kernels.lstm_backward_step[(batch,)](
             gates[t], cs[t + reverse], ahat[t], chat[t], rstd[t], dy[t], rows[t] if valid is not None else rows,
             gain_hh, gain_cell, bias_cell, dh, dc, dgx[t], da[t], d_normed[t], hidden,
-            HAS_VALID=valid is not None, BLOCK=triton_ops.block_size(hidden),
+            HAS_VALID=valid is not None, BLOCK=block, **triton_ops.launch_options(block),
         )  # fmt: skip
         dh.addmm_(da[t], w_hh)  # dh_{t-1}: valid rows restart from zero in the kernel, padded rows pass dh through
     dgain_hh = (dgx * ahat).sum((0, 1))
@@ -119,6 +121,7 @@ def layer_norm_gru_forward(
     y = xp.new_empty(length, batch, hidden) if valid is not None else xp.new_empty(0)
     ahat, hn, rstd = _gru_saved(xp, h0)
     rows = _valid_rows(valid, xp)
+    block = triton_ops.block_size(hidden)
     a = xp.new_empty(batch, 3 * hidden)
     w_t = w_hh.t()
     for t in _steps(length, reverse, backward=False):
@@ -127,7 +130,7 @@ def layer_norm_gru_forward(
         kernels.gru_forward_step[(batch,)](
             xp[t], a, hs[before], hs[after], y[t] if valid is not None else hs[after], ahat[t], hn[t], rstd[t],
             rows[t] if valid is not None else rows, gain_hh, gain_hh if b_hh is None else b_hh, hidden, LAYER_NORM_EPS,
-            HAS_VALID=valid is not None, HAS_BIAS=b_hh is not None, BLOCK=triton_ops.block_size(hidden),
+            HAS_VALID=valid is not None, HAS_BIAS=b_hh is not None, BLOCK=block, **triton_ops.launch_options(block),
         )  # fmt: skip
     return y, hs, ahat, hn, rstd
 
@@ -158,10 +161,11 @@ def layer_norm_gru_backward(
     dh = dh_n.clone(memory_format=torch.contiguous_format)
     dy = dy.contiguous()
     rows = _valid_rows(valid, gates)
+    block = triton_ops.block_size(hidden)
     for t in _steps(length, reverse, backward=True):
         kernels.gru_backward_step[(batch,)](
             gates[t], hs[t + reverse], ahat[t], hn[t], rstd[t], dy[t], rows[t] if valid is not None else rows, gain_hh,
-            dh, dgx[t], dgh[t], da[t], hidden, HAS_VALID=valid is not None, BLOCK=triton_ops.block_size(hidden),
+            dh, dgx[t], dgh[t], da[t], hidden, HAS_VALID=valid is not None, BLOCK=block, **triton_ops.launch_options(block),
         )  # fmt: skip
         dh.addmm_(da[t], w_hh)  # the kernel left dh_t ⊙ z (valid rows) or dh_t (padded ones)
     return dgx, da, dh, (dgh * ahat).sum((0, 1)), dgh.sum((0, 1))

@@ -63,14 +63,15 @@ def _linear_scan(a: Tensor, b: Tensor, h0: Tensor, reverse: bool, chunk: int) ->
     chunk = chunk or chunk_length(steps, features)
     chunks = -(-steps // chunk)
     feature_blocks = -(-features // BLOCK)
+    options = triton_ops.launch_options(BLOCK)
     carries = h0
     if chunks > 1:
         prod = a.new_empty(chunks, features)
         last = a.new_empty(chunks, features)
-        kernels.chunk_summaries[(feature_blocks, chunks)](a, b, prod, last, steps, features, chunk, REVERSE=reverse, BLOCK=BLOCK)
+        kernels.chunk_summaries[(feature_blocks, chunks)](a, b, prod, last, steps, features, chunk, REVERSE=reverse, BLOCK=BLOCK, **options)
         carries = a.new_empty(chunks, features)
-        kernels.chunk_carries[(feature_blocks,)](h0, prod, last, carries, features, chunks, BLOCK=BLOCK)
-    kernels.chunk_scan[(feature_blocks, chunks)](a, b, carries, h, steps, features, chunk, REVERSE=reverse, BLOCK=BLOCK)
+        kernels.chunk_carries[(feature_blocks,)](h0, prod, last, carries, features, chunks, BLOCK=BLOCK, **options)
+    kernels.chunk_scan[(feature_blocks, chunks)](a, b, carries, h, steps, features, chunk, REVERSE=reverse, BLOCK=BLOCK, **options)
     return h
 
 
