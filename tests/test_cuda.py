@@ -50,6 +50,14 @@ def test_cudnn_dispatch_matches_the_reference(cls, kwargs, lengths):
     compare(layer, twin, torch.randn(5, 3, 4, device=CUDA, requires_grad=True), lengths, torch.float32)
 
 
+def test_cudnn_layers_keep_their_weights_in_one_buffer():
+    built_there = rnnkit.LSTM(4, 6, num_layers=2, proj_size=3, device=CUDA)
+    moved = rnnkit.GRU(4, 6, bidirectional=True).to(CUDA)
+    for layer in (built_there, moved):
+        assert len({p.untyped_storage().data_ptr() for p in layer.parameters()}) == 1
+        layer(torch.randn(3, 2, 4, device=CUDA))  # no "not part of single contiguous chunk" warning (warnings are errors)
+
+
 @pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("lengths", [None, [5, 2, 4]])

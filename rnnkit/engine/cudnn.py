@@ -59,6 +59,32 @@ def declines(layer, device_type: str | None = None) -> str | None:
     return None
 
 
+def flatten(layer) -> None:
+    """Make a plain layer's CUDA weights views of one buffer in cuDNN's layout, as torch.nn.RNNBase.flatten_parameters.
+
+    cuDNN then reads them in place; otherwise every call copies them into such a buffer (and
+    PyTorch warns so). A no-op for anything cuDNN would not take: CPU weights, mixed dtypes,
+    aliased weights, the LayerNorm variants (their gains are no part of cuDNN's layout).
+    """
+    if layer.spec.name not in FUNCTIONS or getattr(layer, "layer_norm", False):
+        return
+    weights = layer._flat_weights
+    if not all(isinstance(w, Tensor) for w in weights) or len({w.data_ptr() for w in weights}) != len(weights):
+        return
+    dtype = weights[0].dtype
+    if not all(w.dtype == dtype and w.is_cuda and torch.backends.cudnn.is_acceptable(w) for w in weights):
+        return
+    import torch.backends.cudnn.rnn as cudnn_rnn
+
+    with torch.cuda.device_of(weights[0]), torch.no_grad():
+        if torch._use_cudnn_rnn_flatten_weight():
+            per_cell = (4 if layer.bias else 2) + (1 if layer.proj_size else 0)
+            torch._cudnn_rnn_flatten_weight(
+                weights, per_cell, layer.input_size, cudnn_rnn.get_cudnn_mode(layer.mode), layer.hidden_size,
+                layer.proj_size, layer.num_layers, layer.batch_first, bool(layer.bidirectional),
+            )  # fmt: skip
+
+
 def run_layers(layer, x: Tensor, states: list[tuple[Tensor, ...]], lengths: Tensor | None) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
     """All of ``layer``'s layers and directions by torch's RNN kernel: (L, N, D*H_out) output and each final state.
 

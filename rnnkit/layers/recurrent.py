@@ -129,6 +129,7 @@ class RecurrentLayer(nn.Module):
             for layer in range(num_layers) for direction in range(directions)
         ]  # fmt: skip
         self.reset_parameters()
+        self.flatten_parameters()  # built on CUDA: cuDNN's layout from the start
 
     # -- parameters ---------------------------------------------------------
 
@@ -182,7 +183,14 @@ class RecurrentLayer(nn.Module):
         return [[getattr(self, n) for n in names[i : i + per_cell]] for i in range(0, len(names), per_cell)]
 
     def flatten_parameters(self) -> None:
-        """No-op, kept so that code written for torch.nn (which calls it for cuDNN) runs unchanged."""
+        """As torch.nn's: on CUDA, make the weights of a layer that goes to cuDNN views of one buffer in its
+        layout (:func:`rnnkit.engine.cudnn.flatten`); elsewhere a no-op. Called after ``.to()``/``.cuda()``."""
+        cudnn.flatten(self)
+
+    def _apply(self, fn, recurse=True):
+        moved = super()._apply(fn, recurse)
+        self.flatten_parameters()  # as torch.nn.RNNBase after a move: the new tensors are not flat
+        return moved
 
     # -- forward ------------------------------------------------------------
 
