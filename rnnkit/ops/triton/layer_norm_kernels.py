@@ -25,6 +25,25 @@ def _tanh(x):
 
 
 @triton.jit
+def _load4(ptr, wide, H, inside):
+    """A row's four gate blocks (offsets 0, H, 2H, 3H), zero past H."""
+    return (
+        tl.load(ptr + wide, mask=inside, other=0.0), tl.load(ptr + wide + H, mask=inside, other=0.0),
+        tl.load(ptr + wide + 2 * H, mask=inside, other=0.0), tl.load(ptr + wide + 3 * H, mask=inside, other=0.0),
+    )  # fmt: skip
+
+
+@triton.jit
+def _store_kept(ptr, wide, H, inside, keep, blocks: tl.constexpr, b0, b1, b2, b3):
+    """Store the first ``blocks`` gate blocks of a row where it is kept, zeros where it is padding."""
+    tl.store(ptr + wide, tl.where(keep, b0, 0.0), mask=inside)
+    tl.store(ptr + wide + H, tl.where(keep, b1, 0.0), mask=inside)
+    tl.store(ptr + wide + 2 * H, tl.where(keep, b2, 0.0), mask=inside)
+    if blocks == 4:
+        tl.store(ptr + wide + 3 * H, tl.where(keep, b3, 0.0), mask=inside)
+
+
+@triton.jit
 def _normalize4(a0, a1, a2, a3, size, eps, inside, inside_last):
     """LayerNorm over four masked blocks (the GRU's three: ``inside_last`` all False): the normalised blocks and
     1/sqrt(var + eps). Two passes, the deviations before their squares, for float32's sake."""
@@ -45,15 +64,11 @@ def lstm_forward_step(
     u = tl.arange(0, BLOCK)
     inside = u < H
     wide, row = n * 4 * H + u, n * H + u
-    a0 = tl.load(a_ptr + wide, mask=inside, other=0.0)
-    a1 = tl.load(a_ptr + wide + H, mask=inside, other=0.0)
-    a2 = tl.load(a_ptr + wide + 2 * H, mask=inside, other=0.0)
-    a3 = tl.load(a_ptr + wide + 3 * H, mask=inside, other=0.0)
+    a0, a1, a2, a3 = _load4(a_ptr, wide, H, inside)
     ah0, ah1, ah2, ah3, rstd_a = _normalize4(a0, a1, a2, a3, 4 * H, eps, inside, inside)
-    i = _sigmoid(tl.load(gates_ptr + wide, mask=inside, other=0.0) + ah0 * tl.load(gain_hh_ptr + u, mask=inside, other=0.0))
-    f = _sigmoid(tl.load(gates_ptr + wide + H, mask=inside, other=0.0) + ah1 * tl.load(gain_hh_ptr + u + H, mask=inside, other=0.0))
-    g = _tanh(tl.load(gates_ptr + wide + 2 * H, mask=inside, other=0.0) + ah2 * tl.load(gain_hh_ptr + u + 2 * H, mask=inside, other=0.0))
-    o = _sigmoid(tl.load(gates_ptr + wide + 3 * H, mask=inside, other=0.0) + ah3 * tl.load(gain_hh_ptr + u + 3 * H, mask=inside, other=0.0))
+    x0, x1, x2, x3 = _load4(gates_ptr, wide, H, inside)
+    g0, g1, g2, g3 = _load4(gain_hh_ptr, u, H, inside)
+    i, f, g, o = _sigmoid(x0 + ah0 * g0), _sigmoid(x1 + ah1 * g1), _tanh(x2 + ah2 * g2), _sigmoid(x3 + ah3 * g3)
     c_prev = tl.load(c_prev_ptr + row, mask=inside, other=0.0)
     c = tl.where(inside, f * c_prev + i * g, 0.0)
     c_mean = tl.sum(c) / H
@@ -65,14 +80,8 @@ def lstm_forward_step(
     if HAS_VALID:
         keep = tl.load(valid_ptr + n) != 0
     zero = 0.0
-    tl.store(gates_ptr + wide, tl.where(keep, i, zero), mask=inside)
-    tl.store(gates_ptr + wide + H, tl.where(keep, f, zero), mask=inside)
-    tl.store(gates_ptr + wide + 2 * H, tl.where(keep, g, zero), mask=inside)
-    tl.store(gates_ptr + wide + 3 * H, tl.where(keep, o, zero), mask=inside)
-    tl.store(ahat_ptr + wide, tl.where(keep, ah0, zero), mask=inside)
-    tl.store(ahat_ptr + wide + H, tl.where(keep, ah1, zero), mask=inside)
-    tl.store(ahat_ptr + wide + 2 * H, tl.where(keep, ah2, zero), mask=inside)
-    tl.store(ahat_ptr + wide + 3 * H, tl.where(keep, ah3, zero), mask=inside)
+    _store_kept(gates_ptr, wide, H, inside, keep, 4, i, f, g, o)
+    _store_kept(ahat_ptr, wide, H, inside, keep, 4, ah0, ah1, ah2, ah3)
     tl.store(chat_ptr + row, tl.where(keep, chat, zero), mask=inside)
     tl.store(rstd_ptr + 2 * n, tl.where(keep, rstd_a, zero))
     tl.store(rstd_ptr + 2 * n + 1, tl.where(keep, rstd_c, zero))
@@ -103,10 +112,7 @@ def lstm_backward_step(
     dh_in = tl.load(dh_ptr + row, mask=inside, other=0.0)
     dc_in = tl.load(dc_ptr + row, mask=inside, other=0.0)
     dh = dh_in + tl.load(dy_ptr + row, mask=inside, other=0.0)
-    i = tl.load(gates_ptr + wide, mask=inside, other=0.0)
-    f = tl.load(gates_ptr + wide + H, mask=inside, other=0.0)
-    g = tl.load(gates_ptr + wide + 2 * H, mask=inside, other=0.0)
-    o = tl.load(gates_ptr + wide + 3 * H, mask=inside, other=0.0)
+    i, f, g, o = _load4(gates_ptr, wide, H, inside)
     chat = tl.load(chat_ptr + row, mask=inside, other=0.0)
     gain_cell = tl.load(gain_cell_ptr + u, mask=inside, other=0.0)
     tc = _tanh(chat * gain_cell + tl.load(bias_cell_ptr + u, mask=inside, other=0.0))
@@ -121,25 +127,15 @@ def lstm_backward_step(
     d_i = d_c * g * i * (1.0 - i)
     d_f = d_c * c_prev * f * (1.0 - f)
     d_g = d_c * i * (1.0 - g * g)
-    da0, da1, da2, da3 = _normalize4_backward(
-        d_i * tl.load(gain_hh_ptr + u, mask=inside, other=0.0), d_f * tl.load(gain_hh_ptr + u + H, mask=inside, other=0.0),
-        d_g * tl.load(gain_hh_ptr + u + 2 * H, mask=inside, other=0.0), d_o * tl.load(gain_hh_ptr + u + 3 * H, mask=inside, other=0.0),
-        tl.load(ahat_ptr + wide, mask=inside, other=0.0), tl.load(ahat_ptr + wide + H, mask=inside, other=0.0),
-        tl.load(ahat_ptr + wide + 2 * H, mask=inside, other=0.0), tl.load(ahat_ptr + wide + 3 * H, mask=inside, other=0.0),
-        tl.load(rstd_ptr + 2 * n), 4 * H,
-    )  # fmt: skip
+    g0, g1, g2, g3 = _load4(gain_hh_ptr, u, H, inside)
+    ah0, ah1, ah2, ah3 = _load4(ahat_ptr, wide, H, inside)
+    da0, da1, da2, da3 = _normalize4_backward(d_i * g0, d_f * g1, d_g * g2, d_o * g3, ah0, ah1, ah2, ah3, tl.load(rstd_ptr + 2 * n), 4 * H)
     keep = True
     if HAS_VALID:
         keep = tl.load(valid_ptr + n) != 0
     zero = 0.0
-    tl.store(dgx_ptr + wide, tl.where(keep, d_i, zero), mask=inside)
-    tl.store(dgx_ptr + wide + H, tl.where(keep, d_f, zero), mask=inside)
-    tl.store(dgx_ptr + wide + 2 * H, tl.where(keep, d_g, zero), mask=inside)
-    tl.store(dgx_ptr + wide + 3 * H, tl.where(keep, d_o, zero), mask=inside)
-    tl.store(da_ptr + wide, tl.where(keep, da0, zero), mask=inside)
-    tl.store(da_ptr + wide + H, tl.where(keep, da1, zero), mask=inside)
-    tl.store(da_ptr + wide + 2 * H, tl.where(keep, da2, zero), mask=inside)
-    tl.store(da_ptr + wide + 3 * H, tl.where(keep, da3, zero), mask=inside)
+    _store_kept(dgx_ptr, wide, H, inside, keep, 4, d_i, d_f, d_g, d_o)
+    _store_kept(da_ptr, wide, H, inside, keep, 4, da0, da1, da2, da3)
     tl.store(dn_ptr + row, tl.where(keep, d_normed, zero), mask=inside)
     tl.store(dc_ptr + row, tl.where(keep, d_c * f, dc_in), mask=inside)
     tl.store(dh_ptr + row, tl.where(keep, zero, dh_in), mask=inside)
@@ -175,12 +171,8 @@ def gru_forward_step(
     if HAS_VALID:
         keep = tl.load(valid_ptr + n) != 0
     zero = 0.0
-    tl.store(gates_ptr + wide, tl.where(keep, r, zero), mask=inside)
-    tl.store(gates_ptr + wide + H, tl.where(keep, z, zero), mask=inside)
-    tl.store(gates_ptr + wide + 2 * H, tl.where(keep, new, zero), mask=inside)
-    tl.store(ahat_ptr + wide, tl.where(keep, ah0, zero), mask=inside)
-    tl.store(ahat_ptr + wide + H, tl.where(keep, ah1, zero), mask=inside)
-    tl.store(ahat_ptr + wide + 2 * H, tl.where(keep, ah2, zero), mask=inside)
+    _store_kept(gates_ptr, wide, H, inside, keep, 3, r, z, new, new)
+    _store_kept(ahat_ptr, wide, H, inside, keep, 3, ah0, ah1, ah2, ah2)
     tl.store(hn_ptr + row, tl.where(keep, hn, zero), mask=inside)
     tl.store(rstd_ptr + n, tl.where(keep, rstd, zero))
     tl.store(h_ptr + row, tl.where(keep, h, h_prev), mask=inside)
@@ -217,14 +209,7 @@ def gru_backward_step(
     keep = True
     if HAS_VALID:
         keep = tl.load(valid_ptr + n) != 0
-    zero = 0.0
-    tl.store(dgx_ptr + wide, tl.where(keep, d_r, zero), mask=inside)
-    tl.store(dgx_ptr + wide + H, tl.where(keep, d_z, zero), mask=inside)
-    tl.store(dgx_ptr + wide + 2 * H, tl.where(keep, d_n, zero), mask=inside)
-    tl.store(dgh_ptr + wide, tl.where(keep, d_r, zero), mask=inside)
-    tl.store(dgh_ptr + wide + H, tl.where(keep, d_z, zero), mask=inside)
-    tl.store(dgh_ptr + wide + 2 * H, tl.where(keep, d_hn, zero), mask=inside)
-    tl.store(da_ptr + wide, tl.where(keep, da0, zero), mask=inside)
-    tl.store(da_ptr + wide + H, tl.where(keep, da1, zero), mask=inside)
-    tl.store(da_ptr + wide + 2 * H, tl.where(keep, da2, zero), mask=inside)
+    _store_kept(dgx_ptr, wide, H, inside, keep, 3, d_r, d_z, d_n, d_n)
+    _store_kept(dgh_ptr, wide, H, inside, keep, 3, d_r, d_z, d_hn, d_hn)
+    _store_kept(da_ptr, wide, H, inside, keep, 3, da0, da1, da2, da2)
     tl.store(dh_ptr + row, tl.where(keep, dh * z, dh_in), mask=inside)

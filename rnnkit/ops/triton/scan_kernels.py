@@ -22,6 +22,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _coefficients(a_ptr, b_ptr, s, T, F, features, inside, REVERSE: tl.constexpr):
+    """Scan step s's a and b (the identity step, a = 1 and b = 0, past F), and their offsets."""
+    t = T - 1 - s if REVERSE else s
+    offsets = t.to(tl.int64) * F + features
+    return tl.load(a_ptr + offsets, mask=inside, other=1.0), tl.load(b_ptr + offsets, mask=inside, other=0.0), offsets
+
+
+@triton.jit
 def chunk_summaries(a_ptr, b_ptr, prod_ptr, last_ptr, T, F, chunk, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
     block, c = tl.program_id(0), tl.program_id(1)
     features = block * BLOCK + tl.arange(0, BLOCK)
@@ -30,10 +38,7 @@ def chunk_summaries(a_ptr, b_ptr, prod_ptr, last_ptr, T, F, chunk, REVERSE: tl.c
     prod = h + 1.0
     start = c * chunk
     for s in range(start, tl.minimum(start + chunk, T)):
-        t = T - 1 - s if REVERSE else s
-        offsets = t.to(tl.int64) * F + features
-        a = tl.load(a_ptr + offsets, mask=inside, other=1.0)
-        b = tl.load(b_ptr + offsets, mask=inside, other=0.0)
+        a, b, offsets = _coefficients(a_ptr, b_ptr, s, T, F, features, inside, REVERSE)
         h = a * h + b
         prod = prod * a
     tl.store(prod_ptr + c * F + features, prod, mask=inside)
@@ -60,9 +65,6 @@ def chunk_scan(a_ptr, b_ptr, carry_ptr, h_ptr, T, F, chunk, REVERSE: tl.constexp
     h = tl.load(carry_ptr + c * F + features, mask=inside, other=0.0)
     start = c * chunk
     for s in range(start, tl.minimum(start + chunk, T)):
-        t = T - 1 - s if REVERSE else s
-        offsets = t.to(tl.int64) * F + features
-        a = tl.load(a_ptr + offsets, mask=inside, other=1.0)
-        b = tl.load(b_ptr + offsets, mask=inside, other=0.0)
+        a, b, offsets = _coefficients(a_ptr, b_ptr, s, T, F, features, inside, REVERSE)
         h = a * h + b
         tl.store(h_ptr + offsets, h, mask=inside)
