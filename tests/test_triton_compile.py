@@ -28,9 +28,10 @@ def pointers(names: str, dtype: str) -> dict[str, str]:
 
 
 def signatures(dtype: str):
-    """(kernel, signature, constexprs) of every kernel, with the branches taken that padding and biases add."""
+    """(kernel, signature, constexprs) of every kernel, with the branches taken that padding, zoneout and biases add."""
     scan = {"T": "i32", "F": "i32", "chunk": "i32", "REVERSE": "constexpr", "BLOCK": "constexpr"}
-    step = {"valid_ptr": "*u8", "H": "i32", "HAS_VALID": "constexpr", "BLOCK": "constexpr"}
+    step = {"valid_ptr": "*u8", "zoneout_ptr": f"*{dtype}", "H": "i32", "HAS_VALID": "constexpr", "HAS_ZONEOUT": "constexpr", "BLOCK": "constexpr"}
+    taken = {"HAS_VALID": True, "HAS_ZONEOUT": True, "BLOCK": 64}
     return [
         (scan_kernels.chunk_summaries, {**pointers("a_ptr b_ptr prod_ptr last_ptr", dtype), **scan}, {"REVERSE": True, "BLOCK": 128}),
         (scan_kernels.chunk_carries, {**pointers("h0_ptr prod_ptr last_ptr carry_ptr", dtype), "F": "i32", "chunks": "i32", "BLOCK": "constexpr"}, {"BLOCK": 128}),
@@ -39,24 +40,24 @@ def signatures(dtype: str):
             layer_norm_kernels.lstm_forward_step,
             {**pointers("gates_ptr a_ptr h_prev_ptr c_prev_ptr h_ptr c_ptr y_ptr ahat_ptr chat_ptr rstd_ptr", dtype),
              **pointers("gain_hh_ptr gain_cell_ptr bias_cell_ptr", dtype), **step, "eps": "fp32"},
-            {"HAS_VALID": True, "BLOCK": 64},
+            taken,
         ),
         (
             layer_norm_kernels.lstm_backward_step,
             {**pointers("gates_ptr c_prev_ptr ahat_ptr chat_ptr rstd_ptr dy_ptr gain_hh_ptr gain_cell_ptr bias_cell_ptr", dtype),
              **pointers("dh_ptr dc_ptr dgx_ptr da_ptr dn_ptr", dtype), **step},
-            {"HAS_VALID": True, "BLOCK": 64},
+            taken,
         ),
         (
             layer_norm_kernels.gru_forward_step,
             {**pointers("gates_ptr a_ptr h_prev_ptr h_ptr y_ptr ahat_ptr hn_ptr rstd_ptr gain_hh_ptr b_hh_ptr", dtype), **step,
              "eps": "fp32", "HAS_BIAS": "constexpr"},
-            {"HAS_VALID": True, "HAS_BIAS": True, "BLOCK": 64},
+            {**taken, "HAS_BIAS": True},
         ),
         (
             layer_norm_kernels.gru_backward_step,
             {**pointers("gates_ptr h_prev_ptr ahat_ptr hn_ptr rstd_ptr dy_ptr gain_hh_ptr dh_ptr dgx_ptr dgh_ptr da_ptr", dtype), **step},
-            {"HAS_VALID": True, "BLOCK": 64},
+            taken,
         ),
     ]  # fmt: skip
 

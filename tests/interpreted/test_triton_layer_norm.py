@@ -92,3 +92,68 @@ def test_opcheck_of_the_loop_ops():
         _, hs, ahat, hn, rstd = torch.ops.rnnkit_fused.triton_layer_norm_gru_forward(gru_xp, *gru_args[1:])
         gru_backward_args = (gru_xp, hs, ahat, hn, rstd, w_gru, gain_gru, valid, True, torch.randn(3, 2, 5), torch.randn(2, 5))
         torch.library.opcheck(torch.ops.rnnkit_fused.triton_layer_norm_gru_backward, gru_backward_args, test_utils=checks)
+
+
+def _zoned_reference(family, xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, b_hh, masks, reverse):
+    """The step kernels' recurrence with zoneout, by the cells' own step math: the last state and the output."""
+    from rnnkit.cells.base import CellWeights, LayerNormWeights
+    from rnnkit.cells.gru import layer_norm_gru_recur
+    from rnnkit.cells.lstm import layer_norm_lstm_recur
+
+    weights = CellWeights(None, w_hh, None, b_hh, None, LayerNormWeights(None, gain_hh, gain_cell, bias_cell))
+    state, outputs = ((h0, c0) if family == "lstm" else (h0,)), [None] * xp.shape[0]
+    recur = layer_norm_lstm_recur if family == "lstm" else layer_norm_gru_recur
+    for t in range(xp.shape[0] - 1, -1, -1) if reverse else range(xp.shape[0]):
+        _, new = recur(xp[t], state, weights)
+        keeps = masks[t].chunk(len(state), dim=-1)  # [m_h m_c] for the LSTM
+        state = tuple(m * old + (1 - m) * fresh for m, old, fresh in zip(keeps, state, new))
+        outputs[t] = state[0]
+    return torch.stack(outputs), state
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_zoneout_masks_match_the_cells_step_with_zoneout(family):
+    length, batch, hidden, reverse = 3, 2, 5, family == "gru"
+    dtype = torch.float64
+    gates = 4 if family == "lstm" else 3
+    leaves = dict(
+        xp=torch.randn(length, batch, gates * hidden, dtype=dtype), h0=torch.randn(batch, hidden, dtype=dtype),
+        c0=torch.randn(batch, hidden, dtype=dtype), w_hh=0.3 * torch.randn(gates * hidden, hidden, dtype=dtype),
+        gain_hh=torch.rand(gates * hidden, dtype=dtype) + 0.5, gain_cell=torch.rand(hidden, dtype=dtype) + 0.5,
+        bias_cell=torch.randn(hidden, dtype=dtype), b_hh=torch.randn(gates * hidden, dtype=dtype),
+    )  # fmt: skip
+    if family == "lstm":
+        leaves["b_hh"] = None  # the LSTM's b_hh is folded into xp
+    else:
+        del leaves["c0"], leaves["gain_cell"], leaves["bias_cell"]
+    for leaf in leaves.values():
+        if leaf is not None:
+            leaf.requires_grad_()
+    masks = (torch.rand(length, batch, (2 if family == "lstm" else 1) * hidden) < 0.4).to(dtype)
+    dy = torch.randn(length, batch, hidden, dtype=dtype)
+    full = {"c0": None, "gain_cell": None, "bias_cell": None, **leaves}
+    want_y, want_state = _zoned_reference(family, *(full[k] for k in ("xp", "h0", "c0", "w_hh", "gain_hh", "gain_cell", "bias_cell", "b_hh")), masks, reverse)
+    loss = (want_y * dy).sum()
+    names = [k for k, v in leaves.items() if v is not None]
+    want = dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names])))
+    ops = triton_layer_norm.LOOPS
+    with torch.no_grad():
+        x = leaves["xp"].detach().clone()
+        zeros = torch.zeros(batch, hidden, dtype=dtype)
+        if family == "lstm":
+            args = [leaves[k].detach() for k in ("h0", "c0", "w_hh", "gain_hh", "gain_cell", "bias_cell")]
+            _, hs, cs, ahat, chat, rstd = ops.layer_norm_lstm_forward(x, *args, None, reverse, masks)
+            dxp, da, dh0, dc0, dgain_hh, dgain_cell, dbias_cell = ops.layer_norm_lstm_backward(
+                x, hs, cs, ahat, chat, rstd, *args[2:], None, reverse, dy, zeros, zeros, masks
+            )
+            got = {"xp": dxp, "h0": dh0, "c0": dc0, "gain_hh": dgain_hh, "gain_cell": dgain_cell, "bias_cell": dbias_cell}
+        else:
+            args = [leaves[k].detach() for k in ("h0", "w_hh", "gain_hh", "b_hh")]
+            _, hs, ahat, hn, rstd = ops.layer_norm_gru_forward(x, *args, None, reverse, masks)
+            dxp, da, dh0, dgain_hh, db_hh = ops.layer_norm_gru_backward(x, hs, ahat, hn, rstd, args[1], args[2], None, reverse, dy, zeros, masks)
+            got = {"xp": dxp, "h0": dh0, "gain_hh": dgain_hh, "b_hh": db_hh}
+        h_prev = hs[1:] if reverse else hs[:-1]
+        got["w_hh"] = torch.einsum("tng,tnh->gh", da, h_prev)  # dW_hh = Σ_t da_t^T h_{t-1}
+    torch.testing.assert_close(hs[:-1] if reverse else hs[1:], want_y.detach(), atol=1e-10, rtol=1e-10)
+    for name in names:
+        torch.testing.assert_close(got[name], want[name], atol=1e-10, rtol=1e-10, msg=lambda m, n=name: f"d{n}: {m}")

@@ -42,9 +42,12 @@ def _states(x: Tensor, h0: Tensor, reverse: bool) -> Tensor:
 
 @torch.library.custom_op("rnnkit_fused::triton_layer_norm_lstm_forward", mutates_args=("xp",))
 def layer_norm_lstm_forward(
-    xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, gain_hh: Tensor, gain_cell: Tensor, bias_cell: Tensor, valid: Tensor | None, reverse: bool
+    xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, gain_hh: Tensor, gain_cell: Tensor, bias_cell: Tensor, valid: Tensor | None,
+    reverse: bool, zoneout: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The C++ op's outputs; ``zoneout`` (L, N, 2H), optional: ``[m_h m_c]`` per step, 1 where a unit keeps its state."""
     kernels = triton_ops.kernels("layer_norm", xp)
+    zoneout = None if zoneout is None else zoneout.contiguous()
     length, batch, _ = xp.shape
     hidden = h0.shape[1]
     hs, cs = _states(xp, h0, reverse), _states(xp, c0, reverse)
@@ -59,14 +62,14 @@ def layer_norm_lstm_forward(
         torch.mm(hs[before], w_t, out=a)
         kernels.lstm_forward_step[(batch,)](
             xp[t], a, hs[before], cs[before], hs[after], cs[after], y[t] if valid is not None else hs[after], ahat[t], chat[t],
-            rstd[t], rows[t] if valid is not None else rows, gain_hh, gain_cell, bias_cell, hidden, LAYER_NORM_EPS,
-            HAS_VALID=valid is not None, BLOCK=block, **triton_ops.launch_options(block),
+            rstd[t], rows[t] if valid is not None else rows, gain_hh, gain_cell, bias_cell, rows if zoneout is None else zoneout[t],
+            hidden, LAYER_NORM_EPS, HAS_VALID=valid is not None, HAS_ZONEOUT=zoneout is not None, BLOCK=block, **triton_ops.launch_options(block),
         )  # fmt: skip
     return y, hs, cs, ahat, chat, rstd
 
 
 @layer_norm_lstm_forward.register_fake
-def _(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse):
+def _(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, zoneout=None):
     from rnnkit.ops import fakes
 
     return fakes.layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse)[:3] + _lstm_saved(xp, h0)
@@ -81,9 +84,12 @@ def _lstm_saved(xp, h0):
 def layer_norm_lstm_backward(
     gates: Tensor, hs: Tensor, cs: Tensor, ahat: Tensor, chat: Tensor, rstd: Tensor, w_hh: Tensor, gain_hh: Tensor,
     gain_cell: Tensor, bias_cell: Tensor, valid: Tensor | None, reverse: bool, dy: Tensor, dh_n: Tensor, dc_n: Tensor,
+    zoneout: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(dxp, da, dh0, dc0, dgain_hh, dgain_cell, dbias_cell)``; ``da`` the gradient of ``h_{t-1} W_hh^T`` per step."""
+    """``(dxp, da, dh0, dc0, dgain_hh, dgain_cell, dbias_cell)``; ``da`` the gradient of ``h_{t-1} W_hh^T`` per step;
+    ``zoneout`` the forward's masks."""
     kernels = triton_ops.kernels("layer_norm", gates)
+    zoneout = None if zoneout is None else zoneout.contiguous()
     length, batch, _ = gates.shape
     hidden = hs.shape[2]
     dgx, da, d_normed = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(chat)
@@ -94,16 +100,16 @@ def layer_norm_lstm_backward(
     for t in _steps(length, reverse, backward=True):
         kernels.lstm_backward_step[(batch,)](
             gates[t], cs[t + reverse], ahat[t], chat[t], rstd[t], dy[t], rows[t] if valid is not None else rows,
-            gain_hh, gain_cell, bias_cell, dh, dc, dgx[t], da[t], d_normed[t], hidden,
-            HAS_VALID=valid is not None, BLOCK=block, **triton_ops.launch_options(block),
+            gain_hh, gain_cell, bias_cell, dh, dc, dgx[t], da[t], d_normed[t], rows if zoneout is None else zoneout[t], hidden,
+            HAS_VALID=valid is not None, HAS_ZONEOUT=zoneout is not None, BLOCK=block, **triton_ops.launch_options(block),
         )  # fmt: skip
-        dh.addmm_(da[t], w_hh)  # dh_{t-1}: valid rows restart from zero in the kernel, padded rows pass dh through
+        dh.addmm_(da[t], w_hh)  # dh_{t-1}: the kernel left the part that skips W_hh (padded rows: all of dh)
     dgain_hh = (dgx * ahat).sum((0, 1))
     return dgx, da, dh, dc, dgain_hh, (d_normed * chat).sum((0, 1)), d_normed.sum((0, 1))
 
 
 @layer_norm_lstm_backward.register_fake
-def _(gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, dy, dh_n, dc_n):
+def _(gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, dy, dh_n, dc_n, zoneout=None):
     from rnnkit.ops import fakes
 
     return fakes.layer_norm_lstm_backward(gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, dy, dh_n, dc_n)
@@ -111,10 +117,13 @@ def _(gates, hs, cs, ahat, chat, rstd, w_hh, gain_hh, gain_cell, bias_cell, vali
 
 @torch.library.custom_op("rnnkit_fused::triton_layer_norm_gru_forward", mutates_args=("xp",))
 def layer_norm_gru_forward(
-    xp: Tensor, h0: Tensor, w_hh: Tensor, gain_hh: Tensor, b_hh: Tensor | None, valid: Tensor | None, reverse: bool
+    xp: Tensor, h0: Tensor, w_hh: Tensor, gain_hh: Tensor, b_hh: Tensor | None, valid: Tensor | None, reverse: bool,
+    zoneout: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(y, hs, ahat, hn, rstd)``; ``xp`` (L, N, 3H) = LN(W_ih x)γ_ih + b_ih comes back as the gates [r z n]."""
+    """``(y, hs, ahat, hn, rstd)``; ``xp`` (L, N, 3H) = LN(W_ih x)γ_ih + b_ih comes back as the gates [r z n];
+    ``zoneout`` (L, N, H), optional: 1 where a unit keeps its state."""
     kernels = triton_ops.kernels("layer_norm", xp)
+    zoneout = None if zoneout is None else zoneout.contiguous()
     length, batch, _ = xp.shape
     hidden = h0.shape[1]
     hs = _states(xp, h0, reverse)
@@ -129,8 +138,9 @@ def layer_norm_gru_forward(
         torch.mm(hs[before], w_t, out=a)
         kernels.gru_forward_step[(batch,)](
             xp[t], a, hs[before], hs[after], y[t] if valid is not None else hs[after], ahat[t], hn[t], rstd[t],
-            rows[t] if valid is not None else rows, gain_hh, gain_hh if b_hh is None else b_hh, hidden, LAYER_NORM_EPS,
-            HAS_VALID=valid is not None, HAS_BIAS=b_hh is not None, BLOCK=block, **triton_ops.launch_options(block),
+            rows[t] if valid is not None else rows, gain_hh, gain_hh if b_hh is None else b_hh, rows if zoneout is None else zoneout[t],
+            hidden, LAYER_NORM_EPS, HAS_VALID=valid is not None, HAS_BIAS=b_hh is not None, HAS_ZONEOUT=zoneout is not None,
+            BLOCK=block, **triton_ops.launch_options(block),
         )  # fmt: skip
     return y, hs, ahat, hn, rstd
 
@@ -141,7 +151,7 @@ def _gru_saved(xp, h0):
 
 
 @layer_norm_gru_forward.register_fake
-def _(xp, h0, w_hh, gain_hh, b_hh, valid, reverse):
+def _(xp, h0, w_hh, gain_hh, b_hh, valid, reverse, zoneout=None):
     length, batch, _ = xp.shape
     torch._check(xp.dim() == 3, lambda: f"xp: expected (L, N, 3H), got shape {tuple(xp.shape)}")
     y = xp.new_empty(length, batch, h0.shape[1]) if valid is not None else xp.new_empty(0)
@@ -151,10 +161,11 @@ def _(xp, h0, w_hh, gain_hh, b_hh, valid, reverse):
 @torch.library.custom_op("rnnkit_fused::triton_layer_norm_gru_backward", mutates_args=())
 def layer_norm_gru_backward(
     gates: Tensor, hs: Tensor, ahat: Tensor, hn: Tensor, rstd: Tensor, w_hh: Tensor, gain_hh: Tensor, valid: Tensor | None,
-    reverse: bool, dy: Tensor, dh_n: Tensor,
+    reverse: bool, dy: Tensor, dh_n: Tensor, zoneout: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(dxp, da, dh0, dgain_hh, db_hh)``; ``da`` the gradient of ``h_{t-1} W_hh^T`` per step."""
     kernels = triton_ops.kernels("layer_norm", gates)
+    zoneout = None if zoneout is None else zoneout.contiguous()
     length, batch, _ = gates.shape
     hidden = hs.shape[2]
     dgx, dgh, da = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(gates)
@@ -165,14 +176,15 @@ def layer_norm_gru_backward(
     for t in _steps(length, reverse, backward=True):
         kernels.gru_backward_step[(batch,)](
             gates[t], hs[t + reverse], ahat[t], hn[t], rstd[t], dy[t], rows[t] if valid is not None else rows, gain_hh,
-            dh, dgx[t], dgh[t], da[t], hidden, HAS_VALID=valid is not None, BLOCK=block, **triton_ops.launch_options(block),
+            dh, dgx[t], dgh[t], da[t], rows if zoneout is None else zoneout[t], hidden,
+            HAS_VALID=valid is not None, HAS_ZONEOUT=zoneout is not None, BLOCK=block, **triton_ops.launch_options(block),
         )  # fmt: skip
         dh.addmm_(da[t], w_hh)  # the kernel left dh_t ⊙ z (valid rows) or dh_t (padded ones)
     return dgx, da, dh, (dgh * ahat).sum((0, 1)), dgh.sum((0, 1))
 
 
 @layer_norm_gru_backward.register_fake
-def _(gates, hs, ahat, hn, rstd, w_hh, gain_hh, valid, reverse, dy, dh_n):
+def _(gates, hs, ahat, hn, rstd, w_hh, gain_hh, valid, reverse, dy, dh_n, zoneout=None):
     return torch.empty_like(gates), torch.empty_like(gates), dh_n.new_empty(dh_n.shape), gain_hh.new_empty(gain_hh.shape), gain_hh.new_empty(gain_hh.shape)
 
 

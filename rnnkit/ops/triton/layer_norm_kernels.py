@@ -57,9 +57,11 @@ def _normalize4(a0, a1, a2, a3, size, eps, inside, inside_last):
 @triton.jit
 def lstm_forward_step(
     gates_ptr, a_ptr, h_prev_ptr, c_prev_ptr, h_ptr, c_ptr, y_ptr, ahat_ptr, chat_ptr, rstd_ptr, valid_ptr,
-    gain_hh_ptr, gain_cell_ptr, bias_cell_ptr, H, eps, HAS_VALID: tl.constexpr, BLOCK: tl.constexpr,
+    gain_hh_ptr, gain_cell_ptr, bias_cell_ptr, zoneout_ptr, H, eps,
+    HAS_VALID: tl.constexpr, HAS_ZONEOUT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """gates: in xp_t = LN(W_ih x)γ_ih + b_ih + b_hh, out [i f g o]; rstd: (N, 2), for a and for c."""
+    """gates: in xp_t = LN(W_ih x)γ_ih + b_ih + b_hh, out [i f g o]; rstd: (N, 2), for a and for c.
+    zoneout: (N, 2H) [m_h m_c], 1 where a unit keeps its previous state: h_t = m_h h_{t-1} + (1-m_h) h_new, c likewise."""
     n = tl.program_id(0)
     u = tl.arange(0, BLOCK)
     inside = u < H
@@ -76,6 +78,12 @@ def lstm_forward_step(
     rstd_c = 1.0 / tl.sqrt(tl.sum(c_dev * c_dev) / H + eps)
     chat = c_dev * rstd_c
     h = o * _tanh(chat * tl.load(gain_cell_ptr + u, mask=inside, other=0.0) + tl.load(bias_cell_ptr + u, mask=inside, other=0.0))
+    h_prev = tl.load(h_prev_ptr + row, mask=inside, other=0.0)
+    if HAS_ZONEOUT:
+        m_h = tl.load(zoneout_ptr + 2 * n * H + u, mask=inside, other=0.0)
+        m_c = tl.load(zoneout_ptr + 2 * n * H + H + u, mask=inside, other=0.0)
+        h = m_h * h_prev + (1.0 - m_h) * h
+        c = m_c * c_prev + (1.0 - m_c) * c
     keep = True
     if HAS_VALID:
         keep = tl.load(valid_ptr + n) != 0
@@ -86,7 +94,7 @@ def lstm_forward_step(
     tl.store(rstd_ptr + 2 * n, tl.where(keep, rstd_a, zero))
     tl.store(rstd_ptr + 2 * n + 1, tl.where(keep, rstd_c, zero))
     tl.store(c_ptr + row, tl.where(keep, c, c_prev), mask=inside)
-    tl.store(h_ptr + row, tl.where(keep, h, tl.load(h_prev_ptr + row, mask=inside, other=0.0)), mask=inside)
+    tl.store(h_ptr + row, tl.where(keep, h, h_prev), mask=inside)
     if HAS_VALID:
         tl.store(y_ptr + row, tl.where(keep, h, zero), mask=inside)
 
@@ -102,16 +110,22 @@ def _normalize4_backward(d0, d1, d2, d3, x0, x1, x2, x3, rstd, size):
 @triton.jit
 def lstm_backward_step(
     gates_ptr, c_prev_ptr, ahat_ptr, chat_ptr, rstd_ptr, dy_ptr, valid_ptr, gain_hh_ptr, gain_cell_ptr, bias_cell_ptr,
-    dh_ptr, dc_ptr, dgx_ptr, da_ptr, dn_ptr, H, HAS_VALID: tl.constexpr, BLOCK: tl.constexpr,
+    dh_ptr, dc_ptr, dgx_ptr, da_ptr, dn_ptr, zoneout_ptr, H, HAS_VALID: tl.constexpr, HAS_ZONEOUT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """dh, dc: in the gradients reaching h_t, c_t, out (valid rows) 0 and dc_{t-1}; dn: the gradient of LN(c)γ_c+β_c."""
+    """dh, dc: in the gradients reaching h_t, c_t, out (valid rows) the parts of dh_{t-1}, dc_{t-1} that skip W_hh
+    (0 and dc ⊙ f, plus m ⊙ dh_t, m ⊙ dc_t under zoneout); dn: the gradient of LN(c)γ_c+β_c."""
     n = tl.program_id(0)
     u = tl.arange(0, BLOCK)
     inside = u < H
     wide, row = n * 4 * H + u, n * H + u
     dh_in = tl.load(dh_ptr + row, mask=inside, other=0.0)
     dc_in = tl.load(dc_ptr + row, mask=inside, other=0.0)
-    dh = dh_in + tl.load(dy_ptr + row, mask=inside, other=0.0)
+    dh_total = dh_in + tl.load(dy_ptr + row, mask=inside, other=0.0)
+    dh, dc_new = dh_total, dc_in  # the gradients of the step's new h and c, before zoneout mixes in the old ones
+    if HAS_ZONEOUT:
+        m_h = tl.load(zoneout_ptr + 2 * n * H + u, mask=inside, other=0.0)
+        m_c = tl.load(zoneout_ptr + 2 * n * H + H + u, mask=inside, other=0.0)
+        dh, dc_new = (1.0 - m_h) * dh_total, (1.0 - m_c) * dc_in
     i, f, g, o = _load4(gates_ptr, wide, H, inside)
     chat = tl.load(chat_ptr + row, mask=inside, other=0.0)
     gain_cell = tl.load(gain_cell_ptr + u, mask=inside, other=0.0)
@@ -122,7 +136,7 @@ def lstm_backward_step(
     rstd_c = tl.load(rstd_ptr + 2 * n + 1)
     m1 = tl.sum(dchat) / H
     m2 = tl.sum(dchat * chat) / H
-    d_c = dc_in + rstd_c * (dchat - m1 - chat * m2)
+    d_c = dc_new + rstd_c * (dchat - m1 - chat * m2)
     c_prev = tl.load(c_prev_ptr + row, mask=inside, other=0.0)
     d_i = d_c * g * i * (1.0 - i)
     d_f = d_c * c_prev * f * (1.0 - f)
@@ -137,16 +151,20 @@ def lstm_backward_step(
     _store_kept(dgx_ptr, wide, H, inside, keep, 4, d_i, d_f, d_g, d_o)
     _store_kept(da_ptr, wide, H, inside, keep, 4, da0, da1, da2, da3)
     tl.store(dn_ptr + row, tl.where(keep, d_normed, zero), mask=inside)
-    tl.store(dc_ptr + row, tl.where(keep, d_c * f, dc_in), mask=inside)
-    tl.store(dh_ptr + row, tl.where(keep, zero, dh_in), mask=inside)
+    dc_skip, dh_skip = d_c * f, dh_total * 0.0
+    if HAS_ZONEOUT:
+        dc_skip, dh_skip = dc_skip + m_c * dc_in, m_h * dh_total
+    tl.store(dc_ptr + row, tl.where(keep, dc_skip, dc_in), mask=inside)
+    tl.store(dh_ptr + row, tl.where(keep, dh_skip, dh_in), mask=inside)
 
 
 @triton.jit
 def gru_forward_step(
-    gates_ptr, a_ptr, h_prev_ptr, h_ptr, y_ptr, ahat_ptr, hn_ptr, rstd_ptr, valid_ptr, gain_hh_ptr, b_hh_ptr,
-    H, eps, HAS_VALID: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    gates_ptr, a_ptr, h_prev_ptr, h_ptr, y_ptr, ahat_ptr, hn_ptr, rstd_ptr, valid_ptr, gain_hh_ptr, b_hh_ptr, zoneout_ptr,
+    H, eps, HAS_VALID: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZONEOUT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """gates: in xp_t = LN(W_ih x)γ_ih + b_ih, out [r z n]; hn: LN(a)_n γ_hh,n + b_hh,n, read by δr; rstd: (N,)."""
+    """gates: in xp_t = LN(W_ih x)γ_ih + b_ih, out [r z n]; hn: LN(a)_n γ_hh,n + b_hh,n, read by δr; rstd: (N,).
+    zoneout: (N, H) m, 1 where a unit keeps its previous state: h_t = m h_{t-1} + (1-m) h_new."""
     n = tl.program_id(0)
     u = tl.arange(0, BLOCK)
     inside = u < H
@@ -167,6 +185,9 @@ def gru_forward_step(
     new = _tanh(tl.load(gates_ptr + wide + 2 * H, mask=inside, other=0.0) + r * hn)
     h_prev = tl.load(h_prev_ptr + row, mask=inside, other=0.0)
     h = new + z * (h_prev - new)
+    if HAS_ZONEOUT:
+        m = tl.load(zoneout_ptr + row, mask=inside, other=0.0)
+        h = m * h_prev + (1.0 - m) * h
     keep = True
     if HAS_VALID:
         keep = tl.load(valid_ptr + n) != 0
@@ -183,15 +204,20 @@ def gru_forward_step(
 @triton.jit
 def gru_backward_step(
     gates_ptr, h_prev_ptr, ahat_ptr, hn_ptr, rstd_ptr, dy_ptr, valid_ptr, gain_hh_ptr,
-    dh_ptr, dgx_ptr, dgh_ptr, da_ptr, H, HAS_VALID: tl.constexpr, BLOCK: tl.constexpr,
+    dh_ptr, dgx_ptr, dgh_ptr, da_ptr, zoneout_ptr, H, HAS_VALID: tl.constexpr, HAS_ZONEOUT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """dh: in the gradient reaching h_t, out (valid rows) its part dh_t ⊙ z that skips W_hh; dgh: [δr δz δn⊙r]."""
+    """dh: in the gradient reaching h_t, out (valid rows) its part that skips W_hh, dh_t ⊙ z (plus m ⊙ dh_t under
+    zoneout, with dh_t then (1-m) ⊙ dh_t inside the cell); dgh: [δr δz δn⊙r]."""
     n = tl.program_id(0)
     u = tl.arange(0, BLOCK)
     inside = u < H
     wide, row = n * 3 * H + u, n * H + u
     dh_in = tl.load(dh_ptr + row, mask=inside, other=0.0)
-    dh = dh_in + tl.load(dy_ptr + row, mask=inside, other=0.0)
+    dh_total = dh_in + tl.load(dy_ptr + row, mask=inside, other=0.0)
+    dh = dh_total
+    if HAS_ZONEOUT:
+        m = tl.load(zoneout_ptr + row, mask=inside, other=0.0)
+        dh = (1.0 - m) * dh_total
     r = tl.load(gates_ptr + wide, mask=inside, other=0.0)
     z = tl.load(gates_ptr + wide + H, mask=inside, other=0.0)
     new = tl.load(gates_ptr + wide + 2 * H, mask=inside, other=0.0)
@@ -212,4 +238,7 @@ def gru_backward_step(
     _store_kept(dgx_ptr, wide, H, inside, keep, 3, d_r, d_z, d_n, d_n)
     _store_kept(dgh_ptr, wide, H, inside, keep, 3, d_r, d_z, d_hn, d_hn)
     _store_kept(da_ptr, wide, H, inside, keep, 3, da0, da1, da2, da2)
-    tl.store(dh_ptr + row, tl.where(keep, dh * z, dh_in), mask=inside)
+    dh_skip = dh * z
+    if HAS_ZONEOUT:
+        dh_skip += m * dh_total
+    tl.store(dh_ptr + row, tl.where(keep, dh_skip, dh_in), mask=inside)
