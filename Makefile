@@ -18,7 +18,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,apps,serve,tensorboard,onnx]"
+	$(PY) -m pip install --quiet -e ".[dev,apps,serve,tensorboard,onnx,triton]"
 	touch $(STAMP)
 
 install: $(STAMP)

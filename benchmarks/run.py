@@ -53,7 +53,7 @@ if __package__ in (None, ""):  # run as a script, `python benchmarks/run.py`: ma
 
 import rnnkit
 import rnnkit.engine
-from benchmarks import flops, fresh, precision, timing
+from benchmarks import flops, fresh, gpu, precision, timing
 
 
 @dataclass(frozen=True)
@@ -527,8 +527,8 @@ def render(report: Report, command: str) -> str:
         ]
     out += [""]
 
-    out += ["## Targets (CPU, rnnkit `auto` unless named)", ""]
-    target_rows = targets(report)
+    out += ["## Targets (CPU, then GPU; rnnkit `auto` unless named)", ""]
+    target_rows = targets(report) + gpu.targets(report, sys.modules[__name__])
     out += [table(["target", "measured", "status"], [list(r) for r in target_rows]) if target_rows else "None measured.", ""]
 
     for device in dict.fromkeys(t.device for t in report.timed):
@@ -649,7 +649,7 @@ def main(argv=None) -> Report:
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     else:
-        report.notes.append("GPU rows skipped: torch.cuda.is_available() is False (no GPU, or a CPU-only torch build).")
+        report.notes.append("GPU rows not measured: torch.cuda.is_available() is False (no GPU, or a CPU-only torch build).")
     if args.skip_reference_c and "C" in args.configs:
         report.notes.append("--skip-reference-c: the reference engine was not timed at C, except as what `auto` resolves to.")
 
@@ -676,6 +676,7 @@ def main(argv=None) -> Report:
         else:
             say(f"config {config} ({shape}) in a fresh process ...")
             fresh.run_config(argv, config, report, say)
+    gpu.bench(report, sys.modules[__name__], args)  # config L, the LayerNorm LSTM and minGRU on CUDA (benchmarks/gpu.py)
     for device in devices:  # the peak again: a busy moment at the start must not understate it
         again = gemm_peaks(device, args)
         first = report.peaks[device.type]

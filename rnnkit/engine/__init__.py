@@ -23,6 +23,11 @@ defines the results; faster engines are checked against it.
   LSTM inference in float32 without padding or ``proj_size`` goes to oneDNN's
   LSTM primitive (the kernel torch.nn.LSTM runs on CPU) once batch x hidden
   reaches ``fused.ONEDNN_LSTM_MIN_BATCH_HIDDEN``, where it measured faster.
+* On CUDA, ``"auto"`` hands the configurations cuDNN computes exactly (plain RNN,
+  LSTM, GRU; ``proj_size``; ``lengths=`` or packed) to torch's cuDNN kernels, the ones
+  torch.nn runs (:mod:`rnnkit.engine.cudnn`, which lists what stays with rnnkit). The
+  LayerNorm LSTM and GRU run rnnkit's Triton kernels (:mod:`rnnkit.ops.triton`) when
+  triton is installed; the plain families under ``engine="fused"`` run the pure-PyTorch loop.
   The linear-recurrence families (minGRU, minLSTM, RG-LRU) run the parallel scan
   (:mod:`rnnkit.engine.scan`): all projections in one GEMM, then h_t = a_t h_{t-1} + b_t by
   the compiled scan op (backward: a scan the other way), or in plain PyTorch without it.
@@ -49,7 +54,8 @@ from __future__ import annotations
 
 from rnnkit import errors
 from rnnkit import ops
-from rnnkit.engine import fused, hoisted, onnx_export, reference, scan
+from rnnkit.engine import cudnn, fused, hoisted, onnx_export, reference, scan
+from rnnkit.ops import triton as triton_ops
 
 ENGINES = {"reference": reference.run_direction, "fused": fused.run_direction}
 DEFAULT = "fused"
@@ -77,16 +83,27 @@ def describe(layer=None) -> str:
     if chosen == "reference":
         return prefix + "reference per-step loop (autograd records every step)"
     spec = getattr(layer, "spec", None)
+    device = _device(layer)
     if spec is not None and scan.supports(spec):
-        kernel = ("compiled C++ scan, rnnkit_fused::linear_scan (" + ops.status() + ")" if _device(layer) == "cpu" and ops.native_loops() is not None
-                  else "plain-PyTorch chunked scan (about 2*sqrt(L) sequential elementwise steps)")  # fmt: skip
+        if device == "cpu" and ops.native_loops() is not None:
+            kernel = "compiled C++ scan, rnnkit_fused::linear_scan (" + ops.status() + ")"
+        elif triton_ops.runs_on(device):
+            kernel = "Triton scan, rnnkit_fused::triton_linear_scan" + (" (through Triton's interpreter)" if triton_ops.interpreting() else "")
+        else:
+            kernel = "plain-PyTorch chunked scan (about 2*sqrt(L) sequential elementwise steps)"
         return prefix + f"parallel scan for {spec.name!r}: projections of all steps in one GEMM, then the linear recurrence by the {kernel}"
-    if spec is not None and spec.name == "layer_norm_lstm" and not getattr(layer, "proj_size", 0) and _device(layer) == "cpu" and ops.native_loops() is not None:
+    if layer is not None and device == "cuda" and cudnn.declines(layer, device) is None:
+        return prefix + f"torch's cuDNN kernels (torch._VF.{cudnn.FUNCTIONS[spec.name]}, as torch.nn.{type(layer).__name__} on CUDA): cuDNN computes this configuration exactly"
+    layer_norm = spec is not None and spec.name in ("layer_norm_lstm", "layer_norm_gru") and not getattr(layer, "proj_size", 0)
+    if layer_norm and triton_ops.runs_on(device):
+        mode = "compiled" if device == "cuda" and not triton_ops.interpreting() else "through Triton's interpreter"
+        return prefix + f"fused Triton {spec.name} kernels ({mode}): one kernel per step for LayerNorm and gate math, GEMMs by torch"
+    if layer_norm and spec.name == "layer_norm_lstm" and device == "cpu" and ops.native_loops() is not None:
         return prefix + "fused C++ LayerNorm LSTM kernel (" + ops.status() + ")"
     if spec is not None and (not fused.supports(spec) or getattr(layer, "layer_norm", False)):
         fallback = "the hoisted loop (input projections in one GEMM, per-step recurrence under autograd)" if hoisted.supports(spec) else "the reference per-step loop"
-        return prefix + f"fused engine has no kernel for {spec.name!r}: runs {fallback}"
-    device = _device(layer)
+        why = "; the Triton kernels need the triton package" if layer_norm and device == "cuda" else ""
+        return prefix + f"fused engine has no kernel for {spec.name!r}{why}: runs {fallback}"
     if device != "cpu":
         return prefix + f"fused pure-PyTorch loop (the compiled kernel is CPU-only; parameters are on {device})"
     ops.native_loops()

@@ -23,8 +23,10 @@ gradient ``dv = rstd ⊙ (dv̂ - mean(dv̂) - v̂ ⊙ mean(dv̂ ⊙ v̂))`` over
 then ``dW_hh = Σ_t da_t^T h_{t-1}`` is one GEMM over all steps, and ``dxp`` goes
 through ATen's LayerNorm backward and two GEMMs to the input side's gradients.
 
-It covers the LayerNorm LSTM without ``proj_size``, on CPU float32/float64
-when the C++ kernel is built; everything else runs the hoisted loop. Zoneout
+It covers the LayerNorm LSTM without ``proj_size``, in float32/float64: on CPU with the C++
+kernel built, and on CUDA with the Triton ops of :mod:`rnnkit.ops.triton.layer_norm` (same
+signatures, one fused kernel per step around cuBLAS's GEMM). The LayerNorm GRU's Triton path is
+:mod:`rnnkit.engine.fused_layer_norm_gru`. Everything else runs the hoisted loop. Zoneout
 (keep-previous weights ``m_t`` on ``h``) is applied in the loop after ``h̃_t``;
 backward sends ``(1-m_t) dh_t`` into the step and ``m_t dh_t`` to ``dh_{t-1}``.
 """
@@ -35,9 +37,10 @@ import torch
 from torch import Tensor
 
 from rnnkit import ops
+from rnnkit.ops import triton as triton_ops
 from rnnkit.cells.base import LAYER_NORM_EPS, CellSpec, CellWeights, LayerNormWeights, State
 from rnnkit.cells.lstm import layer_norm_lstm_step
-from rnnkit.engine import transforms
+from rnnkit.engine import fused_layer_norm_gru, hoisted, transforms
 from rnnkit.engine.gemm import linear
 
 _ROLES = (None, None, "mask", "seq", *["weight"] * 8, "state", "state", "seq")
@@ -98,9 +101,9 @@ def _forward(reverse, valid, x, w_ih, b_ih, b_hh, gain_ih, w_hh, gain_hh, gain_c
     bias = None if b_ih is None else b_ih + b_hh
     xp, mean, rstd_in = torch.native_layer_norm(projected, (projected.shape[1],), gain_ih, bias, LAYER_NORM_EPS)
     # The kernel overwrites xp, which only it reads, with the gate activations: no other (L, N, 4H) buffer to fault in.
-    y, hs, cs, ahat, chat, rstd = ops.native_loops().layer_norm_lstm_forward(
+    y, hs, cs, ahat, chat, rstd = loops_for(x).layer_norm_lstm_forward(
         xp.view(length, batch, -1), h0.contiguous(), c0.contiguous(), w_hh.contiguous(), gain_hh.contiguous(),
-        gain_cell.contiguous(), bias_cell.contiguous(), valid, reverse, zoneout,
+        gain_cell.contiguous(), bias_cell.contiguous(), valid, reverse, _loop_masks(x, zoneout),
     )  # fmt: skip
     return y, hs, cs, xp.view(length, batch, -1), ahat, chat, rstd, projected, mean, rstd_in
 
@@ -124,9 +127,9 @@ def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     dy = transforms.output_gradient(ctx.view, d_y, d_hs, hs, ctx.reverse)
     dh_n = h0.new_zeros(h0.shape) if d_hn is None else d_hn
     dc_n = c0.new_zeros(c0.shape) if d_cn is None else d_cn
-    dxp, da, dh0, dc0, dgain_hh, dgain_cell, dbias_cell = ops.native_loops().layer_norm_lstm_backward(
+    dxp, da, dh0, dc0, dgain_hh, dgain_cell, dbias_cell = loops_for(x).layer_norm_lstm_backward(
         gates, hs, cs, ahat, chat, rstd, w_hh.contiguous(), gain_hh.contiguous(), gain_cell.contiguous(),
-        bias_cell.contiguous(), valid, ctx.reverse, dy, dh_n.contiguous(), dc_n.contiguous(), zoneout,
+        bias_cell.contiguous(), valid, ctx.reverse, dy, dh_n.contiguous(), dc_n.contiguous(), _loop_masks(x, zoneout),
     )  # fmt: skip
     steps = length * batch
     h_prev = hs[ctx.reverse : length + ctx.reverse].reshape(steps, hs.shape[2])
@@ -142,17 +145,34 @@ def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     return dx, dw_ih, *db, dgain_ih, dw_hh, dgain_hh, dgain_cell, dbias_cell, dh0, dc0
 
 
-def supports(spec: CellSpec, x: Tensor, weights: CellWeights) -> bool:
-    """Whether the compiled LayerNorm LSTM loop covers this call.
+def loops_for(x: Tensor):
+    """The LayerNorm loop ops for a tensor: Triton's where they run (CUDA; CPU under ``TRITON_INTERPRET=1``,
+    see :mod:`rnnkit.ops.triton`), else the C++ library's (CPU), else None."""
+    if triton_ops.runs_on(x):
+        from rnnkit.ops.triton import layer_norm as triton_layer_norm  # imports triton: only where it runs
 
-    """
+        return triton_layer_norm.LOOPS
+    return ops.native_loops() if x.device.type == "cpu" else None
+
+
+def _loop_masks(x: Tensor, zoneout: Tensor | None) -> Tensor | None:
+    """The loop ops' zoneout masks. The layer's are (L, N, H), on h only (c is never zoned out); the Triton
+    LSTM ops take ``[m_h m_c]`` (L, N, 2H), so c's half is zeros there: every unit takes its new c."""
+    if zoneout is None or not triton_ops.runs_on(x):
+        return zoneout
+    return torch.cat([zoneout, torch.zeros_like(zoneout)], -1)
+
+
+def supports(spec: CellSpec, x: Tensor, weights: CellWeights) -> bool:
+    """Whether a compiled LayerNorm loop covers this call: float32/float64 without proj_size or autocast, on CPU
+    with the C++ library built, or where the Triton kernels run (:func:`loops_for`)."""
     return (
-        spec.name == "layer_norm_lstm"
+        spec.name in ("layer_norm_lstm", "layer_norm_gru")
         and weights.weight_hr is None
-        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled("cpu")
-        and ops.native_loops() is not None
+        and not torch.is_autocast_enabled(x.device.type)
+        and (spec.name == "layer_norm_lstm" or triton_ops.runs_on(x))  # the GRU has no C++ loop
+        and loops_for(x) is not None
     )
 
 
@@ -160,6 +180,10 @@ def run_direction(
     spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool, zoneout: Tensor | None = None
 ) -> tuple[Tensor, State]:
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`, for a call :func:`supports` covers."""
+    if spec.name == "layer_norm_gru":
+        if zoneout is not None:  # the Triton GRU Function takes no masks: the hoisted loop applies them
+            return hoisted.run_direction(spec, x, state, weights, valid, reverse, zoneout)
+        return fused_layer_norm_gru.run_direction(spec, x, state, weights, valid, reverse)
     norm = weights.layer_norm
     h0, c0 = state
     args = (x, h0, c0, weights.weight_ih, weights.weight_hh, weights.bias_ih, weights.bias_hh, norm.gain_ih, norm.gain_hh, norm.gain_cell, norm.bias_cell, valid, reverse)

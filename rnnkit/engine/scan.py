@@ -13,7 +13,8 @@ one node whatever the length):
    compiled ``rnnkit_fused::linear_scan`` (``ops/csrc/linear_scan.cpp``: threads over features,
    time chunked when the features are too few); outputs zeroed at padding.
 
-Without the compiled library, or on another device or dtype, steps 2 and 4 are plain PyTorch:
+On CUDA (with triton installed) the scan is the Triton kernel of :mod:`rnnkit.ops.triton.scan`, the
+same contract. Without the compiled library, or on another device or dtype, steps 2 and 4 are plain PyTorch:
 the cells' own coefficient math and :func:`chunked_scan`, differentiated by autograd. The scan's
 derivatives (:class:`LinearScan`) are scans too (docs/design/parallel-scan.md):
 
@@ -38,6 +39,7 @@ from torch import Tensor
 from rnnkit import ops
 from rnnkit.cells.base import CellSpec, CellWeights, State
 from rnnkit.cells.minimal import LINEAR_RECURRENCE_SPECS
+from rnnkit.ops import triton as triton_ops
 from rnnkit.ops.kinds import MINGRU, SCAN_KINDS
 from rnnkit.engine import transforms
 from rnnkit.engine.gemm import linear
@@ -170,7 +172,11 @@ def scan(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:
     """
     steps, shape = a.shape[0], a.shape[1:]
     a, b, h0 = a.reshape(steps, -1), b.reshape(steps, -1), h0.reshape(-1)
-    if _native(a) is None:
+    if _native(a) is None and triton_ops.runs_on(a):  # CUDA (or Triton's interpreter): the Triton scan, its own autograd
+        from rnnkit.ops.triton.scan import linear_scan as triton_scan  # imports triton: only where it runs
+
+        flat = triton_scan(a.unsqueeze(1), b.unsqueeze(1), h0.unsqueeze(0), reverse).squeeze(1)
+    elif _native(a) is None:
         flat = chunked_scan(a, b, h0, reverse)
     elif ops.recorded_by_autograd(a, b, h0) or transforms.functorch_active():  # torch.func reaches the Function's rules only
         flat = LinearScan.apply(a, b, h0, reverse)

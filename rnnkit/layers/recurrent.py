@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import PackedSequence
 from rnnkit import engine as engines
 from rnnkit import errors
 from rnnkit.cells.base import CellSpec, CellWeights, LayerNormWeights, State, init_uniform_, registered_or_attribute
-from rnnkit.engine import fused
+from rnnkit.engine import cudnn, fused
 from rnnkit.layers import regularisers
 from rnnkit.layers.sequence import to_time_major
 
@@ -152,6 +152,7 @@ class RecurrentLayer(nn.Module):
             for layer in range(num_layers) for direction in range(directions)
         ]  # fmt: skip
         self.reset_parameters()
+        self.flatten_parameters()  # built on CUDA: cuDNN's layout from the start
 
     # -- parameters ---------------------------------------------------------
 
@@ -207,7 +208,14 @@ class RecurrentLayer(nn.Module):
         return [[getattr(self, n) for n in names[i : i + per_cell]] for i in range(0, len(names), per_cell)]
 
     def flatten_parameters(self) -> None:
-        """No-op, kept so that code written for torch.nn (which calls it for cuDNN) runs unchanged."""
+        """As torch.nn's: on CUDA, make the weights of a layer that goes to cuDNN views of one buffer in its
+        layout (:func:`rnnkit.engine.cudnn.flatten`); elsewhere a no-op. Called after ``.to()``/``.cuda()``."""
+        cudnn.flatten(self)
+
+    def _apply(self, fn, recurse=True):
+        moved = super()._apply(fn, recurse)
+        self.flatten_parameters()  # as torch.nn.RNNBase after a move: the new tensors are not flat
+        return moved
 
     # -- forward ------------------------------------------------------------
 
@@ -235,7 +243,10 @@ class RecurrentLayer(nn.Module):
             if self.check_finite:
                 errors.check_finite("input", x, valid)
             states = self._initial_states(hx, x, layout.unbatched)
-        x, finals = self._run_layers(x, states, valid, self.run_direction)
+        if x.device.type == "cuda" and cudnn.declines(self, "cuda") is None:  # what cuDNN computes exactly: torch's kernels
+            x, finals = cudnn.run_layers(self, x, states, layout.lengths if valid is not None else None)
+        else:
+            x, finals = self._run_layers(x, states, valid, self.run_direction)
         return layout.output(x), _final_state(finals, layout.unbatched)
 
     def _inference_step(self, input, hx):
@@ -260,8 +271,8 @@ class RecurrentLayer(nn.Module):
             return None
         if torch.jit.is_tracing() or torch.compiler.is_compiling():  # a trace must hold the op that serves every length
             return None
-        if not isinstance(input, Tensor):
-            return None
+        if not isinstance(input, Tensor) or (input.device.type == "cuda" and cudnn.declines(self, "cuda") is None):
+            return None  # on CUDA torch's cuDNN step is the faster one
         rank = input.dim()
         time_dim = 1 if rank == 3 and self.batch_first else 0
         if rank not in (2, 3) or input.shape[time_dim] != 1:

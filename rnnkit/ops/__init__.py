@@ -26,6 +26,10 @@ around them (:mod:`rnnkit.engine.fused`), and expose those as the composite ops
 ``rnnkit::recurrence`` and ``rnnkit::layer_norm_lstm``. Cells, layers and engines reach the
 kernels only through the ops here; nothing else loads the library.
 
+The CUDA kernels are Triton ops of the same library, registered from Python
+(:mod:`rnnkit.ops.triton`): the LayerNorm LSTM's loop pair under the C++ pair's signatures,
+the LayerNorm GRU's, and the linear scan.
+
 Loading: ``import rnnkit`` registers nothing native until a CPU layer or cell first runs (or
 :func:`native_loops` is called); a saved TorchScript or ``torch.export`` program that calls
 these ops needs ``import rnnkit`` and one such call (or :func:`load`) first.
