@@ -58,9 +58,12 @@ test: $(STAMP) data browser
 demo: $(STAMP) data
 	$(PY) -m rnnkit demo
 
-# Speed against torch.nn, interleaved in one run; writes docs/benchmarks.md. Run it on an idle machine.
+# Speed against torch.nn (docs/benchmarks.md), the parallel-scan families against GRU and LSTM as T grows
+# (docs/benchmarks-scan.md) and charlm at equal wall-clock time (docs/benchmarks-charlm.md). Run it on an idle machine.
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.scan
+	$(PY) -m benchmarks.charlm_time
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -577,6 +577,19 @@ def render(report: Report, command: str) -> str:
             rows.append([CELL_TITLE[cell], name, median, iqr, f"{base / stats.median:.2f}x", f"{diff:.1e}"])
         out += [table(["cell", "contender", "µs/step", "IQR µs", "ratio vs torch.nn cell", "max abs diff"], rows), ""]
 
+    if not args.quick:  # their own runs (`make bench` runs them after this one), shown here by reference
+        out += [
+            "## Parallel scan: minGRU, minLSTM, RG-LRU against GRU and LSTM",
+            "",
+            "`python -m benchmarks.scan`: time per step against T (256 to 16384) at H = 256, B = 1 and 8, each (T, B) in a "
+            "fresh process; the targets and every row are in [benchmarks-scan.md](benchmarks-scan.md), charlm at equal "
+            "wall-clock time in [benchmarks-charlm.md](benchmarks-charlm.md).",
+            "",
+            "![training time per step against T: GRU against minGRU](img/scan-time-per-step.png)",
+            "",
+            "![charlm: bits per character against training seconds](img/charlm-bpc-time.png)",
+            "",
+        ]
     out += ["## Caveats", ""] + [f"- {c}" for c in CAVEATS] + [""]
     if report.notes:
         out += ["## Notes", "", *[f"- {n}" for n in report.notes], ""]

@@ -375,3 +375,40 @@ def test_zoneout_and_locked_dropout_scan_equals_the_step_loop(cls):
             assert_close(got, expected, torch.float64, f"{cls.__name__} training={training}")
     with pytest.raises(ValueError, match=f"weight_drop: expected 0: {cls.__name__}'s gates read only the input"):
         cls(INPUT, HIDDEN, weight_drop=0.5)
+
+
+def test_the_log_space_peer_computes_min_gru():
+    """The benchmark's peer (minGRU-pytorch's log-space Heinsen scan) computes rnnkit.MinGRU's function: a fair comparison."""
+    from benchmarks.scan import LogSpaceMinGRU
+
+    torch.manual_seed(12)
+    layer = rnnkit.MinGRU(INPUT, HIDDEN, dtype=torch.float64)
+    x = torch.randn(30, 2, INPUT, dtype=torch.float64)
+    assert_close(LogSpaceMinGRU(layer)(x)[0], layer(x)[0], torch.float64, "log-space scan vs rnnkit.MinGRU")
+
+
+def test_scan_benchmark_quick_run_writes_targets_rows_and_plot(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, plot = tmp_path / "scan.md", tmp_path / "scan.png"
+    done = subprocess.run([sys.executable, "-W", "error", "-m", "benchmarks.scan", "--quick", "--out", str(out), "--plot", str(plot)],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert "## Targets" in text and "| 64 | 1 | log-space minGRU |" in text and "## Training-step peak memory (MB)" in text
+    assert all(row.split("|")[3].strip() in ("MET", "MISSED") for row in text.splitlines() if row.startswith("| T=") or row.startswith("| B="))
+    assert plot.stat().st_size > 0
+
+
+def test_charlm_time_report_marks_the_target_against_the_gru():
+    from benchmarks.charlm_time import render
+
+    def result(cell, bpc):
+        return {"cell": cell, "curve": [(0.0, 0, 4.0), (10.0, 50, bpc)], "threads": 2, "parameters": 1000}
+
+    text = render([result("gru", 2.00), result("mingru", 2.015), result("rglru", 2.05)], 10.0, "docs/img/c.png", "docs/c.md")
+    assert "| minGRU | 1,000 | 50 | 2.015 | +0.015 | MET |" in text
+    assert "| RG-LRU | 1,000 | 50 | 2.050 | +0.050 | MISSED |" in text
+    assert "](img/c.png)" in text

@@ -13,12 +13,14 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/sigmoid.h>
 #include <torch/library.h>
 
 #include "inference_only.h"
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -32,12 +34,6 @@ template <typename T>
 inline T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
 template <typename T>
 inline T g(T v) { return v >= T(0) ? v + T(0.5) : sigmoid(v); }  // minGRU's positive activation
-template <typename T>
-inline T g_derivative(T v) {
-  if (v >= T(0)) return T(1);
-  const T s = sigmoid(v);
-  return s * (T(1) - s);
-}
 template <typename T>
 inline T log_sigmoid(T v) { return std::min(v, T(0)) - std::log1p(std::exp(-std::abs(v))); }
 template <typename T>
@@ -58,52 +54,72 @@ int64_t hidden_of(int64_t kind, const at::Tensor& projected, const std::optional
   return H;
 }
 
+// The rows below read σ of every projected value from `s` (ATen's vectorised sigmoid over all of P, one
+// pass): the loops then hold no transcendental call but RG-LRU's exp, and the compiler vectorises them.
+// minLSTM's normalised gate f' = σ(log σ(k_f) - log σ(k_i)) is computed as the equal σ_f / (σ_f + σ_i),
+// and in the log form only where both sigmoids underflow (the ratio would be 0 / 0).
+
+template <typename T>
+inline T tiny() { return std::numeric_limits<T>::min() * T(1e6); }
+
 // (a, b) of one row, over its H features.
 template <typename T>
-void forward_row(int64_t kind, const T* p, const T* decay_rate, int64_t H, T* a, T* b) {
+void forward_row(int64_t kind, const T* __restrict__ p, const T* __restrict__ s, const T* __restrict__ decay_rate, int64_t H, T* __restrict__ a,
+                 T* __restrict__ b) {
   if (kind == MINGRU) {
     for (int64_t j = 0; j < H; ++j) {
-      const T z = sigmoid(p[j]);
+      const T z = s[j], k_h = p[H + j];
       a[j] = T(1) - z;
-      b[j] = z * g(p[H + j]);
+      b[j] = z * (k_h >= T(0) ? k_h + T(0.5) : s[H + j]);
     }
   } else if (kind == MINLSTM) {
     for (int64_t j = 0; j < H; ++j) {
+      const T f = s[j], i = s[H + j], k_h = p[2 * H + j], sum = f + i;
+      const T kept = f / (sum > tiny<T>() ? sum : T(1));
+      a[j] = kept;
+      b[j] = (T(1) - kept) * (k_h >= T(0) ? k_h + T(0.5) : s[2 * H + j]);
+    }
+    for (int64_t j = 0; j < H; ++j) {
+      if (s[j] + s[H + j] > tiny<T>()) continue;
       const T ratio = log_sigmoid(p[j]) - log_sigmoid(p[H + j]);  // log(f / i)
       a[j] = sigmoid(ratio);
       b[j] = sigmoid(-ratio) * g(p[2 * H + j]);
     }
   } else {
     for (int64_t j = 0; j < H; ++j) {
-      const T log_a = -T(kRgLruC) * sigmoid(p[j]) * decay_rate[j];
+      const T log_a = -T(kRgLruC) * s[j] * decay_rate[j];
       a[j] = std::exp(log_a);
-      b[j] = std::sqrt(-std::expm1(T(2) * log_a)) * (sigmoid(p[H + j]) * p[2 * H + j]);
+      b[j] = std::sqrt(-std::expm1(T(2) * log_a)) * (s[H + j] * p[2 * H + j]);
     }
   }
 }
 
 // ∂P of one row from ∂a, ∂b; RG-LRU also adds this row's share of ∂Λ into decay_grad.
 template <typename T>
-void backward_row(int64_t kind, const T* p, const T* decay_rate, const T* decay_sigmoid, int64_t H, const T* da, const T* db, T* dp,
-                  double* decay_grad) {
+void backward_row(int64_t kind, const T* __restrict__ p, const T* __restrict__ s, const T* __restrict__ decay_rate,
+                  const T* __restrict__ decay_sigmoid, int64_t H, const T* __restrict__ da, const T* __restrict__ db, T* __restrict__ dp,
+                  double* __restrict__ decay_grad) {
   if (kind == MINGRU) {  // a = 1 - z, b = z g(k_h)
     for (int64_t j = 0; j < H; ++j) {
-      const T z = sigmoid(p[j]), k_h = p[H + j];
-      dp[j] = (db[j] * g(k_h) - da[j]) * z * (T(1) - z);
-      dp[H + j] = db[j] * z * g_derivative(k_h);
+      const T z = s[j], k_h = p[H + j], s_h = s[H + j];
+      const bool positive = k_h >= T(0);
+      dp[j] = (db[j] * (positive ? k_h + T(0.5) : s_h) - da[j]) * z * (T(1) - z);
+      dp[H + j] = db[j] * z * (positive ? T(1) : s_h * (T(1) - s_h));
     }
   } else if (kind == MINLSTM) {  // a = σ(r), b = (1 - a) g(k_h), r = log σ(k_f) - log σ(k_i)
     for (int64_t j = 0; j < H; ++j) {
-      const T k_f = p[j], k_i = p[H + j], k_h = p[2 * H + j];
-      const T a = sigmoid(log_sigmoid(k_f) - log_sigmoid(k_i));
-      const T d_ratio = (da[j] - db[j] * g(k_h)) * a * (T(1) - a);
-      dp[j] = d_ratio * sigmoid(-k_f);        // d log σ(v) / dv = σ(-v)
-      dp[H + j] = -d_ratio * sigmoid(-k_i);
-      dp[2 * H + j] = db[j] * (T(1) - a) * g_derivative(k_h);
+      const T f = s[j], i = s[H + j], k_h = p[2 * H + j], s_h = s[2 * H + j], sum = f + i;
+      const bool positive = k_h >= T(0);
+      T a = f / (sum > tiny<T>() ? sum : T(1));
+      if (!(sum > tiny<T>())) a = sigmoid(log_sigmoid(p[j]) - log_sigmoid(p[H + j]));
+      const T d_ratio = (da[j] - db[j] * (positive ? k_h + T(0.5) : s_h)) * a * (T(1) - a);
+      dp[j] = d_ratio * (T(1) - f);  // d log σ(v) / dv = σ(-v) = 1 - σ(v)
+      dp[H + j] = -d_ratio * (T(1) - i);
+      dp[2 * H + j] = db[j] * (T(1) - a) * (positive ? T(1) : s_h * (T(1) - s_h));
     }
   } else {  // log a = -c r softplus(-Λ), a = exp(log a), n = √(1 - a²), b = n i u
     for (int64_t j = 0; j < H; ++j) {
-      const T r = sigmoid(p[j]), i = sigmoid(p[H + j]), u = p[2 * H + j];
+      const T r = s[j], i = s[H + j], u = p[2 * H + j];
       const T log_a = -T(kRgLruC) * r * decay_rate[j];
       const T a = std::exp(log_a), n = std::sqrt(-std::expm1(T(2) * log_a));
       const T d_log_a = da[j] * a - db[j] * i * u * a * a / n;  // dn/d(log a) = -a² / n
@@ -128,15 +144,15 @@ void decay_constants(const at::Tensor& decay_logit, std::vector<T>& rate, std::v
 
 std::tuple<at::Tensor, at::Tensor> scan_coefficients(int64_t kind, const at::Tensor& projected, const std::optional<at::Tensor>& decay_logit) {
   const int64_t H = hidden_of(kind, projected, decay_logit), rows = projected.size(0), width = projected.size(1);
-  const at::Tensor p = projected.contiguous();
+  const at::Tensor p = projected.contiguous(), sig = at::sigmoid(p);
   at::Tensor a = at::empty({rows, H}, p.options()), b = at::empty({rows, H}, p.options());
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "rnnkit_scan_coefficients", [&] {
     std::vector<scalar_t> rate, rate_sigmoid;
     if (kind == RGLRU) decay_constants<scalar_t>(*decay_logit, rate, rate_sigmoid);
-    const scalar_t* p_data = p.const_data_ptr<scalar_t>();
+    const scalar_t *p_data = p.const_data_ptr<scalar_t>(), *s_data = sig.const_data_ptr<scalar_t>();
     scalar_t *a_data = a.data_ptr<scalar_t>(), *b_data = b.data_ptr<scalar_t>();
     at::parallel_for(0, rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(width, 1)), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) forward_row(kind, p_data + r * width, rate.data(), H, a_data + r * H, b_data + r * H);
+      for (int64_t r = r0; r < r1; ++r) forward_row(kind, p_data + r * width, s_data + r * width, rate.data(), H, a_data + r * H, b_data + r * H);
     });
   });
   return {a, b};
@@ -147,12 +163,13 @@ std::tuple<at::Tensor, at::Tensor> scan_coefficients_backward(int64_t kind, cons
   const int64_t H = hidden_of(kind, projected, decay_logit), rows = projected.size(0), width = projected.size(1);
   TORCH_CHECK(grad_a.sizes() == at::IntArrayRef({rows, H}) && grad_b.sizes() == grad_a.sizes(),
               "scan_coefficients_backward: expected grad_a and grad_b of shape (", rows, ", ", H, "), got ", grad_a.sizes(), " and ", grad_b.sizes());
-  const at::Tensor p = projected.contiguous(), da = grad_a.contiguous(), db = grad_b.contiguous();
+  const at::Tensor p = projected.contiguous(), sig = at::sigmoid(p), da = grad_a.contiguous(), db = grad_b.contiguous();
   at::Tensor dp = at::empty_like(p);
   at::Tensor d_decay = kind == RGLRU ? at::empty({H}, p.options()) : at::empty({0}, p.options());
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "rnnkit_scan_coefficients_backward", [&] {
     std::vector<scalar_t> rate, rate_sigmoid;
     if (kind == RGLRU) decay_constants<scalar_t>(*decay_logit, rate, rate_sigmoid);
+    const scalar_t *s_data = sig.const_data_ptr<scalar_t>();
     const scalar_t *p_data = p.const_data_ptr<scalar_t>(), *da_data = da.const_data_ptr<scalar_t>(), *db_data = db.const_data_ptr<scalar_t>();
     scalar_t* dp_data = dp.data_ptr<scalar_t>();
     // ∂Λ sums over rows: per-block partial sums in double, added in block order, so the result is deterministic.
@@ -163,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor> scan_coefficients_backward(int64_t kind, cons
       for (int64_t k = k0; k < k1; ++k) {
         double* sums = kind == RGLRU ? partial.data() + k * H : nullptr;
         for (int64_t r = k * grain; r < std::min(rows, (k + 1) * grain); ++r) {
-          backward_row(kind, p_data + r * width, rate.data(), rate_sigmoid.data(), H, da_data + r * H, db_data + r * H, dp_data + r * width, sums);
+          backward_row(kind, p_data + r * width, s_data + r * width, rate.data(), rate_sigmoid.data(), H, da_data + r * H, db_data + r * H, dp_data + r * width, sums);
         }
       }
     });
