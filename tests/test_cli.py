@@ -40,7 +40,7 @@ def test_train_help_lists_the_tasks(capsys):
 @pytest.mark.parametrize("override,message", [
     ("trainer.max_epoch=3", "trainer.max_epoch: unknown key for TrainerConfig; expected one of ['bf16',"),
     ("model.rnn.hidden_size=big", "model.rnn.hidden_size: expected int, got 'big'"),
-    ("model.rnn.cell=transformer", "model.rnn.cell: expected one of ['lstm', 'gru', 'rnn'], got 'transformer'"),
+    ("model.rnn.cell=transformer", "model.rnn.cell: expected one of ['lstm', 'gru', 'rnn', 'mingru', 'minlstm', 'rglru'], got 'transformer'"),
     ("epochs", "override: expected KEY=VALUE"),
 ])  # fmt: skip
 def test_a_bad_override_exits_2_with_a_message(override, message, capsys, tmp_path):

@@ -159,3 +159,14 @@ def test_checkpoint_round_trip_and_cli(tiny_runs, tmp_path, capsys):
     assert main(["eval", str(run), "--quantize", "int8"]) == 0
     printed = capsys.readouterr().out
     assert "int8 against float32" in printed and "bits per character" in printed
+
+
+def test_zoneout_is_refused_and_eval_mode_dropouts_carry_over():
+    """Zoneout mixes states in eval mode too (its expectation), which the int8 loop does not do: refused, not dropped."""
+    with pytest.raises(ValueError, match=r"LSTM: expected zoneout=0 for int8 inference .* got zoneout=0.2"):
+        rnnkit.quantize_dynamic(nn.Sequential(rnnkit.LSTM(3, 4, zoneout=0.2)).eval())
+    float_layer = rnnkit.GRU(3, 4, input_dropout=0.3, weight_drop=0.2).eval()
+    int8_layer = rnnkit.quantize_dynamic(nn.Sequential(float_layer))[0]
+    assert (int8_layer.input_dropout, int8_layer.weight_drop) == (0.3, 0.2)
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(int8_layer(x)[0], float_layer(x)[0], atol=0.05, rtol=0.05)

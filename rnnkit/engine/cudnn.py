@@ -69,7 +69,7 @@ def flatten(layer) -> None:
     if layer.spec.name not in FUNCTIONS or getattr(layer, "layer_norm", False):
         return
     weights = layer._flat_weights
-    if not all(isinstance(w, Tensor) for w in weights) or len({w.data_ptr() for w in weights}) != len(weights):
+    if not weights or not all(isinstance(w, Tensor) for w in weights) or len({w.data_ptr() for w in weights}) != len(weights):
         return
     dtype = weights[0].dtype
     if not all(w.dtype == dtype and w.is_cuda and torch.backends.cudnn.is_acceptable(w) for w in weights):

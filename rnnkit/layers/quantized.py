@@ -32,6 +32,7 @@ from rnnkit import errors
 from rnnkit.cells.base import RecurrentCell
 from rnnkit.engine import int8
 from rnnkit.engine.fused_loops import KINDS, LSTM
+from rnnkit.layers import regularisers
 from rnnkit.layers.recurrent import RecurrentLayer
 
 SCHEME = "int8"  # the value of ``quantized`` in a checkpoint's metadata
@@ -121,8 +122,13 @@ class QuantizedLayer(_Int8Weights, RecurrentLayer):
 
     @classmethod
     def from_float(cls, layer: RecurrentLayer) -> QuantizedLayer:
+        if layer.zoneout > 0:  # zoneout acts in eval mode too (the expectation p), and the int8 loop has none
+            raise ValueError(f"{type(layer).__name__}: expected zoneout=0 for int8 inference (zoneout mixes the states in eval mode "
+                             f"too, and the int8 engine has no zoneout), got zoneout={layer.zoneout}")  # fmt: skip
         new = cls.__new__(cls)
         nn.Module.__init__(new)
+        for name in regularisers.NAMES:  # the dropouts are the identity in eval mode, the only mode an int8 layer has
+            setattr(new, name, getattr(layer, name))
         for key in ("spec", "mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
                     "proj_size", "layer_norm", "check_finite", "engine", "nonlinearity"):  # fmt: skip
             if hasattr(layer, key):
