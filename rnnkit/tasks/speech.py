@@ -90,11 +90,12 @@ from rnnkit.models import CTCFrameMLP, CTCFrameMLPConfig, CTCRecognizer, CTCReco
 from rnnkit.models.ctc import edit_distance
 from rnnkit.tasks import common
 from rnnkit.tasks.common import DataError, OptimConfig, Report
+from rnnkit.tasks.speech_augment import AugmentConfig, AugmentedBatches, perturb
 from rnnkit.tasks.speech_audio import MAX_SECONDS, parse_wav, read_recording, read_wav, trim_silence  # noqa: F401 (re-exported)
 from rnnkit.tasks.speech_features import (  # noqa: F401 (re-exported: the front end's names, as before the split)
     FeatureConfig, dct_matrix, featurize, fft_points, hz_to_mel, log_mel, mel_filterbank, mel_to_hz, mfcc, normalize, resample)
 from rnnkit.tasks.speech_synthesis import (  # noqa: F401 (re-exported)
-    ACCENTS, TRAIN_VARIANTS, WORDS, DataConfig, Espeak, Utterance, Voice, channel, plan)
+    ACCENTS, FLITE, TRAIN_VARIANTS, WORDS, DataConfig, Espeak, Flite, Utterance, Voice, channel, plan)
 from rnnkit.tasks.speech_tidigits import RAW_RECORDING, RAW_WORDS, TIDIGITS_PATH, find_tidigits, load_tidigits, read_mfc, read_transcripts  # noqa: F401
 from rnnkit.training import TrainerConfig, seed_everything
 
@@ -124,6 +125,7 @@ class DecodeConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -203,12 +205,16 @@ def make_split(config: Config, split: str, count: int, say=None) -> tuple[list[l
     """The words and features of a split's utterances, each featurised as soon as it is spoken (all the audio would take gigabytes)."""
     utterances, features = plan(config.data, split, count), []
     spoken = synthesis = 0.0
-    with Espeak() as tts:
+    flite = Flite() if any(u.voice.name.startswith(FLITE) for u in utterances) else None
+    with Espeak() as espeak:
         for u in utterances:
+            tts = flite if u.voice.name.startswith(FLITE) else espeak
             started = time.perf_counter()
             samples = tts.say(u.words, u.voice, u.seed)
             synthesis += time.perf_counter() - started
             spoken += samples.size / tts.sample_rate
+            if split == "train":  # speed and reverberation: a stream of its own, so the channel's draws stay as they were
+                samples = perturb(samples, tts.sample_rate, config.augment, np.random.default_rng(u.seed + 2))
             audio = channel(samples, tts.sample_rate, config.data, np.random.default_rng(u.seed))
             # vocal tract length perturbation (Jaitly & Hinton, 2013), in training only: more speakers from the same voices
             warp = 1.0 if split != "train" else np.random.default_rng(u.seed + 1).uniform(1 - config.data.warp, 1 + config.data.warp)
@@ -226,6 +232,10 @@ def train(config: Config, run_dir: Path, say=print) -> Report:
     test_set = make_split(config, "test", d.test_utterances, say)
     rnn, mlp = build_models(config)
     train_batches = Batches(train_set[1], train_set[0], config.batch_size, shuffle=True, seed=config.trainer.seed)
+    if config.augment.freq_masks and config.features.transform != "dct":
+        raise ValueError(f"augment.freq_masks: expected features.transform='dct' (bands are masked through its inverse), got {config.features.transform!r}")
+    if config.augment.time_masks or config.augment.freq_masks:
+        train_batches = AugmentedBatches(train_batches, dct_matrix(config.features), config.augment, config.trainer.seed)
     val_batches = Batches(val_set[1], val_set[0], config.batch_size, shuffle=False)
     for model, folder, name in ((rnn, run_dir, "the BiLSTM (CTC)"), (mlp, run_dir / "baseline", "the frame MLP (CTC)")):
         say(f"training {name}")
