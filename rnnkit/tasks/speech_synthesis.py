@@ -51,7 +51,7 @@ class DataConfig:
     train_variants: list[str] = field(default_factory=lambda: list(TRAIN_VARIANTS))
     test_variants: list[str] = field(default_factory=lambda: ["m3", "m7", "f2", "f5", "klatt2", "david", "linda", "paul"])
     selection_variants: list[str] = field(default_factory=lambda: list(SELECTION_VARIANTS))  # speak the validation set
-    flite_fraction: float = 0.0  # of the training and validation utterances, spoken by flite's voices instead
+    flite_fraction: float = 0.3  # of the training and validation utterances, spoken by flite's voices instead
     flite_voices: list[str] = field(default_factory=lambda: ["kal16", "awb", "slt"])  # flite's voices in training
     flite_selection_voices: list[str] = field(default_factory=lambda: ["rms"])  # ... and in the validation set
     train_utterances: int = 6000
@@ -59,10 +59,10 @@ class DataConfig:
     test_utterances: int = 500
     min_words: int = 1
     max_words: int = 7  # TIDIGITS strings run to seven digits
-    rate: list[int] = field(default_factory=lambda: [120, 250])  # words a minute (espeak-ng's default: 175)
+    rate: list[int] = field(default_factory=lambda: [80, 250])  # words a minute (espeak-ng's default: 175; people read digits slower)
     pitch: list[int] = field(default_factory=lambda: [25, 75])  # 0-100 (50: the voice's own)
     pitch_range: list[int] = field(default_factory=lambda: [20, 80])  # 0 monotone, 50 normal, 100 lively
-    word_gap: list[int] = field(default_factory=lambda: [0, 4])  # extra pause between words, 10 ms units
+    word_gap: list[int] = field(default_factory=lambda: [0, 10])  # extra pause between words, 10 ms units
     silence: list[float] = field(default_factory=lambda: [0.05, 0.4])  # seconds before and after
     snr_db: list[float] = field(default_factory=lambda: [15.0, 50.0])
     tilt: float = 0.5  # first-order channel: x_n + b x_{n-1}, b uniform in [-tilt, tilt]
