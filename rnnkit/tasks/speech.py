@@ -137,7 +137,7 @@ class Config:
 SIZES = {
     "demo": ["data.train_utterances=1800", "data.test_utterances=300", "data.val_utterances=150", "trainer.max_epochs=10",
              "model.rnn.hidden_size=64", "baseline.hidden_size=128"],
-    "fast": ["data.flite_fraction=0", "data.train_utterances=400", "data.val_utterances=20", "data.test_utterances=60", "data.max_words=2",
+    "fast": ["data.flite_fraction=0", "augment.speed=0", "data.train_utterances=400", "data.val_utterances=20", "data.test_utterances=60", "data.max_words=2",
              "trainer.max_epochs=12", "batch_size=16", "optim.lr=0.01", "model.rnn.hidden_size=32", "model.rnn.num_layers=1",
              "baseline.hidden_size=32"],
 }  # fmt: skip
