@@ -122,6 +122,12 @@ def test_word_error_rate_needs_one_hypothesis_per_reference():
         speech.word_error_rate([["one"], ["two"]], [["one"]])
 
 
+def test_per_speaker_word_error_rates_count_each_speakers_utterances_and_words():
+    ids = ["man.ah.1a", "woman.ak.2b", "man.ah.3c"]
+    refs = [["one"], ["two", "three"], ["four", "five"]]
+    assert speech.per_speaker(ids, refs, ["one", "two", "nine"]) == {"man.ah": (2 / 3, 2, 3), "woman.ak": (0.5, 1, 2)}
+
+
 def test_synthesiser_speaks_longer_for_more_words_differently_per_voice_and_repeatably():
     male, female = speech.Voice("en-us+m3"), speech.Voice("en-gb-scotland+f2", rate=200, pitch=70)
     with speech.Espeak() as tts:

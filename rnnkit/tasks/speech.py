@@ -12,18 +12,26 @@ Examples::
 Data. Strings of ``min_words`` to ``max_words`` words drawn from zero, oh,
 one, ..., nine, spoken by espeak-ng (the ``espeakng-loader`` wheel of the
 ``apps`` extra carries the library; it is driven through ctypes, 22,050 Hz
-mono). A voice is an accent (en-us, en, en-gb-scotland, ...) with a variant
-(m1, f2, klatt3, ...); every utterance also draws its own rate, pitch, pitch
-range and gap between words. The variants are split by fixed lists: the test
-set is spoken only by ``test_variants``, which training never hears (they
-are new timbres of the same synthesiser, not new synthesisers: real speech
-is the harder test). Recorded speech is not this clean, so each utterance
-gets silence before and after, a random first-order tilt of its spectrum (a
+mono) and, for ``data.flite_fraction`` of the training and validation
+utterances, by flite (Debian's package; its voices are built from recordings
+of people, which is what carries over to human speech: see docs/results.md).
+An espeak-ng voice is an accent (en-us, en, en-gb-scotland, ...) with a
+variant (m1, f2, klatt3, ...); every utterance also draws its own rate (down
+to 80 words a minute: people read digit strings slower than espeak-ng's
+default), pitch, pitch range and gap between words. The voices are split by
+fixed lists into three sets that share no voice: training, selection (the
+validation set, which picks the epoch kept; flite's rms there, its kal16, awb
+and slt in training) and test (``test_variants``, espeak-ng only). They are
+new timbres of the same synthesisers, not new synthesisers: real speech is
+the harder test. Recorded speech is not this clean, so each utterance gets
+silence before and after, a random first-order tilt of its spectrum (a
 different microphone) and white noise at a random signal-to-noise ratio;
-training utterances also get vocal tract length perturbation (their
-frequency axis scaled by up to ``warp``; Jaitly & Hinton, 2013). Everything
-is synthesised afresh at each run (a few hundred times faster than real time
-on one core) from seeds, so the same config gives the same audio.
+training utterances also get speed perturbation and vocal tract length
+perturbation (their frequency axis scaled by up to ``warp``; Jaitly &
+Hinton, 2013), and optionally generated room reverberation and SpecAugment
+(:mod:`rnnkit.tasks.speech_augment`, off by default: they did not help on the
+selection voices). Everything is synthesised afresh at each run from seeds,
+so the same config gives the same audio.
 
 Real speech, when present: the 31 TIDIGITS utterances of Debian's
 ``pocketsphinx-testdata`` (a man and a woman reading digit strings, as Sphinx
@@ -61,8 +69,7 @@ Method. Word-level CTC over 11 words plus the blank: a
 :class:`~rnnkit.models.CTCRecognizer` stacks 3 frames into one step (33 steps a
 second), runs a 2-layer bidirectional LSTM and outputs per-step word
 log-probabilities, trained with ``ctc_loss`` with dropout on its inputs and
-outputs (keeping the weights of the best validation loss; the validation set
-is spoken by the training voices).
+outputs (keeping the weights of the best validation loss, on the selection voices).
 Decoding is greedy (best path) or CTC prefix beam search, without a language
 model.
 
@@ -286,12 +293,16 @@ def report(config: Config, rnn, mlp, train_words, test_set) -> Report:
         "transcripts need no decoding: their greedy and beam columns are the same number.",
         (f"TIDIGITS: the {len(real)} real utterances ({sum(map(len, real_words))} words; a man and a woman) from {folder}, "
          "read as Sphinx cepstra and normalised like the synthetic ones. No real speech is used in training, so this "
-         "measures the transfer from espeak-ng's voices to human ones." if real else
+         "measures the transfer from synthetic voices to human ones." if real else
          "TIDIGITS: not found (run `make data`, which unpacks Debian's pocketsphinx-testdata into the data cache); "
          "real-speech columns left out."),
     ]  # fmt: skip
     shown = range(min(6, len(words)))
     bilstm = {key[1:]: value for key, value in said.items() if key[0] == "BiLSTM + CTC"}
+    if real:
+        notes.append("TIDIGITS per speaker (BiLSTM + CTC, beam): " + "; ".join(
+            f"{speaker}: WER {wer:.3f} over {n} utterances ({count} words)"
+            for speaker, (wer, n, count) in per_speaker([u for u, _, _ in real], real_words, bilstm["TIDIGITS", "beam"]).items()))
     samples = {"Held-out voices, a few utterances (reference / greedy / beam)": "\n".join(
         f"{' '.join(words[i]):40} / {bilstm['voices', 'greedy'][i]} / {bilstm['voices', 'beam'][i]}" for i in shown)}
     if real:
@@ -304,6 +315,16 @@ def report(config: Config, rnn, mlp, train_words, test_set) -> Report:
         samples["Real audio through this front end (reference / beam)"] = f"{RAW_RECORDING:20} {RAW_WORDS:36} / {heard}"
     return Report("speech", "Speech: spoken digit strings (espeak-ng voices; TIDIGITS)", columns, rows, verdict, notes, samples,
                   plots=["loss.png", "baseline/loss.png"])  # fmt: skip
+
+
+def per_speaker(ids: list[str], references: list[list[str]], heard: list[str]) -> dict[str, tuple[float, int, int]]:
+    """(WER, utterances, words) per speaker; a TIDIGITS id names its speaker first: ``man.ah.2934za``."""
+    out = {}
+    for speaker in sorted({".".join(i.split(".")[:2]) for i in ids}):
+        rows = [k for k, i in enumerate(ids) if ".".join(i.split(".")[:2]) == speaker]
+        refs = [references[k] for k in rows]
+        out[speaker] = (word_error_rate(refs, [heard[k].split() for k in rows]), len(rows), sum(map(len, refs)))
+    return out
 
 
 def predict(config: Config, run_dir: Path, text: str) -> str:
