@@ -1,10 +1,12 @@
-"""Speech synthesis for :mod:`rnnkit.tasks.speech`: espeak-ng's voices saying digit strings, and what a microphone adds.
+"""Speech synthesis for :mod:`rnnkit.tasks.speech`: espeak-ng's and flite's voices saying digit strings, and what a microphone adds.
 
 The data config lives here because it says what is spoken and by whom: the
-words, the accents and variants (the test voices are never heard in
-training), the ranges each utterance draws its rate, pitch and word gap from,
-and the channel (silence, spectral tilt, noise). :func:`plan` draws a split's
-utterances from seeds, :class:`Espeak` speaks them, :func:`channel` degrades them.
+words, the accents and variants in three sets that share no voice (training,
+selection for the validation set, test), the fraction spoken by flite, the
+ranges each utterance draws its rate, pitch and word gap from, and the
+channel (silence, spectral tilt, noise). :func:`plan` draws a split's
+utterances from seeds, :class:`Espeak` and :class:`Flite` speak them,
+:func:`channel` degrades them.
 """
 
 from __future__ import annotations
