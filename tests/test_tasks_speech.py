@@ -243,6 +243,12 @@ def test_spec_augment_masks_frames_and_mel_bands_inside_each_utterance_only():
     assert masked > 0
 
 
+def test_band_masks_need_the_orthonormal_dct_and_say_so_before_any_synthesis(tmp_path):
+    config = tasks.get("speech").config("fast", ["augment.freq_masks=1", "features.transform=legacy"])
+    with pytest.raises(ValueError, match=r"augment.freq_masks: expected features.transform='dct' .*, got 'legacy'"):
+        speech.train(config, tmp_path, say=lambda message: None)
+
+
 def band_keep(start: int, width: int) -> torch.Tensor:
     keep = torch.ones(20)
     keep[start : start + width] = 0.0

@@ -232,15 +232,16 @@ def make_split(config: Config, split: str, count: int, say=None) -> tuple[list[l
 
 
 def train(config: Config, run_dir: Path, say=print) -> Report:
+    if config.augment.freq_masks and config.features.transform != "dct":
+        raise ValueError(f"augment.freq_masks: expected features.transform='dct' (bands are masked through its inverse), got {config.features.transform!r}")
     d = config.data
-    say(f"voices: {len(d.accents)} accents x {len(d.train_variants)} training variants; held out: {d.test_variants}")
+    say(f"voices: {len(d.accents)} accents x {len(d.train_variants)} training variants, flite's {d.flite_voices} for {d.flite_fraction:.0%}; "
+        f"selection: {d.selection_variants} and flite's {d.flite_selection_voices}; test: {d.test_variants}")
     train_set = make_split(config, "train", d.train_utterances, say)
     val_set = make_split(config, "val", d.val_utterances, say)
     test_set = make_split(config, "test", d.test_utterances, say)
     rnn, mlp = build_models(config)
     train_batches = Batches(train_set[1], train_set[0], config.batch_size, shuffle=True, seed=config.trainer.seed)
-    if config.augment.freq_masks and config.features.transform != "dct":
-        raise ValueError(f"augment.freq_masks: expected features.transform='dct' (bands are masked through its inverse), got {config.features.transform!r}")
     if config.augment.time_masks or config.augment.freq_masks:
         train_batches = AugmentedBatches(train_batches, dct_matrix(config.features), config.augment, config.trainer.seed)
     val_batches = Batches(val_set[1], val_set[0], config.batch_size, shuffle=False)
