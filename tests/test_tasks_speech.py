@@ -29,7 +29,8 @@ def sphinx_reference(x: np.ndarray, rate: int, f: speech.FeatureConfig) -> np.nd
     width, step = (mel(f.high_hz) - mel(f.low_hz)) / (f.num_filters + 1), rate / n_fft
     filters = np.zeros((f.num_filters, n_fft // 2 + 1))
     for i in range(f.num_filters):
-        lo, mid, hi = (int(melinv(mel(f.low_hz) + (i + j) * width) / step + 0.5) * step for j in range(3))
+        edge = lambda j: melinv(mel(f.low_hz) + (i + j) * width)  # noqa: E731
+        lo, mid, hi = (int(edge(j) / step + 0.5) * step if f.round_filters else edge(j) for j in range(3))
         for j in range(n_fft // 2):  # the Nyquist bin is never in a filter
             hz = j * step
             if lo <= hz <= hi:
@@ -62,7 +63,8 @@ def chirp(rate: int, seconds: float = 0.3, seed: int = 0) -> np.ndarray:
     return (3000 * np.sin(2 * np.pi * (200 + 3000 * t) * t) + 30 * noise).astype(np.float32)
 
 
-@pytest.mark.parametrize("features", [speech.FeatureConfig(), SPHINX_DEFAULTS], ids=["tidigits-feat.params", "sphinx-defaults"])
+@pytest.mark.parametrize("features", [speech.FeatureConfig(), speech.FeatureConfig(round_filters=False), SPHINX_DEFAULTS],
+                         ids=["tidigits-feat.params", "unrounded-filters", "sphinx-defaults"])  # fmt: skip
 def test_mfcc_matches_sphinx_front_end_written_out_in_numpy(features):
     x = chirp(16000)
     ours = speech.mfcc(x, 16000, features).numpy()
