@@ -41,6 +41,14 @@ data: | $(PY)
 		&& rm -rf pocketsphinx-testdata.part && dpkg-deb -x pocketsphinx-testdata_*.deb pocketsphinx-testdata.part \
 		&& mv pocketsphinx-testdata.part pocketsphinx-testdata && rm -f pocketsphinx-testdata_*.deb) \
 		|| echo "pocketsphinx-testdata: not available (speech reports synthetic voices only)"
+	@# flite, the speech task's second synthesiser (voices built from recordings of people): Debian's package, installed only when
+	@# missing (package lists refreshed first; through sudo when not root). Without it speech training says so and stops
+	@# (or runs on espeak-ng's voices alone with data.flite_fraction=0); its tests skip.
+	@command -v flite >/dev/null 2>&1 || ( \
+		command -v apt-get >/dev/null 2>&1 && SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n") \
+		&& $$SUDO apt-get update -qq \
+		&& $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null \
+		) || echo "flite: not installed (speech training needs it, or data.flite_fraction=0)"
 	@echo "data cache: $(DATA_DIR)"
 
 # The browser test's headless Chromium and its Selenium driver: Debian's packages, installed only when missing

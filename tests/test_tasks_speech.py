@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import struct
 import wave
 
@@ -12,6 +13,7 @@ import torch
 
 from rnnkit import tasks
 from rnnkit.tasks import speech
+from rnnkit.tasks import speech_augment as augment
 from rnnkit.tasks.common import DataError
 
 SPHINX_DEFAULTS = speech.FeatureConfig(frame_seconds=0.025625, num_filters=40, low_hz=133.33334, high_hz=6855.4976,
@@ -27,7 +29,8 @@ def sphinx_reference(x: np.ndarray, rate: int, f: speech.FeatureConfig) -> np.nd
     width, step = (mel(f.high_hz) - mel(f.low_hz)) / (f.num_filters + 1), rate / n_fft
     filters = np.zeros((f.num_filters, n_fft // 2 + 1))
     for i in range(f.num_filters):
-        lo, mid, hi = (int(melinv(mel(f.low_hz) + (i + j) * width) / step + 0.5) * step for j in range(3))
+        edge = lambda j: melinv(mel(f.low_hz) + (i + j) * width)  # noqa: E731
+        lo, mid, hi = (int(edge(j) / step + 0.5) * step if f.round_filters else edge(j) for j in range(3))
         for j in range(n_fft // 2):  # the Nyquist bin is never in a filter
             hz = j * step
             if lo <= hz <= hi:
@@ -60,7 +63,8 @@ def chirp(rate: int, seconds: float = 0.3, seed: int = 0) -> np.ndarray:
     return (3000 * np.sin(2 * np.pi * (200 + 3000 * t) * t) + 30 * noise).astype(np.float32)
 
 
-@pytest.mark.parametrize("features", [speech.FeatureConfig(), SPHINX_DEFAULTS], ids=["tidigits-feat.params", "sphinx-defaults"])
+@pytest.mark.parametrize("features", [speech.FeatureConfig(), speech.FeatureConfig(round_filters=False), SPHINX_DEFAULTS],
+                         ids=["tidigits-feat.params", "unrounded-filters", "sphinx-defaults"])  # fmt: skip
 def test_mfcc_matches_sphinx_front_end_written_out_in_numpy(features):
     x = chirp(16000)
     ours = speech.mfcc(x, 16000, features).numpy()
@@ -120,6 +124,12 @@ def test_word_error_rate_needs_one_hypothesis_per_reference():
         speech.word_error_rate([["one"], ["two"]], [["one"]])
 
 
+def test_per_speaker_word_error_rates_count_each_speakers_utterances_and_words():
+    ids = ["man.ah.1a", "woman.ak.2b", "man.ah.3c"]
+    refs = [["one"], ["two", "three"], ["four", "five"]]
+    assert speech.per_speaker(ids, refs, ["one", "two", "nine"]) == {"man.ah": (2 / 3, 2, 3), "woman.ak": (0.5, 1, 2)}
+
+
 def test_synthesiser_speaks_longer_for_more_words_differently_per_voice_and_repeatably():
     male, female = speech.Voice("en-us+m3"), speech.Voice("en-gb-scotland+f2", rate=200, pitch=70)
     with speech.Espeak() as tts:
@@ -136,13 +146,115 @@ def test_synthesiser_speaks_longer_for_more_words_differently_per_voice_and_repe
 
 
 def test_plans_hold_the_test_voices_out_of_training_and_repeat_exactly():
-    data = speech.DataConfig()
+    data = speech.DataConfig(flite_fraction=0)
     train, test = speech.plan(data, "train", 300), speech.plan(data, "test", 100)
     assert {u.voice.name.split("+")[1] for u in train} <= set(data.train_variants)
     assert {u.voice.name.split("+")[1] for u in test} <= set(data.test_variants)
     assert {len(u.words) for u in train} == set(range(1, 8)) and speech.plan(data, "test", 100) == test
-    with pytest.raises(ValueError, match=r"data.test_variants: expected voices that training never hears, got \['m3'\]"):
+    val = speech.plan(data, "val", 100)
+    assert {u.voice.name.split("+")[1] for u in val} <= set(data.selection_variants)  # selection voices of their own
+    with pytest.raises(ValueError, match=r"data.test_variants: expected voices of their own, got \['m3'\] in data.train_variants too"):
         speech.DataConfig(train_variants=["m1", "m3"])
+    with pytest.raises(ValueError, match=r"data.selection_variants: expected voices of their own, got \['m1'\] in data.train_variants"):
+        speech.DataConfig(selection_variants=["m1"])
+
+
+def test_plans_give_a_fraction_to_flite_in_training_and_selection_with_voices_of_their_own():
+    data = speech.DataConfig(flite_fraction=0.3)
+    train, val, test = speech.plan(data, "train", 400), speech.plan(data, "val", 200), speech.plan(data, "test", 100)
+    flite = lambda plan: [u.voice.name[len(speech.FLITE) :] for u in plan if u.voice.name.startswith(speech.FLITE)]  # noqa: E731
+    assert 0.2 < len(flite(train)) / 400 < 0.4 and set(flite(train)) == set(data.flite_voices)
+    assert set(flite(val)) == set(data.flite_selection_voices) and flite(test) == []
+    without = speech.plan(speech.DataConfig(flite_fraction=0), "train", 50)
+    assert flite(without) == [] and without == speech.plan(speech.DataConfig(flite_fraction=0), "train", 50)
+    with pytest.raises(ValueError, match=r"data.flite_voices: expected voices from \['kal16', 'awb', 'rms', 'slt'\], got \['joe'\]"):
+        speech.DataConfig(flite_voices=["joe"])
+    with pytest.raises(ValueError, match=r"data.flite_selection_voices: expected voices of their own, got \['slt'\]"):
+        speech.DataConfig(flite_selection_voices=["slt"])
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (`make data` installs Debian's flite)")
+def test_flite_speaks_slower_at_a_lower_rate_and_each_voice_differently():
+    tts = speech.Flite()
+    fast, slow = tts.say(["one", "two"], speech.Voice("flite:slt", rate=250)), tts.say(["one", "two"], speech.Voice("flite:slt", rate=100))
+    assert fast.dtype == np.int16 and fast.std() > 500 and 2 < len(slow) / len(fast) < 3  # duration stretch 1.75 / 0.7 = 2.5
+    spectrum = lambda audio: speech.log_mel(audio.astype(np.float32), 16000, speech.FeatureConfig()).mean(0)  # noqa: E731
+    assert (spectrum(fast) - spectrum(tts.say(["one", "two"], speech.Voice("flite:awb", rate=250)))).abs().max() > 1.0
+    with pytest.raises(DataError, match=r"voice: expected a flite voice from \['kal16', 'awb', 'rms', 'slt'\], got 'flite:joe'"):
+        tts.say(["one"], speech.Voice("flite:joe"))
+
+
+def test_speed_perturbation_moves_a_tone_and_shortens_the_signal_by_the_factor():
+    rate = 16000
+    tone = np.sin(2 * np.pi * 500 * np.arange(rate) / rate).astype(np.float32)
+    faster = augment.change_speed(tone, 1.25)
+    assert len(faster) == pytest.approx(rate / 1.25, abs=1)
+    peak = np.abs(np.fft.rfft(faster)).argmax() * rate / len(faster)
+    assert peak == pytest.approx(625, abs=3)
+    assert augment.change_speed(tone, 1.0) is tone
+    with pytest.raises(ValueError, match="factor: expected a positive speed factor, got 0"):
+        augment.change_speed(tone, 0)
+
+
+def test_generated_rooms_decay_by_rt60_with_the_drawn_direct_to_reverberant_ratio():
+    rng = np.random.default_rng(0)
+    h = augment.room_response(16000, rt60=0.4, drr_db=6.0, rng=rng)
+    assert len(h) == 6400 and h[0] == 1.0
+    assert 10 * np.log10(1.0 / np.sum(h[1:] ** 2)) == pytest.approx(6.0, abs=1e-3)
+    quarters = [np.sum(q**2) for q in np.array_split(h[1:], 4)]
+    assert quarters[0] > 10 * quarters[1] > 100 * quarters[2]  # 15 dB a quarter of 60 dB
+    x = np.random.default_rng(1).standard_normal(8000).astype(np.float32) * 1000
+    y = augment.reverberate(x, h)
+    assert len(y) == 8000 + 6400 - 1 and np.mean(y**2) == pytest.approx(np.mean(x**2), rel=1e-4)
+    config = augment.AugmentConfig(speed=0.1, reverb=1.0)
+    a, b = (augment.perturb(x, 16000, config, np.random.default_rng(5)) for _ in range(2))
+    assert np.array_equal(a, b) and len(a) != len(x)  # repeatable from the seed; sped and reverberated
+    assert augment.perturb(x, 16000, augment.AugmentConfig(), np.random.default_rng(5)) is not None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"speed": 1.0}, r"augment.speed: expected 0 <= speed < 1, got 1.0"),
+    ({"reverb": 2.0}, r"augment.reverb: expected a probability in \[0, 1\], got 2.0"),
+    ({"rt60": [0.5, 0.1]}, r"augment.rt60: expected a range \[low, high\] with low <= high"),
+    ({"time_masks": -1}, r"augment.time_masks: expected a count >= 0, got -1"),
+])  # fmt: skip
+def test_augment_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        augment.AugmentConfig(**kwargs)
+
+
+def test_spec_augment_masks_frames_and_mel_bands_inside_each_utterance_only():
+    dct = speech.dct_matrix(speech.FeatureConfig())  # (13, 20)
+    x, lengths = torch.randn(3, 50, 13), torch.tensor([50, 30, 10])
+    x[1, 30:], x[2, 10:] = 0.0, 0.0
+    draw = lambda config, seed=0: augment.spec_augment(x, lengths, dct, config, torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(augment.AugmentConfig()), x)
+    timed = draw(augment.AugmentConfig(time_masks=2, time_mask_frames=6))
+    assert torch.equal(timed, draw(augment.AugmentConfig(time_masks=2, time_mask_frames=6)))  # the same generator, the same masks
+    same, zeroed = (timed == x).all(-1), (timed == 0).all(-1)
+    assert (same | zeroed).all() and 0 < (zeroed & ~(x == 0).all(-1)).sum() <= 3 * 2 * 6  # whole frames, at most 2 x 6 each
+    banded = draw(augment.AugmentConfig(freq_masks=1, freq_mask_bands=4), seed=3)
+    assert (banded[1, 30:] == 0).all() and (banded[2, 10:] == 0).all()  # padding stays padding
+    masked = 0
+    for row in range(3):  # each utterance is the cepstra of its log-mel spectrum with one band of at most 4 filters removed
+        candidates = [(start, width) for width in range(5) for start in range(21 - width)]
+        fits = [(start, width) for start, width in candidates
+                if torch.allclose(banded[row], ((x[row] @ dct) * band_keep(start, width)) @ dct.T, atol=1e-5)]  # fmt: skip
+        assert fits, row
+        masked += fits[0][1] > 0
+    assert masked > 0
+
+
+def test_band_masks_need_the_orthonormal_dct_and_say_so_before_any_synthesis(tmp_path):
+    config = tasks.get("speech").config("fast", ["augment.freq_masks=1", "features.transform=legacy"])
+    with pytest.raises(ValueError, match=r"augment.freq_masks: expected features.transform='dct' .*, got 'legacy'"):
+        speech.train(config, tmp_path, say=lambda message: None)
+
+
+def band_keep(start: int, width: int) -> torch.Tensor:
+    keep = torch.ones(20)
+    keep[start : start + width] = 0.0
+    return keep
 
 
 # -- TIDIGITS: Sphinx feature files and transcripts --------------------------------------------------

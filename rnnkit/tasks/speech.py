@@ -12,18 +12,26 @@ Examples::
 Data. Strings of ``min_words`` to ``max_words`` words drawn from zero, oh,
 one, ..., nine, spoken by espeak-ng (the ``espeakng-loader`` wheel of the
 ``apps`` extra carries the library; it is driven through ctypes, 22,050 Hz
-mono). A voice is an accent (en-us, en, en-gb-scotland, ...) with a variant
-(m1, f2, klatt3, ...); every utterance also draws its own rate, pitch, pitch
-range and gap between words. The variants are split by fixed lists: the test
-set is spoken only by ``test_variants``, which training never hears (they
-are new timbres of the same synthesiser, not new synthesisers: real speech
-is the harder test). Recorded speech is not this clean, so each utterance
-gets silence before and after, a random first-order tilt of its spectrum (a
+mono) and, for ``data.flite_fraction`` of the training and validation
+utterances, by flite (Debian's package; its voices are built from recordings
+of people, which is what carries over to human speech: see docs/results.md).
+An espeak-ng voice is an accent (en-us, en, en-gb-scotland, ...) with a
+variant (m1, f2, klatt3, ...); every utterance also draws its own rate (down
+to 80 words a minute: people read digit strings slower than espeak-ng's
+default), pitch, pitch range and gap between words. The voices are split by
+fixed lists into three sets that share no voice: training, selection (the
+validation set, which picks the epoch kept; flite's rms there, its kal16, awb
+and slt in training) and test (``test_variants``, espeak-ng only). They are
+new timbres of the same synthesisers, not new synthesisers: real speech is
+the harder test. Recorded speech is not this clean, so each utterance gets
+silence before and after, a random first-order tilt of its spectrum (a
 different microphone) and white noise at a random signal-to-noise ratio;
-training utterances also get vocal tract length perturbation (their
-frequency axis scaled by up to ``warp``; Jaitly & Hinton, 2013). Everything
-is synthesised afresh at each run (a few hundred times faster than real time
-on one core) from seeds, so the same config gives the same audio.
+training utterances also get speed perturbation and vocal tract length
+perturbation (their frequency axis scaled by up to ``warp``; Jaitly &
+Hinton, 2013), and optionally generated room reverberation and SpecAugment
+(:mod:`rnnkit.tasks.speech_augment`, off by default: they did not help on the
+selection voices). Everything is synthesised afresh at each run from seeds,
+so the same config gives the same audio.
 
 Real speech, when present: the 31 TIDIGITS utterances of Debian's
 ``pocketsphinx-testdata`` (a man and a woman reading digit strings, as Sphinx
@@ -61,8 +69,7 @@ Method. Word-level CTC over 11 words plus the blank: a
 :class:`~rnnkit.models.CTCRecognizer` stacks 3 frames into one step (33 steps a
 second), runs a 2-layer bidirectional LSTM and outputs per-step word
 log-probabilities, trained with ``ctc_loss`` with dropout on its inputs and
-outputs (keeping the weights of the best validation loss; the validation set
-is spoken by the training voices).
+outputs (keeping the weights of the best validation loss, on the selection voices).
 Decoding is greedy (best path) or CTC prefix beam search, without a language
 model.
 
@@ -90,11 +97,12 @@ from rnnkit.models import CTCFrameMLP, CTCFrameMLPConfig, CTCRecognizer, CTCReco
 from rnnkit.models.ctc import edit_distance
 from rnnkit.tasks import common
 from rnnkit.tasks.common import DataError, OptimConfig, Report
+from rnnkit.tasks.speech_augment import AugmentConfig, AugmentedBatches, perturb
 from rnnkit.tasks.speech_audio import MAX_SECONDS, parse_wav, read_recording, read_wav, trim_silence  # noqa: F401 (re-exported)
 from rnnkit.tasks.speech_features import (  # noqa: F401 (re-exported: the front end's names, as before the split)
     FeatureConfig, dct_matrix, featurize, fft_points, hz_to_mel, log_mel, mel_filterbank, mel_to_hz, mfcc, normalize, resample)
 from rnnkit.tasks.speech_synthesis import (  # noqa: F401 (re-exported)
-    ACCENTS, TRAIN_VARIANTS, WORDS, DataConfig, Espeak, Utterance, Voice, channel, plan)
+    ACCENTS, FLITE, TRAIN_VARIANTS, WORDS, DataConfig, Espeak, Flite, Utterance, Voice, channel, plan)
 from rnnkit.tasks.speech_tidigits import RAW_RECORDING, RAW_WORDS, TIDIGITS_PATH, find_tidigits, load_tidigits, read_mfc, read_transcripts  # noqa: F401
 from rnnkit.training import TrainerConfig, seed_everything
 
@@ -124,6 +132,7 @@ class DecodeConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(speed=0.15))
     model: ModelConfig = field(default_factory=ModelConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -135,7 +144,7 @@ class Config:
 SIZES = {
     "demo": ["data.train_utterances=1800", "data.test_utterances=300", "data.val_utterances=150", "trainer.max_epochs=10",
              "model.rnn.hidden_size=64", "baseline.hidden_size=128"],
-    "fast": ["data.train_utterances=400", "data.val_utterances=20", "data.test_utterances=60", "data.max_words=2",
+    "fast": ["data.flite_fraction=0", "augment.speed=0", "data.train_utterances=400", "data.val_utterances=20", "data.test_utterances=60", "data.max_words=2",
              "trainer.max_epochs=12", "batch_size=16", "optim.lr=0.01", "model.rnn.hidden_size=32", "model.rnn.num_layers=1",
              "baseline.hidden_size=32"],
 }  # fmt: skip
@@ -203,12 +212,16 @@ def make_split(config: Config, split: str, count: int, say=None) -> tuple[list[l
     """The words and features of a split's utterances, each featurised as soon as it is spoken (all the audio would take gigabytes)."""
     utterances, features = plan(config.data, split, count), []
     spoken = synthesis = 0.0
-    with Espeak() as tts:
+    flite = Flite() if any(u.voice.name.startswith(FLITE) for u in utterances) else None
+    with Espeak() as espeak:
         for u in utterances:
+            tts = flite if u.voice.name.startswith(FLITE) else espeak
             started = time.perf_counter()
             samples = tts.say(u.words, u.voice, u.seed)
             synthesis += time.perf_counter() - started
             spoken += samples.size / tts.sample_rate
+            if split == "train":  # speed and reverberation: a stream of its own, so the channel's draws stay as they were
+                samples = perturb(samples, tts.sample_rate, config.augment, np.random.default_rng(u.seed + 2))
             audio = channel(samples, tts.sample_rate, config.data, np.random.default_rng(u.seed))
             # vocal tract length perturbation (Jaitly & Hinton, 2013), in training only: more speakers from the same voices
             warp = 1.0 if split != "train" else np.random.default_rng(u.seed + 1).uniform(1 - config.data.warp, 1 + config.data.warp)
@@ -219,13 +232,18 @@ def make_split(config: Config, split: str, count: int, say=None) -> tuple[list[l
 
 
 def train(config: Config, run_dir: Path, say=print) -> Report:
+    if config.augment.freq_masks and config.features.transform != "dct":
+        raise ValueError(f"augment.freq_masks: expected features.transform='dct' (bands are masked through its inverse), got {config.features.transform!r}")
     d = config.data
-    say(f"voices: {len(d.accents)} accents x {len(d.train_variants)} training variants; held out: {d.test_variants}")
+    say(f"voices: {len(d.accents)} accents x {len(d.train_variants)} training variants, flite's {d.flite_voices} for {d.flite_fraction:.0%}; "
+        f"selection: {d.selection_variants} and flite's {d.flite_selection_voices}; test: {d.test_variants}")
     train_set = make_split(config, "train", d.train_utterances, say)
     val_set = make_split(config, "val", d.val_utterances, say)
     test_set = make_split(config, "test", d.test_utterances, say)
     rnn, mlp = build_models(config)
     train_batches = Batches(train_set[1], train_set[0], config.batch_size, shuffle=True, seed=config.trainer.seed)
+    if config.augment.time_masks or config.augment.freq_masks:
+        train_batches = AugmentedBatches(train_batches, dct_matrix(config.features), config.augment, config.trainer.seed)
     val_batches = Batches(val_set[1], val_set[0], config.batch_size, shuffle=False)
     for model, folder, name in ((rnn, run_dir, "the BiLSTM (CTC)"), (mlp, run_dir / "baseline", "the frame MLP (CTC)")):
         say(f"training {name}")
@@ -276,12 +294,16 @@ def report(config: Config, rnn, mlp, train_words, test_set) -> Report:
         "transcripts need no decoding: their greedy and beam columns are the same number.",
         (f"TIDIGITS: the {len(real)} real utterances ({sum(map(len, real_words))} words; a man and a woman) from {folder}, "
          "read as Sphinx cepstra and normalised like the synthetic ones. No real speech is used in training, so this "
-         "measures the transfer from espeak-ng's voices to human ones." if real else
+         "measures the transfer from synthetic voices to human ones." if real else
          "TIDIGITS: not found (run `make data`, which unpacks Debian's pocketsphinx-testdata into the data cache); "
          "real-speech columns left out."),
     ]  # fmt: skip
     shown = range(min(6, len(words)))
     bilstm = {key[1:]: value for key, value in said.items() if key[0] == "BiLSTM + CTC"}
+    if real:
+        notes.append("TIDIGITS per speaker (BiLSTM + CTC, beam): " + "; ".join(
+            f"{speaker}: WER {wer:.3f} over {n} utterances ({count} words)"
+            for speaker, (wer, n, count) in per_speaker([u for u, _, _ in real], real_words, bilstm["TIDIGITS", "beam"]).items()))
     samples = {"Held-out voices, a few utterances (reference / greedy / beam)": "\n".join(
         f"{' '.join(words[i]):40} / {bilstm['voices', 'greedy'][i]} / {bilstm['voices', 'beam'][i]}" for i in shown)}
     if real:
@@ -294,6 +316,16 @@ def report(config: Config, rnn, mlp, train_words, test_set) -> Report:
         samples["Real audio through this front end (reference / beam)"] = f"{RAW_RECORDING:20} {RAW_WORDS:36} / {heard}"
     return Report("speech", "Speech: spoken digit strings (espeak-ng voices; TIDIGITS)", columns, rows, verdict, notes, samples,
                   plots=["loss.png", "baseline/loss.png"])  # fmt: skip
+
+
+def per_speaker(ids: list[str], references: list[list[str]], heard: list[str]) -> dict[str, tuple[float, int, int]]:
+    """(WER, utterances, words) per speaker; a TIDIGITS id names its speaker first: ``man.ah.2934za``."""
+    out = {}
+    for speaker in sorted({".".join(i.split(".")[:2]) for i in ids}):
+        rows = [k for k, i in enumerate(ids) if ".".join(i.split(".")[:2]) == speaker]
+        refs = [references[k] for k in rows]
+        out[speaker] = (word_error_rate(refs, [heard[k].split() for k in rows]), len(rows), sum(map(len, refs)))
+    return out
 
 
 def predict(config: Config, run_dir: Path, text: str, loaded: tuple | None = None) -> str:

@@ -27,6 +27,7 @@ class FeatureConfig:
     num_filters: int = 20
     low_hz: float = 1.0
     high_hz: float = 4000.0
+    round_filters: bool = True  # filter edges rounded to FFT bins (Sphinx's default; TIDIGITS' feat.params says no)
     num_cepstra: int = 13
     preemphasis: float = 0.97
     remove_dc: bool = True
@@ -79,7 +80,7 @@ def mel_filterbank(f: FeatureConfig, rate: int, warp: float = 1.0) -> torch.Tens
     """(num_filters, fft_size // 2 + 1) triangles as Sphinx builds them.
 
     Edges equally spaced in mel from low_hz to high_hz, each rounded to the
-    nearest FFT bin; filter i rises from edge i to edge i + 1 and falls to edge
+    nearest FFT bin (unless ``round_filters`` is off); filter i rises from edge i to edge i + 1 and falls to edge
     i + 2, with peak 2 / (width in Hz) so that each has unit area. The Nyquist
     bin is never used. ``warp`` scales every edge's frequency (vocal tract
     length perturbation; 1 in Sphinx).
@@ -90,7 +91,8 @@ def mel_filterbank(f: FeatureConfig, rate: int, warp: float = 1.0) -> torch.Tens
                          f"got {f.low_hz}, {f.high_hz}")  # fmt: skip
     step = rate / n_fft
     edges = np.minimum(mel_to_hz(np.linspace(hz_to_mel(f.low_hz), hz_to_mel(f.high_hz), f.num_filters + 2)) * warp, rate / 2)
-    edges = np.floor(edges / step + 0.5) * step
+    if f.round_filters:
+        edges = np.floor(edges / step + 0.5) * step
     hz = np.arange(n_fft // 2 + 1) * step
     left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -1,10 +1,12 @@
-"""Speech synthesis for :mod:`rnnkit.tasks.speech`: espeak-ng's voices saying digit strings, and what a microphone adds.
+"""Speech synthesis for :mod:`rnnkit.tasks.speech`: espeak-ng's and flite's voices saying digit strings, and what a microphone adds.
 
 The data config lives here because it says what is spoken and by whom: the
-words, the accents and variants (the test voices are never heard in
-training), the ranges each utterance draws its rate, pitch and word gap from,
-and the channel (silence, spectral tilt, noise). :func:`plan` draws a split's
-utterances from seeds, :class:`Espeak` speaks them, :func:`channel` degrades them.
+words, the accents and variants in three sets that share no voice (training,
+selection for the validation set, test), the fraction spoken by flite, the
+ranges each utterance draws its rate, pitch and word gap from, and the
+channel (silence, spectral tilt, noise). :func:`plan` draws a split's
+utterances from seeds, :class:`Espeak` and :class:`Flite` speak them,
+:func:`channel` degrades them.
 """
 
 from __future__ import annotations
@@ -13,26 +15,36 @@ import _ctypes
 import ctypes
 import math
 import random
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
 
 from rnnkit.tasks.common import DataError
+from rnnkit.tasks.speech_audio import parse_wav
 
 WORDS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # label i + 1; 0 is the blank
 
 
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-# Every variant of espeak-ng 1.52 but the test ones, "belinda" (a copy of "linda") and "Mr serious" (a space in its name).
+# Every variant of espeak-ng 1.52 but the test and selection ones, "belinda" (a copy of "linda") and "Mr serious" (a space in its name).
 TRAIN_VARIANTS = """
-Alex Alicia Andrea Andy Annie AnxiousAndy Demonic Denis Diogo Gene Gene2 Henrique Hugo Jacky Lee Marco Mario
-Michael Mike Nguyen Reed RicishayMax RicishayMax2 RicishayMax3 Storm Tweaky UniRobot adam anika anikaRobot
-announcer antonio aunty benjamin boris caleb croak ed edward edward2 f1 f3 f4 fast grandma grandpa gustave ian
-iven iven2 iven3 iven4 john kaukovalta klatt klatt3 klatt4 klatt5 klatt6 m1 m2 m4 m5 m6 m8 marcelo max michel
-miguel mike2 norbert pablo pedro quincy rob robert robosoft robosoft2 robosoft3 robosoft4 robosoft5 robosoft6
-robosoft7 robosoft8 sandro shelby steph steph2 steph3 travis victor whisper whisperf zac
+Alex Andrea Annie AnxiousAndy Demonic Denis Diogo Gene Gene2 Henrique Hugo Jacky Lee Marco Mario Michael Mike
+Nguyen Reed RicishayMax RicishayMax2 RicishayMax3 Storm Tweaky UniRobot adam anika anikaRobot announcer
+antonio aunty benjamin boris caleb croak ed edward f1 f3 fast grandma grandpa gustave ian iven iven2 iven3
+iven4 kaukovalta klatt klatt3 klatt5 klatt6 m1 m2 m4 m5 m8 marcelo max michel miguel mike2 norbert pablo pedro
+quincy rob robert robosoft robosoft2 robosoft3 robosoft4 robosoft5 robosoft6 robosoft7 robosoft8 sandro shelby
+steph steph3 travis victor whisper whisperf zac
 """.split()
+# flite's voices (Debian's flite package): a diphone voice (kal16) and clustergen voices, each built from recordings of one person.
+FLITE_VOICES = ("kal16", "awb", "rms", "slt")
+FLITE = "flite:"  # a Voice named "flite:slt" is flite's, any other espeak-ng's
+# Held out for model selection (the validation set), as the test variants are for the test: new timbres at both.
+SELECTION_VARIANTS = ["m6", "f4", "klatt4", "Alicia", "Andy", "edward2", "steph2", "john"]
 
 
 @dataclass
@@ -40,15 +52,19 @@ class DataConfig:
     accents: list[str] = field(default_factory=lambda: list(ACCENTS))
     train_variants: list[str] = field(default_factory=lambda: list(TRAIN_VARIANTS))
     test_variants: list[str] = field(default_factory=lambda: ["m3", "m7", "f2", "f5", "klatt2", "david", "linda", "paul"])
+    selection_variants: list[str] = field(default_factory=lambda: list(SELECTION_VARIANTS))  # speak the validation set
+    flite_fraction: float = 0.3  # of the training and validation utterances, spoken by flite's voices instead
+    flite_voices: list[str] = field(default_factory=lambda: ["kal16", "awb", "slt"])  # flite's voices in training
+    flite_selection_voices: list[str] = field(default_factory=lambda: ["rms"])  # ... and in the validation set
     train_utterances: int = 6000
     val_utterances: int = 300
     test_utterances: int = 500
     min_words: int = 1
     max_words: int = 7  # TIDIGITS strings run to seven digits
-    rate: list[int] = field(default_factory=lambda: [120, 250])  # words a minute (espeak-ng's default: 175)
+    rate: list[int] = field(default_factory=lambda: [80, 250])  # words a minute (espeak-ng's default: 175; people read digits slower)
     pitch: list[int] = field(default_factory=lambda: [25, 75])  # 0-100 (50: the voice's own)
     pitch_range: list[int] = field(default_factory=lambda: [20, 80])  # 0 monotone, 50 normal, 100 lively
-    word_gap: list[int] = field(default_factory=lambda: [0, 4])  # extra pause between words, 10 ms units
+    word_gap: list[int] = field(default_factory=lambda: [0, 10])  # extra pause between words, 10 ms units
     silence: list[float] = field(default_factory=lambda: [0.05, 0.4])  # seconds before and after
     snr_db: list[float] = field(default_factory=lambda: [15.0, 50.0])
     tilt: float = 0.5  # first-order channel: x_n + b x_{n-1}, b uniform in [-tilt, tilt]
@@ -57,9 +73,17 @@ class DataConfig:
     tidigits_dir: str | None = None  # None: look in the data cache, then /usr/share/pocketsphinx
 
     def __post_init__(self) -> None:
-        shared = sorted(set(self.train_variants) & set(self.test_variants))
-        if shared:
-            raise ValueError(f"data.test_variants: expected voices that training never hears, got {shared} in data.train_variants too")
+        pairs = [("test_variants", "train_variants"), ("selection_variants", "train_variants"), ("selection_variants", "test_variants"),
+                 ("flite_selection_voices", "flite_voices")]  # fmt: skip
+        for name, other in pairs:
+            shared = sorted(set(getattr(self, name)) & set(getattr(self, other)))
+            if shared:
+                raise ValueError(f"data.{name}: expected voices of their own, got {shared} in data.{other} too")
+        if not 0 <= self.flite_fraction <= 1:
+            raise ValueError(f"data.flite_fraction: expected a fraction in [0, 1], got {self.flite_fraction}")
+        unknown = sorted(set(self.flite_voices + self.flite_selection_voices) - set(FLITE_VOICES))
+        if unknown:
+            raise ValueError(f"data.flite_voices: expected voices from {list(FLITE_VOICES)}, got {unknown}")
         if not 1 <= self.min_words <= self.max_words:
             raise ValueError(f"data.min_words, data.max_words: expected 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
         for name in ("rate", "pitch", "pitch_range", "word_gap", "silence", "snr_db"):
@@ -142,6 +166,42 @@ class Espeak:
         _ctypes.dlclose(handle)
 
 
+class Flite:
+    """The ``flite`` program (Debian's flite package), one process per utterance: ``Flite().say(words, voice)``, int16 at 16 kHz.
+
+    Its voices are built from recordings of people (kal16 from diphones, awb,
+    rms and slt by clustergen), which espeak-ng's formant voices are not. Of a
+    :class:`Voice` it takes the rate, as a duration stretch of 175 / rate, and
+    the pitch, as a mean F0 of 2 x pitch + 40 Hz (which only kal16 and awb
+    follow); a seed is not needed, as its output is deterministic.
+    """
+
+    sample_rate = 16000
+
+    def __init__(self) -> None:
+        self.program = shutil.which("flite")
+        if self.program is None:
+            raise DataError("speech synthesis: expected the flite program for data.flite_fraction > 0 (`make data` installs "
+                            "Debian's flite package), found none; or set data.flite_fraction=0")  # fmt: skip
+
+    def say(self, words: list[str], voice: Voice, seed: int = 0) -> np.ndarray:
+        name = voice.name[len(FLITE) :] if voice.name.startswith(FLITE) else voice.name
+        if name not in FLITE_VOICES:
+            raise DataError(f"voice: expected a flite voice from {list(FLITE_VOICES)}, got {voice.name!r}")
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / "say.wav"
+            command = [self.program, "-voice", name, "--setf", f"duration_stretch={175 / voice.rate:.4f}",
+                       "--setf", f"int_f0_target_mean={2 * voice.pitch + 40}", "-t", " ".join(words), "-o", str(out)]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, timeout=60)
+            if done.returncode != 0 or not out.is_file():
+                raise DataError(f"flite: expected a WAV file for {' '.join(words)!r}, got exit code {done.returncode}: "
+                                f"{done.stderr.decode(errors='replace').strip()[:200]}")  # fmt: skip
+            samples, rate = parse_wav(out.read_bytes(), str(out))
+        if rate != self.sample_rate:
+            raise DataError(f"flite: expected {self.sample_rate} Hz audio from the voice {name!r}, got {rate} Hz")
+        return samples.astype(np.int16)
+
+
 class Utterance(NamedTuple):
     words: list[str]
     voice: Voice
@@ -151,11 +211,14 @@ class Utterance(NamedTuple):
 def plan(data: DataConfig, split: Literal["train", "val", "test"], count: int) -> list[Utterance]:
     """What each utterance of a split says and how: a seeded draw, the same at every run."""
     rng = random.Random(f"{data.seed}/{split}")
-    variants = data.test_variants if split == "test" else data.train_variants
+    variants = {"train": data.train_variants, "val": data.selection_variants, "test": data.test_variants}[split]
+    flite = {"train": data.flite_voices, "val": data.flite_selection_voices}.get(split, [])
     out = []
     for _ in range(count):
         words = [rng.choice(WORDS) for _ in range(rng.randint(data.min_words, data.max_words))]
         name = f"{rng.choice(data.accents)}+{rng.choice(variants)}"
+        if flite and data.flite_fraction > 0 and rng.random() < data.flite_fraction:  # drawn only when on: plans without flite stay as they were
+            name = FLITE + rng.choice(flite)
         voice = Voice(name, *(rng.randint(*getattr(data, key)) for key in ("rate", "pitch", "pitch_range", "word_gap")))
         out.append(Utterance(words, voice, rng.randrange(2**31)))
     return out
