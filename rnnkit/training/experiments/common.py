@@ -70,6 +70,24 @@ def train_and_evaluate(model: nn.Module, train: tuple, val: tuple, budget: Budge
     return Fit(trainer.evaluate(val_batches), curve.curve, seconds)
 
 
+def train_each(names, make_model, train: tuple, val: tuple, budget: Budget, label: str, accuracy: str = "val_accuracy") -> tuple[list[dict], dict]:
+    """Train ``make_model(name)`` for each name with the same seed and budget: one CSV row per model, and its curve.
+
+    Returns ``(rows, curves)``: rows of model, parameters, ``accuracy`` (the held-out accuracy's column
+    name), val_loss and train_seconds; curves of (step, held-out accuracy) per model.
+    """
+    rows, curves = [], {}
+    for name in names:
+        torch.manual_seed(budget.seed)
+        model = make_model(name)
+        fit = train_and_evaluate(model, train, val, budget)
+        rows.append({"model": name, "parameters": parameter_count(model), accuracy: fit.val["accuracy"],
+                     "val_loss": fit.val["loss"], "train_seconds": round(fit.seconds, 2)})  # fmt: skip
+        curves[name] = fit.curve
+        print(f"  {label} {name:<7} accuracy {fit.val['accuracy']:6.1%}  ({fit.seconds:.1f} s)", flush=True)
+    return rows, curves
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

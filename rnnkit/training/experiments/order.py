@@ -21,13 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from rnnkit import errors
 from rnnkit.data.synthetic import marker_order_task
 from rnnkit.models import BagOfFeaturesConfig, BagOfFeaturesMLP, InputConfig, ManyToOneConfig, RecurrentConfig, SequenceClassifier
-from rnnkit.training.experiments.common import (COLORS, Budget, check_budget_fields, check_choices, parameter_count, pyplot,
-                                                train_and_evaluate, write_rows)  # fmt: skip
+from rnnkit.training.experiments.common import COLORS, Budget, check_budget_fields, check_choices, pyplot, train_each, write_rows
 
 MODELS = ("mlp", "rnn", "lstm", "gru")
 
@@ -85,15 +83,7 @@ def run(config: OrderConfig, out: Path) -> OrderResult:
     budget = Budget(config.steps, config.batch_size, config.lr, config.seed, eval_every=config.eval_every)
     train = marker_order_task(config.train_examples, config.seq_len, num_fillers=config.num_fillers, seed=config.seed)
     val = marker_order_task(config.val_examples, config.seq_len, num_fillers=config.num_fillers, seed=config.seed + 1)
-    rows, curves = [], {}
-    for name in config.models:
-        torch.manual_seed(config.seed)
-        model = make_model(config, name)
-        fit = train_and_evaluate(model, train, val, budget)
-        rows.append({"model": name, "parameters": parameter_count(model), "val_accuracy": fit.val["accuracy"],
-                     "val_loss": fit.val["loss"], "train_seconds": round(fit.seconds, 2)})  # fmt: skip
-        curves[name] = fit.curve
-        print(f"  order {name:<4} accuracy {fit.val['accuracy']:6.1%}  ({fit.seconds:.1f} s)", flush=True)
+    rows, curves = train_each(config.models, lambda name: make_model(config, name), train, val, budget, "order")
     result = OrderResult(config, rows, curves)
     write_rows(out / "order.csv", rows)
     write_rows(out / "order_curves.csv", [{"model": n, "step": step, "val_accuracy": a} for n, c in curves.items() for step, a in c])

@@ -17,12 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from rnnkit import errors
 from rnnkit.data.synthetic import selective_copy_task
 from rnnkit.models import InputConfig, RecurrentConfig, SequenceTagger, TaggerConfig
-from rnnkit.training.experiments.common import COLORS, Budget, check_budget_fields, check_choices, parameter_count, pyplot, train_and_evaluate, write_rows
+from rnnkit.training.experiments.common import COLORS, Budget, check_budget_fields, check_choices, pyplot, train_each, write_rows
 
 MODELS = ("mingru", "minlstm", "rglru", "lstm", "gru")
 TITLES = {"mingru": "minGRU", "minlstm": "minLSTM", "rglru": "RG-LRU", "lstm": "LSTM", "gru": "GRU"}
@@ -83,15 +82,7 @@ def run(config: SelectiveCopyConfig, out: Path) -> SelectiveCopyResult:
     shape = dict(num_tokens=config.num_tokens, num_colors=config.num_colors)
     train = selective_copy_task(config.train_examples, config.region_len, **shape, seed=config.seed)
     val = selective_copy_task(config.val_examples, config.region_len, **shape, seed=config.seed + 1)
-    rows, curves = [], {}
-    for name in config.models:
-        torch.manual_seed(config.seed)
-        model = make_model(config, name)
-        fit = train_and_evaluate(model, train, val, budget)
-        rows.append({"model": name, "parameters": parameter_count(model), "val_token_accuracy": fit.val["accuracy"],
-                     "val_loss": fit.val["loss"], "train_seconds": round(fit.seconds, 2)})  # fmt: skip
-        curves[name] = fit.curve
-        print(f"  selective copy {name:<7} token accuracy {fit.val['accuracy']:6.1%}  ({fit.seconds:.1f} s)", flush=True)
+    rows, curves = train_each(config.models, lambda name: make_model(config, name), train, val, budget, "selective copy", "val_token_accuracy")
     result = SelectiveCopyResult(config, rows, curves)
     write_rows(out / "selective_copy.csv", rows)
     write_rows(out / "selective_copy_curves.csv", [{"model": n, "step": s, "val_token_accuracy": a} for n, c in curves.items() for s, a in c])
