@@ -178,7 +178,7 @@ def layer_contenders(cell: str, shape: Shape, config: str, args, device: torch.d
         models[REGULARISED] = kit_layer(shape.input, shape.hidden, engine="auto", **REGULARISERS)
     except (TypeError, ValueError) as error:
         report.notes.append(f"the regularisers are not supported by this rnnkit ({type(error).__name__}: {error})")
-    if not args.no_compile:
+    if not args.no_compile and (not args.quick or config == "A"):  # --quick compiles one config: compiling is most of its time
         models[COMPILED] = kit_layer(shape.input, shape.hidden, engine="auto")
     for name, model in models.items():
         if name != TORCH:
