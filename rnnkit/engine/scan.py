@@ -57,18 +57,23 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
                   zoneout: Tensor | None = None) -> tuple[Tensor, State]:  # fmt: skip
     """Same contract and results as :func:`rnnkit.engine.reference.run_direction`.
 
-    Under autocast the recurrence runs in float32: the state is carried through every step,
-    where low precision compounds. Zoneout keeps the recurrence linear: with keep weights m_t,
+    Under autocast the projections of all steps (the one GEMM) run in the autocast dtype, as
+    torch.nn's layers run theirs; the coefficients, the scan and the returned tensors are float32:
+    the state is carried through every step, where low precision compounds. Zoneout keeps the recurrence linear: with keep weights m_t,
     h_t = m_t ⊙ h_{t-1} + (1 - m_t) ⊙ (a_t ⊙ h_{t-1} + b_t) is the scan of
     a'_t = a_t + m_t ⊙ (1 - a_t), b'_t = (1 - m_t) ⊙ b_t.
     """
     if not supports(spec):
         raise ValueError(f"engine scan: expected a linear-recurrence family (mingru, minlstm, rglru), got {spec.name!r}")
+    kind = SCAN_KINDS[spec.name]
     if torch.is_autocast_enabled(x.device.type):
+        length, batch, features = x.shape
+        projected = torch.nn.functional.linear(x.reshape(length * batch, features), weights.weight_ih, weights.bias_ih)  # autocast's dtype
         with torch.autocast(x.device.type, enabled=False):
-            return run_direction(spec, _to_float32(x), tuple(_to_float32(s) for s in state), weights, valid, reverse,
-                                 None if zoneout is None else _to_float32(zoneout))  # fmt: skip
-    args = (SCAN_KINDS[spec.name], x.contiguous(), state[0], weights.weight_ih, weights.bias_ih, weights.decay_logit, valid, reverse, zoneout)
+            y, h_n = _from_projected(kind, projected.float(), length, batch, _to_float32(state[0]), weights.decay_logit, valid, reverse,
+                                     None if zoneout is None else _to_float32(zoneout))  # fmt: skip
+        return y, (h_n,)
+    args = (kind, x.contiguous(), state[0], weights.weight_ih, weights.bias_ih, weights.decay_logit, valid, reverse, zoneout)
     y, h_n = transforms.call(torch.ops.rnnkit.linear_recurrence, _linear_recurrence, *args)
     return y, (h_n,)
 
@@ -80,7 +85,11 @@ def _linear_recurrence(kind, x, h0, w_ih, b_ih, decay_logit, valid, reverse, zon
     torch.export record one node per layer and direction, whatever the length.
     """
     length, batch, features = x.shape
-    projected = linear(x.reshape(length * batch, features), w_ih, b_ih)
+    return _from_projected(kind, linear(x.reshape(length * batch, features), w_ih, b_ih), length, batch, h0, decay_logit, valid, reverse, zoneout)
+
+
+def _from_projected(kind, projected, length, batch, h0, decay_logit, valid, reverse, zoneout):
+    """The rest of a direction from its projected input (L*N, G*H): coefficients, padding, zoneout, the scan."""
     a, b = coefficients(kind, projected, decay_logit)
     a, b = a.view(length, batch, -1), b.view(length, batch, -1)
     if zoneout is not None:
