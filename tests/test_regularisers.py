@@ -255,3 +255,24 @@ def test_exact_resume_with_regularisers(tmp_path):
     plain, (train, val) = build(str(tmp_path / "plain"))
     plain.fit(train, val)
     assert losses(tmp_path / "plain") != losses(tmp_path / "whole"), "the regularisers must change training"
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN])
+def test_zoneout_is_applied_under_autocast(cls):
+    """Under bf16 autocast the zoneout masks reach the loop: the result is the float32 one with the same masks (to bf16
+    rounding), and differs from the same layer without zoneout, so the masks cannot be dropped silently."""
+    torch.manual_seed(0)
+    layer = cls(5, 16, num_layers=2, zoneout=0.5, input_dropout=0.2)
+    plain = cls(5, 16, num_layers=2)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(8, 3, 5)
+
+    def outputs(module, low):
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            out, _ = module(x, lengths=[8, 5, 2])
+        return out.float()
+
+    exact, low, without = outputs(layer, False), outputs(layer, True), outputs(plain, True)
+    assert (low - exact).norm() / exact.norm() < 0.02
+    assert (low - without).norm() / without.norm() > 0.1

@@ -84,12 +84,19 @@ def bernoulli(shape, p: float, like: Tensor) -> Tensor:
 
     Not ``bernoulli_`` or ``F.dropout``: on CPU those cost 2-4x the uniform draw, which is most of a mask's price
     (float32 (100, 32, 256): 6.1 ms against 2.7 ms, one thread)."""
-    return torch.rand(shape, dtype=like.dtype, device=like.device).lt_(p)
+    return _uniform(shape, like).lt_(p).to(like.dtype)
 
 
 def scaled_keep(shape, p: float, like: Tensor) -> Tensor:
     """A dropout mask: 1/(1-p) with probability 1-p, else 0, so that its mean is 1."""
-    return torch.rand(shape, dtype=like.dtype, device=like.device).ge_(p).mul_(1 / (1 - p))
+    return _uniform(shape, like).ge_(p).mul_(1 / (1 - p)).to(like.dtype)
+
+
+def _uniform(shape, like: Tensor) -> Tensor:
+    """U(0, 1) in ``like``'s dtype, or float32 for a low-precision one: under autocast a layer's input can be bf16 (the
+    previous layer's output), and the masks must be the ones the same seed draws in float32."""
+    dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+    return torch.rand(shape, dtype=dtype, device=like.device)
 
 
 def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
