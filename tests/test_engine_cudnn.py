@@ -13,7 +13,7 @@ import torch
 import rnnkit
 from rnnkit import engine
 from rnnkit.engine import cudnn, fused
-from rnnkit.layers.recurrent import _final_state
+from rnnkit.layers.streaming import final_state
 from rnnkit.layers.sequence import to_time_major
 from tests.helpers import as_tuple, assert_close
 
@@ -36,7 +36,7 @@ def test_run_layers_is_the_reference(cls, kwargs, lengths):
     time_major, valid, layout = to_time_major(x, False, lengths)
     out, finals = cudnn.run_layers(layer, time_major, layer._initial_states(hx, time_major, False), layout.lengths if valid is not None else None)
     assert_close(out, want_out, torch.float64, "output")
-    for got, want in zip(as_tuple(_final_state(finals, False)), as_tuple(want_state)):
+    for got, want in zip(as_tuple(final_state(finals, False)), as_tuple(want_state)):
         assert_close(got, want, torch.float64, "final state")
     (dx,) = torch.autograd.grad(out.sum(), x)
     (want_dx,) = torch.autograd.grad(want_out.sum(), x)

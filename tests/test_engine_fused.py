@@ -198,10 +198,12 @@ def test_gradcheck_and_gradgradcheck(path, family, proj, bias, masked, reverse):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_single_steps_for_inference_match_reference(path, family, dtype, monkeypatch):
-    # Length-1 inputs under no_grad take the one-step kernel on the compiled path; state carried across calls.
+    # Length-1 inputs under no_grad take the stacked one-step kernel on the compiled path (one call for every layer
+    # and direction); state carried across calls.
     calls = []
-    one_step = fused_build.NativeLoops.cell_step
-    monkeypatch.setattr(fused_build.NativeLoops, "cell_step", lambda self, *args: calls.append(1) or one_step(self, *args))
+    stacked = fused_build.NativeLoops.stacked_step_kernel.fget
+    spy = property(lambda self: lambda *args: calls.append(1) or stacked(self)(*args))
+    monkeypatch.setattr(fused_build.NativeLoops, "stacked_step_kernel", spy)
     reference, fast = make_pair(family, 5, 7, dtype, num_layers=2, bidirectional=True, batch_first=True)
     torch.manual_seed(6)
     steps = torch.randn(4, 3, 1, 5, dtype=dtype) * 3
@@ -214,7 +216,7 @@ def test_single_steps_for_inference_match_reference(path, family, dtype, monkeyp
             torch.testing.assert_close(outputs["fast"], outputs["reference"], atol=TOLERANCE[dtype], rtol=0)
             for a, b in zip(*(as_tuple(states[n]) for n in ("fast", "reference")), strict=True):
                 torch.testing.assert_close(a, b, atol=TOLERANCE[dtype], rtol=0)
-        assert len(calls) == (4 * 2 * 2 if path == "cpp" else 0)  # steps x layers x directions
+        assert len(calls) == (4 if path == "cpp" else 0)  # one call a step
         before = [t.clone() for t in as_tuple(states["fast"])]
         outputs["fast"].zero_()  # the returned state is not a view of the output
         assert all(torch.equal(a, b) for a, b in zip(before, as_tuple(states["fast"])))

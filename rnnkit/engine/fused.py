@@ -312,3 +312,11 @@ def single_step(spec: CellSpec, x: Tensor, state: State, weights: CellWeights) -
     (see :func:`rnnkit.ops.single_step`); only where :func:`loops_for` picks the compiled kernels."""
     native = loops_for(x)
     return ops.single_step(spec.name, x, state, weights, native) if isinstance(native, ops.NativeLoops) else None
+
+
+def step_kernel(spec: CellSpec, weight: Tensor):
+    """``(kind, kernel)`` of the compiled stacked one-step kernel for a family whose weights are like ``weight``
+    (see :func:`rnnkit.ops.step_kernel`), or None; only where :func:`loops_for` picks the compiled kernels. For a
+    caller that checks its conditions once and steps many times."""
+    native = loops_for(weight)
+    return ops.step_kernel(spec.name, weight.dtype) if isinstance(native, ops.NativeLoops) else None

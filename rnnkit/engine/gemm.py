@@ -35,6 +35,11 @@ ONEDNN_MIN_INNER = 128
 ONEDNN_MIN_FLOPS = 1 << 24
 
 
+def onednn_picked(rows: int, inner: int, outputs: int) -> bool:
+    """Whether the shape rule sends a float32 product (rows, inner) x (inner, outputs) to oneDNN."""
+    return inner >= ONEDNN_MIN_INNER and 2 * rows * inner * outputs >= ONEDNN_MIN_FLOPS
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``x W^T + b`` by oneDNN or MKL (torch.addmm), whichever the shape rule above picks.
 
@@ -44,8 +49,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     lowering of this oneDNN op expects prepacked weights.
     """
     rows, inner = x.shape
-    large = inner >= ONEDNN_MIN_INNER and 2 * rows * inner * weight.shape[0] >= ONEDNN_MIN_FLOPS
-    if large and not recorded_by_autograd(x, weight, bias) and x.device.type == "cpu" and x.dtype == torch.float32 and _eager_mkldnn():
+    if onednn_picked(rows, inner, weight.shape[0]) and not recorded_by_autograd(x, weight, bias) and x.device.type == "cpu" and x.dtype == torch.float32 and _eager_mkldnn():
         return mkldnn_linear(x, weight, bias)
     return addmm_linear(x, weight, bias)
 

@@ -34,7 +34,7 @@ from rnnkit import engine as engines
 from rnnkit import errors
 from rnnkit.cells.base import CellSpec, CellWeights, LayerNormWeights, State, init_uniform_, registered_or_attribute
 from rnnkit.engine import cudnn, fused
-from rnnkit.layers import regularisers
+from rnnkit.layers import regularisers, streaming
 from rnnkit.layers.sequence import to_time_major
 
 
@@ -247,42 +247,12 @@ class RecurrentLayer(nn.Module):
             x, finals = cudnn.run_layers(self, x, states, layout.lengths if valid is not None else None)
         else:
             x, finals = self._run_layers(x, states, valid, self.run_direction)
-        return layout.output(x), _final_state(finals, layout.unbatched)
+        return layout.output(x), streaming.final_state(finals, layout.unbatched)
 
     def _inference_step(self, input, hx):
-        """``forward`` for a single time step without autograd, or None where the general path must run.
-
-        Streaming calls the layer once per time step. There, the general path's
-        bookkeeping (layout object, time dimension, engine dispatch, a clone and
-        a stack per state) costs more than the compiled one-step kernel that the
-        fused engine ends in for a length-1 sequence. This path takes the step
-        without the time dimension, with the same input and state checks (same
-        errors) and the same kernel, so the results are identical.
-
-        It applies to a tensor of one time step, without ``lengths`` or
-        ``check_finite``, with grad mode off, on the fused engine (not one
-        swapped in, e.g. by diagnostics), and not under CPU autocast (the
-        kernel is CPU-only; elsewhere :func:`_one_step` runs the fused engine's
-        ``run_direction``, which handles autocast).
-        """
-        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or self.check_finite or self.run_direction is not fused.run_direction:
-            return None
-        if regularisers.active(self, self.training):  # masks and zoneout need the time dimension: the general path
-            return None
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # a trace must hold the op that serves every length
-            return None
-        if not isinstance(input, Tensor) or (input.device.type == "cuda" and cudnn.declines(self, "cuda") is None):
-            return None  # on CUDA torch's cuDNN step is the faster one
-        rank = input.dim()
-        time_dim = 1 if rank == 3 and self.batch_first else 0
-        if rank not in (2, 3) or input.shape[time_dim] != 1:
-            return None
-        unbatched = rank == 2
-        x = input if unbatched else input.select(time_dim, 0)  # (N, H_in); unbatched (1, H_in) is a batch of one
-        self._check_input(x)
-        states = self._initial_states(hx, x, unbatched)
-        y, finals = self._run_layers(x, states, None, _one_step)
-        return (y if unbatched else y.unsqueeze(time_dim)), _final_state(finals, unbatched)
+        """``forward`` for a single time step without autograd, or None where the general path must run
+        (:func:`rnnkit.layers.streaming.inference_step`)."""
+        return streaming.inference_step(self, input, hx)
 
     def _run_layers(self, x: Tensor, states: list[State], valid: Tensor | None, run_direction) -> tuple[Tensor, list[State]]:
         """Run x through every layer and direction with dropout between layers: the last layer's output and each
@@ -397,20 +367,6 @@ def _cell_weight_names(layer: int, direction: int, bias: bool, projected: bool, 
     return tuple(RecurrentLayer._param_name(kind, layer, direction) if present.get(kind, True) else None for kind in kinds)
 
 
-def _one_step(spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: None, reverse: bool) -> tuple[Tensor, State]:
-    """The fused engine's ``run_direction`` for one time step, without the time dimension: x (N, H_in) -> (y, final).
-
-    The compiled one-step kernel where it applies, as ``fused.run_direction`` takes it for a length-1 sequence (the
-    direction does not matter for one step); elsewhere ``fused.run_direction`` itself. ``y`` may share memory with
-    ``final``: :func:`_final_state` copies.
-    """
-    stepped = fused.single_step(spec, x, state, weights)
-    if stepped is not None:
-        return stepped[0], stepped
-    y, final = fused.run_direction(spec, x.unsqueeze(0), state, weights, valid, reverse)
-    return y.squeeze(0), final
-
-
 @contextlib.contextmanager
 def _checks_at_trace_time():
     """Input checks under ``torch.jit.trace`` compare traced sizes with Python numbers, and the tracer warns that
@@ -422,17 +378,6 @@ def _checks_at_trace_time():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         yield
-
-
-def _final_state(finals: list[State], unbatched: bool):
-    """``h_n``, or ``(h_n, c_n)`` for LSTM, from each (layer, direction)'s final state of (N, size) tensors.
-
-    Batched: stacked to (D*num_layers, N, size). Unbatched, the parts are (1, size) and are concatenated to
-    (D*num_layers, size). Both copy, so ``h_n`` never shares memory with the output.
-    """
-    join = torch.cat if unbatched else torch.stack
-    h_n = join([final[0] for final in finals])
-    return h_n if len(finals[0]) == 1 else (h_n, join([final[1] for final in finals]))
 
 
 def _autocast_compatible(tensor: Tensor, reference: Tensor) -> bool:

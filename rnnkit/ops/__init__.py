@@ -8,6 +8,7 @@ fragments in the other ``csrc/*.cpp``, built on first use by :mod:`rnnkit.ops.bu
 ``backward_loop``              the same recurrence walked backwards: every step's gate gradients
 ``forward_inference``          a whole direction without history (nothing needs a gradient)
 ``cell_step``                  one step of a stand-alone cell, for inference
+``stacked_step``               one step of every layer and direction of a stacked layer (streaming)
 ``layer_norm_lstm_forward``    the LayerNorm LSTM's recurrence, with history
 ``layer_norm_lstm_backward``   and its backward
 ``linear_scan``                h_t = a_t h_{t-1} + b_t over time (minGRU, minLSTM, RG-LRU), either direction
@@ -76,7 +77,20 @@ def single_step(name: str, x: Tensor, state: tuple[Tensor, ...], weights, native
     return (h, c) if kind == LSTM else (h,)
 
 
+def step_kernel(name: str, dtype: torch.dtype):
+    """``(kind, kernel)`` for repeated one-step calls of a stacked layer of a plain family on CPU tensors of
+    ``dtype``, or None where ``cell_step`` does not apply (another family or dtype, or no build).
+    ``kernel(kind, x, h0, c0, weights, directions) -> (y, h_n, c_n)`` is the ``stacked_step`` op itself, with
+    :func:`single_step`'s contract per cell; the caller checks the rest of that once (CPU, no gradient, no
+    projection or LayerNorm, outside tracing)."""
+    kind = KINDS.get(name)
+    if kind is None or dtype not in (torch.float32, torch.float64):
+        return None
+    native = native_loops()
+    return None if native is None else (kind, native.stacked_step_kernel)
+
+
 __all__ = [
     "GRU", "KINDS", "LSTM", "RNN_RELU", "RNN_TANH", "NativeLoops", "build_dir", "load", "native_loops",
-    "recorded_by_autograd", "single_step", "status",
+    "recorded_by_autograd", "single_step", "status", "step_kernel",
 ]  # fmt: skip

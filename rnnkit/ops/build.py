@@ -78,6 +78,12 @@ class NativeLoops:
         """One inference step of a cell: ``(h', c')`` from x (N, H_in) and the state (c' is empty unless LSTM)."""
         return self._ops.cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh)
 
+    @property
+    def stacked_step_kernel(self):
+        """The ``stacked_step`` op's overload itself, for a caller that makes it thousands of times (streaming):
+        ``kernel(kind, x, h0, c0, weights, directions) -> (y, h_n, c_n)``; see csrc/stacked_step.cpp."""
+        return self._ops.stacked_step.default
+
     def linear_scan(self, a, b, h0, reverse, chunks=0):
         """Every state of ``h_t = a_t * h_{t-1} + b_t`` (reverse: from t = T-1 down), a, b (T, F), h0 (F,); see csrc/linear_scan.cpp."""
         return self._ops.linear_scan(a, b, h0, reverse, chunks)

@@ -1096,6 +1096,15 @@ constexpr char k_forward_loop[] = "forward_loop", k_cell_step[] = "cell_step", k
 
 }  // namespace
 
+namespace rnnkit {
+// cell_step's CPU kernel for csrc/stacked_step.cpp, which calls it once per (layer, direction) without a dispatch.
+std::tuple<at::Tensor, at::Tensor> cell_step_cpu(int64_t kind, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
+                                                 const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                                                 const std::optional<at::Tensor>& b_hh) {
+  return cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh);
+}
+}  // namespace rnnkit
+
 TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)");

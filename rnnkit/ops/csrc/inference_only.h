@@ -18,6 +18,11 @@ namespace rnnkit {
 
 inline bool recorded(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
 inline bool recorded(const std::optional<at::Tensor>& t) { return t.has_value() && recorded(*t); }
+inline bool recorded(at::TensorList tensors) {
+  for (const at::Tensor& t : tensors)
+    if (recorded(t)) return true;
+  return false;
+}
 template <typename T>
 inline bool recorded(const T&) { return false; }
 
@@ -28,6 +33,11 @@ inline bool wrapped(const at::Tensor& t) {
   return t.defined() && !(t.key_set() - plain).empty();
 }
 inline bool wrapped(const std::optional<at::Tensor>& t) { return t.has_value() && wrapped(*t); }
+inline bool wrapped(at::TensorList tensors) {
+  for (const at::Tensor& t : tensors)
+    if (wrapped(t)) return true;
+  return false;
+}
 template <typename T>
 inline bool wrapped(const T&) { return false; }
 

@@ -1,0 +1,185 @@
+"""One time step per call without autograd: the layer's streaming path.
+
+Streaming calls a layer once per time step, with the state carried from call
+to call. There, the general path's bookkeeping (layout object, time
+dimension, engine dispatch, a clone and a stack per state, each weight looked
+up by name) costs more than the compiled one-step kernel that the fused
+engine ends in for a length-1 sequence. :func:`inference_step` takes the step
+without the time dimension, with the same input and state checks (the same
+errors) and the same kernel, so its results are bit-identical to the general
+path's::
+
+    for layer k, direction d:           (N: batch, H_in: input size, H: hidden)
+        h_kd, c_kd = step(x, h_0[k*D+d], c_0[k*D+d])     x (N, H_in) -> h (N, H)
+        x = cat_d(h_kd)                                   dropout between layers, as the general path
+    output = x[None];  h_n = stack(h_kd);  c_n = stack(c_kd)
+
+A :class:`StepPlan` holds what does not change between calls: the family's
+kernel code and each cell's weights. It is kept while the layer's registered
+parameters are the same objects (a replaced, deleted or swapped-in parameter,
+as ``torch.func.functional_call`` does, makes a new plan on the next call;
+the plan holds the tensors, so their ids cannot be reused meanwhile). Layers
+whose weights are not all registered parameters (weight dropout swaps in a
+plain tensor), LayerNorm variants, projections and dtypes the kernel lacks
+take the per-cell path, which looks every weight up anew.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rnnkit.cells.base import State
+from rnnkit.engine import cudnn, fused
+from rnnkit.layers import regularisers
+
+
+class StepPlan(NamedTuple):
+    """What a layer's compiled one-step calls need, built once per set of parameters."""
+
+    parameter_ids: list[int]  # id of each registered parameter, in registry order: the plan's key
+    kernel: Callable  # the stacked_step op: kernel(kind, x, h0, c0, weights, directions) -> (y, h_n, c_n)
+    kind: int
+    dtype: torch.dtype
+    weights: list[Tensor]  # per (layer, direction), in order: w_ih, w_hh, b_ih, b_hh (1-D empty biases without bias)
+    cells: int  # layers * directions
+    lstm: bool
+
+
+def inference_step(layer, input, hx):
+    """``layer.forward(input, hx)`` for a single time step without autograd, or None where the general path must run.
+
+    It applies to a tensor of one time step, without ``lengths`` or ``check_finite``, with grad mode off, on the
+    fused engine (not one swapped in, e.g. by diagnostics), without an active regulariser, and not under CPU
+    autocast (the kernel is CPU-only; elsewhere :func:`one_step` runs the fused engine's ``run_direction``,
+    which handles autocast). With a :class:`StepPlan` and no dropout to draw between layers, the whole step
+    is one ``stacked_step`` call; otherwise each (layer, direction) steps on its own.
+    """
+    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or layer.check_finite or layer.run_direction is not fused.run_direction:
+        return None
+    if regularisers.active(layer, layer.training):  # masks and zoneout need the time dimension: the general path
+        return None
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # a trace must hold the op that serves every length
+        return None
+    if not isinstance(input, Tensor) or (input.is_cuda and cudnn.declines(layer, "cuda") is None):
+        return None  # on CUDA torch's cuDNN step is the faster one
+    rank = input.dim()
+    batch_first = rank == 3 and layer.batch_first
+    if rank not in (2, 3) or input.shape[1 if batch_first else 0] != 1:
+        return None
+    unbatched = rank == 2
+    x = input if unbatched else input.select(1, 0) if batch_first else input[0]  # (N, H_in); unbatched: a batch of one
+    plan = _plan(layer)
+    if plan is not None and x.shape[-1] == layer.input_size and x.dtype == plan.dtype and x.is_cpu:
+        if not (layer.training and layer.dropout != 0.0 and layer.num_layers > 1):  # no dropout to draw between layers
+            stacked = _stacked_state(layer, plan, hx, x, unbatched)
+            if stacked is not None:
+                return _stacked_step(layer, plan, x, *stacked, unbatched, batch_first)
+    layer._check_input(x)  # the general checks: they raise the error for bad input
+    states = layer._initial_states(hx, x, unbatched)
+    y, finals = _run_layers(layer, x, states)
+    return (y if unbatched else y.unsqueeze(1 if batch_first else 0)), final_state(finals, unbatched)
+
+
+def _plan(layer) -> StepPlan | None:
+    """The layer's cached plan, rebuilt when its registered parameters changed; None where the kernel does not apply."""
+    ids = [*map(id, layer._parameters.values())]
+    cached = layer.__dict__.get("_step_plan")
+    if cached is not None and cached.parameter_ids == ids:
+        return cached
+    plan = _build_plan(layer, ids)
+    layer.__dict__["_step_plan"] = plan
+    return plan
+
+
+def _build_plan(layer, ids: list[int]) -> StepPlan | None:
+    if layer.proj_size or layer.layer_norm:
+        return None
+    parameters = layer._parameters
+    names = [cell[:4] for cell in layer._cell_names]  # w_ih, w_hh, b_ih, b_hh
+    if any(name is not None and name not in parameters for cell in names for name in cell):
+        return None  # a weight swapped for a plain attribute: looked up on every call instead
+    present = [parameters[name] for cell in names for name in cell if name is not None]
+    dtypes = {w.dtype for w in present}
+    if len(dtypes) != 1 or not all(w.is_cpu for w in present):
+        return None
+    dtype = dtypes.pop()
+    found = fused.step_kernel(layer.spec, present[0])
+    if found is None:
+        return None
+    kind, kernel = found
+    no_bias = torch.empty(0, dtype=dtype)  # the op's list holds tensors only: an empty one stands for "no bias"
+    weights = [no_bias if name is None else parameters[name] for cell in names for name in cell]
+    return StepPlan(ids, kernel, kind, dtype, weights, len(names), layer.spec.state_count == 2)
+
+
+def _stacked_state(layer, plan: StepPlan, hx, x: Tensor, unbatched: bool) -> tuple[Tensor, Tensor] | None:
+    """``(h_0, c_0)`` as (cells, N, H) when ``hx`` is exactly what the layer expects (zeros for None; c_0 is h_0
+    but for the LSTM); None otherwise, and the general checks run and name what is wrong."""
+    if hx is None:
+        zeros = x.new_zeros(plan.cells, x.shape[0], layer.hidden_size)
+        return zeros, zeros
+    if plan.lstm:
+        if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            return None
+        h_0, c_0 = hx
+    else:
+        h_0 = c_0 = hx
+    expected = (plan.cells, layer.hidden_size) if unbatched else (plan.cells, x.shape[0], layer.hidden_size)
+    for part in (h_0, c_0):
+        if not isinstance(part, Tensor) or part.shape != expected or part.dtype != x.dtype or not part.is_cpu:
+            return None
+    return (h_0.unsqueeze(1), c_0.unsqueeze(1)) if unbatched else (h_0, c_0)
+
+
+def _stacked_step(layer, plan: StepPlan, x: Tensor, h_0: Tensor, c_0: Tensor, unbatched: bool, batch_first: bool):
+    """The whole step in one ``stacked_step`` call: ``(output, h_n)``, or ``(output, (h_n, c_n))``, in the input's layout."""
+    y, h_n, c_n = plan.kernel(plan.kind, x, h_0, c_0, plan.weights, layer.num_directions)
+    if unbatched:
+        h_n, c_n = h_n.squeeze(1), c_n.squeeze(1) if plan.lstm else c_n
+    else:
+        y = y.unsqueeze(1) if batch_first else y[None]
+    return y, ((h_n, c_n) if plan.lstm else h_n)
+
+
+def _run_layers(layer, x: Tensor, states: list[State]) -> tuple[Tensor, list[State]]:
+    """x (N, H_in) through every layer and direction, dropout between layers as the general path draws it."""
+    finals: list[State] = []
+    directions = layer.num_directions
+    for index in range(layer.num_layers):
+        outputs = []
+        for direction in range(directions):
+            cell = index * directions + direction
+            final = one_step(layer, cell, x, states[cell])
+            outputs.append(final[0])
+            finals.append(final)
+        x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+        if layer.training and index < layer.num_layers - 1 and layer.dropout != 0.0:
+            x = F.dropout(x, layer.dropout, training=True)
+    return x, finals
+
+
+def one_step(layer, cell: int, x: Tensor, state: State) -> State:
+    """One (layer, direction)'s new state from x (N, H_in): the fused engine's one-step kernel, or its
+    ``run_direction`` on a length-1 sequence (the direction does not matter for one step).
+    The new state's first part is the output; :func:`final_state` copies it."""
+    weights = layer.cell_weights(cell // layer.num_directions, cell % layer.num_directions)
+    stepped = fused.single_step(layer.spec, x, state, weights)
+    if stepped is not None:
+        return stepped
+    y, final = fused.run_direction(layer.spec, x.unsqueeze(0), state, weights, None, False)
+    return (y.squeeze(0), *final[1:])
+
+
+def final_state(finals: list[State], unbatched: bool):
+    """``h_n``, or ``(h_n, c_n)`` for LSTM, from each (layer, direction)'s final state of (N, size) tensors.
+
+    Batched: stacked to (D*num_layers, N, size). Unbatched, the parts are (1, size) and are concatenated to
+    (D*num_layers, size). Both copy, so ``h_n`` never shares memory with the output.
+    """
+    join = torch.cat if unbatched else torch.stack
+    h_n = join([final[0] for final in finals])
+    return h_n if len(finals[0]) == 1 else (h_n, join([final[1] for final in finals]))
