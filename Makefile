@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.scan
 	$(PY) -m benchmarks.charlm_time
+	$(PY) -m benchmarks.gemm_routing --out docs/benchmarks-gemm-table.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

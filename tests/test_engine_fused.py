@@ -360,7 +360,8 @@ def test_unsupported_specs_and_dtypes_still_run():
 
 @pytest.mark.parametrize(
     "rows, inner, outer, expected",
-    [(16384, 128, 2048, "onednn"), (3200, 256, 64, "onednn"), (3200, 64, 1024, "mkl"), (1000, 128, 32, "mkl"), (8, 16, 64, "mkl")],
+    [(16384, 128, 2048, "onednn"), (3200, 256, 64, "onednn"), (3200, 64, 1024, "onednn"), (1000, 32, 512, "mkl"), (1000, 128, 32, "mkl"),
+     (8, 16, 64, "mkl")],
 )
 def test_input_projection_gemm_is_a_fixed_choice_of_shape(monkeypatch, rows, inner, outer, expected):
     """Run-time timing would let two runs pick different GEMMs and compute different numbers."""

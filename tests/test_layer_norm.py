@@ -12,7 +12,7 @@ import torch
 
 import rnnkit
 from rnnkit import ops as fused_build
-from rnnkit.engine import ENGINES, fused_layer_norm
+from rnnkit.engine import ENGINES, fused_layer_norm, gemm
 from tests.helpers import as_tuple, assert_close, layer_gradcheck
 
 ENGINE_NAMES = sorted(ENGINES)
@@ -195,7 +195,7 @@ def test_compiled_loop_matches_reference_with_every_option(case, monkeypatch):
 
 
 def test_input_side_gradients_at_a_size_where_the_projection_would_use_onednn():
-    # 128 rows x 128 inputs x 1024 gates is above the oneDNN threshold of gemm.linear; oneDNN's op has no
+    # 512 rows x 128 inputs x 1024 gates is above the oneDNN threshold of gemm.linear; oneDNN's op has no
     # autograd formula, so the input side (recorded by autograd) must still produce x's and W_ih's gradients.
     # Compared as the float32 test above: each result as close to the float64 reference, on average, as the
     # float32 reference is (a missing gradient would be off by its whole size).
@@ -204,7 +204,8 @@ def test_input_side_gradients_at_a_size_where_the_projection_would_use_onednn():
               for engine, dtype in (("reference", torch.float64), ("reference", torch.float32), ("fused", torch.float32))}  # fmt: skip
     for layer in layers.values():
         layer.load_state_dict(layers["reference", torch.float64].state_dict())
-    x, hx = torch.randn(8, 16, 128, dtype=torch.float64), (torch.zeros(1, 16, 256, dtype=torch.float64),) * 2
+    x, hx = torch.randn(32, 16, 128, dtype=torch.float64), (torch.zeros(1, 16, 256, dtype=torch.float64),) * 2
+    assert gemm.onednn_picked(32 * 16, 128, 4 * 256)
     truth, expected, actual = (_outputs_and_gradients(layer, x, hx, None, key[1]) for key, layer in layers.items())
     for index, (exact, e, a) in enumerate(zip(truth, expected, actual, strict=True)):
         reference_error, fused_error = ((t.double() - exact).abs().mean().item() for t in (e, a))

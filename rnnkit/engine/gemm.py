@@ -1,9 +1,20 @@
 """The GEMMs that span all time steps: ``x W^T + b`` with the faster library for the shape.
 
-On this kind of CPU (AMD, AVX-512) MKL takes its AVX2 path while oneDNN's
-matmul uses AVX-512, so oneDNN wins on large products and MKL on small ones.
-The choice is a fixed rule of the shape (see :func:`linear`), never a timing
-taken at run time, so that two runs compute the same numbers.
+The rule, fixed and never a timing taken at run time (so that two runs compute the same numbers):
+
+* ``x W^T + b`` (the input projection) and ``dG W`` (the input gradient), float32 on CPU, eager,
+  not recorded by autograd: oneDNN's matmul when the product has at least 2^26 (67 M) FLOPs,
+  else MKL (``torch.addmm``);
+* weight gradients ``dG^T X``: always MKL (:func:`matmul`), which reads the transposed operands in
+  place, where oneDNN needs dG^T copied (the step's largest tensor); with that copy oneDNN is
+  0.26-0.58x MKL's speed at every shape of configs A-C;
+* everything else (float64, autograd-recorded products, torch.compile): ``torch.addmm``.
+
+Measured by ``python -m benchmarks.gemm_routing`` (docs/benchmarks-gemm.md), 2-core Intel Xeon,
+configs A-C of ``benchmarks.run`` for each family: oneDNN is 1.03-1.69x faster than MKL at every
+product of 105 MFLOP or more (configs B and C), and 0.49-1.43x below 33 MFLOP (config A). An
+earlier sweep on an AMD EPYC had found oneDNN behind below an inner dimension of 128; this Intel
+machine has no such edge (config B's K=64 projections: 1.25-1.69x), so the rule is FLOPs alone.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from rnnkit.ops import recorded_by_autograd
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
-    """A weight gradient ``a @ b`` (MKL handles the transposed operands without a copy)."""
+    """A weight gradient ``a @ b``: MKL, which handles the transposed operands without a copy (module docstring)."""
     return a @ b
 
 
@@ -27,17 +38,13 @@ def addmm_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
 
 
-# oneDNN's matmul beats MKL's addmm on this kind of CPU once the product is large and its inner
-# dimension wide enough to feed AVX-512; below that its per-call setup costs more than it saves.
-# Thresholds from a sweep of the engine's shapes (configs A-C and the tasks'), idle 2-core AMD EPYC:
-# oneDNN 1.1-1.7x faster at K >= 128 and >= 16 MFLOP, 0.3-0.9x on smaller or narrower products.
-ONEDNN_MIN_INNER = 128
-ONEDNN_MIN_FLOPS = 1 << 24
+# See the module docstring: the smallest product that goes to oneDNN.
+ONEDNN_MIN_FLOPS = 1 << 26
 
 
 def onednn_picked(rows: int, inner: int, outputs: int) -> bool:
     """Whether the shape rule sends a float32 product (rows, inner) x (inner, outputs) to oneDNN."""
-    return inner >= ONEDNN_MIN_INNER and 2 * rows * inner * outputs >= ONEDNN_MIN_FLOPS
+    return 2 * rows * inner * outputs >= ONEDNN_MIN_FLOPS
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
