@@ -11,6 +11,7 @@ import rnnkit
 from rnnkit.config import ConfigError, apply_overrides
 from rnnkit.engine import fused, fused_loops, reference
 from rnnkit.layers import regularisers
+from rnnkit.ops import random_masks
 from rnnkit.models import RecurrentConfig
 from rnnkit.models.common import make_layer
 from tests.helpers import as_tuple, weighted_sum
@@ -276,3 +277,44 @@ def test_zoneout_is_applied_under_autocast(cls):
     exact, low, without = outputs(layer, False), outputs(layer, True), outputs(plain, True)
     assert (low - exact).norm() / exact.norm() < 0.02
     assert (low - without).norm() / without.norm() > 0.1
+
+
+# -- the masks' generator (rnnkit.ops.random_masks) -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize("shape, p", [((100, 32, 256), 0.1), ((7, 3), 0.5), ((1000,), 0.0), ((33, 5), 0.999), ((4, 0, 2), 0.3)])
+def test_compiled_mask_op_draws_the_same_bits_as_its_pytorch_twin(shape, p, dtype):
+    if not rnnkit.ops.load():
+        pytest.skip(rnnkit.ops.status())
+    for seed in (0, 1, (1 << 63) - 1, 0x1234_5678_9ABC_DEF0):
+        seed_tensor = torch.tensor(seed)
+        made = random_masks.random_mask(seed_tensor, shape, p, 0.0, 1 / (1 - p), dtype, torch.device("cpu"))
+        twin = random_masks.twin_mask(seed_tensor, shape, p, 0.0, 1 / (1 - p), dtype)
+        assert made.shape == twin.shape == shape and made.dtype == twin.dtype == dtype
+        assert torch.equal(made, twin)
+    torch.library.opcheck(torch.ops.rnnkit_fused.random_mask.default, (5, list(shape), p, 1.0, 0.0, dtype), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_mask_rate_is_p_and_its_elements_are_independent_of_their_neighbours():
+    """P(below) within 6 standard errors of p, for each p; and a neighbour's draw says nothing of the next one's
+    (the four pair frequencies of consecutive elements match p^2, p(1-p), ... within 6 standard errors)."""
+    n = 1 << 20
+    for p in (0.05, 0.3, 0.5, 0.9):
+        mask = random_masks.twin_mask(torch.tensor(987654321), (n,), p, 1.0, 0.0, torch.float64)
+        assert abs(mask.mean().item() - p) < 6 * math.sqrt(p * (1 - p) / n)
+        both = (mask[:-1] * mask[1:]).mean().item()
+        assert abs(both - p * p) < 6 * math.sqrt(p * p * (1 - p * p) / n)
+    one, other = (random_masks.twin_mask(torch.tensor(seed), (n,), 0.5, 1.0, 0.0, torch.float64) for seed in (987654321, 987654322))
+    agree = (other == one).double().mean().item()  # the next seed: independent, so they agree half the time
+    assert abs(agree - 0.5) < 6 * math.sqrt(0.25 / n)
+
+
+def test_masks_follow_torch_manual_seed_and_refuse_too_many_elements():
+    torch.manual_seed(3)
+    first = regularisers.bernoulli((50, 4), 0.4, torch.empty(0))
+    torch.manual_seed(3)
+    assert torch.equal(first, regularisers.bernoulli((50, 4), 0.4, torch.empty(0)))
+    assert not torch.equal(first, regularisers.bernoulli((50, 4), 0.4, torch.empty(0)))  # the seed was drawn: a new mask
+    with pytest.raises(ValueError, match="random_mask: expected at most 2\\^32 elements, got 4294967297"):
+        random_masks.twin_mask(torch.tensor(1), ((1 << 32) + 1,), 0.5, 1.0, 0.0, torch.float32)

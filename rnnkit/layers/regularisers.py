@@ -1,7 +1,7 @@
 r"""The recurrent layers' regularisers: weight drop, locked (variational) dropout and zoneout.
 
 Every option is a float p in [0, 1); 0 is off and leaves the layer exactly as it was.
-Masks come from torch's global generator, drawn by the layer (``RecurrentLayer._run_layers``) in a fixed
+Masks come from a counter-based generator seeded from torch's global generator (:mod:`rnnkit.ops.random_masks`), drawn by the layer (``RecurrentLayer._run_layers``) in a fixed
 order whatever the engine, so a seed fixes them and the RNG state in a checkpoint resumes
 them (docs/design/regularisers.md). Shapes: L steps, N batch, F features, H_out the layer's
 output size per direction.
@@ -44,6 +44,7 @@ from torch import Tensor
 
 from rnnkit import errors
 from rnnkit.cells.base import CellWeights
+from rnnkit.ops import random_masks
 
 NAMES = ("weight_drop", "input_dropout", "layer_dropout", "output_dropout", "zoneout")
 
@@ -80,23 +81,22 @@ def settings(owner) -> dict[str, float]:
 
 
 def bernoulli(shape, p: float, like: Tensor) -> Tensor:
-    """1.0 with probability p, else 0.0, in ``like``'s dtype and device: ``U < p`` with ``U ~ torch.rand``.
-
-    Not ``bernoulli_`` or ``F.dropout``: on CPU those cost 2-4x the uniform draw, which is most of a mask's price
-    (float32 (100, 32, 256): 6.1 ms against 2.7 ms, one thread)."""
-    return _uniform(shape, like).lt_(p).to(like.dtype)
+    """1.0 with probability p, else 0.0, in ``like``'s dtype and device, from the counter-based generator
+    (:mod:`rnnkit.ops.random_masks`; one seed drawn from torch's generator per mask)."""
+    return _mask(shape, p, 1.0, 0.0, like)
 
 
 def scaled_keep(shape, p: float, like: Tensor) -> Tensor:
     """A dropout mask: 1/(1-p) with probability 1-p, else 0, so that its mean is 1."""
-    return _uniform(shape, like).ge_(p).mul_(1 / (1 - p)).to(like.dtype)
+    return _mask(shape, p, 0.0, 1 / (1 - p), like)
 
 
-def _uniform(shape, like: Tensor) -> Tensor:
-    """U(0, 1) in ``like``'s dtype, or float32 for a low-precision one: under autocast a layer's input can be bf16 (the
-    previous layer's output), and the masks must be the ones the same seed draws in float32."""
+def _mask(shape, p: float, below: float, above: float, like: Tensor) -> Tensor:
+    """Masks are made in float32 for a low-precision ``like`` (under autocast a layer's input can be the previous
+    layer's bf16 output) and then cast, so that a seed draws the same masks with and without autocast."""
     dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
-    return torch.rand(shape, dtype=dtype, device=like.device)
+    mask = random_masks.random_mask(random_masks.draw_seed(like.device), shape, p, below, above, dtype, like.device)
+    return mask.to(like.dtype)
 
 
 def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:

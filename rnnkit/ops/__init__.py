@@ -9,6 +9,7 @@ fragments in the other ``csrc/*.cpp``, built on first use by :mod:`rnnkit.ops.bu
 ``forward_inference``          a whole direction without history (nothing needs a gradient)
 ``cell_step``                  one step of a stand-alone cell, for inference
 ``stacked_step``               one step of every layer and direction of a stacked layer (streaming)
+``random_mask``                a regulariser's mask from a counter-based generator (``ops/random_masks.py``)
 ``layer_norm_lstm_forward``    the LayerNorm LSTM's recurrence, with history
 ``layer_norm_lstm_backward``   and its backward
 ``linear_scan``                h_t = a_t h_{t-1} + b_t over time (minGRU, minLSTM, RG-LRU), either direction

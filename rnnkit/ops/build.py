@@ -78,6 +78,10 @@ class NativeLoops:
         """One inference step of a cell: ``(h', c')`` from x (N, H_in) and the state (c' is empty unless LSTM)."""
         return self._ops.cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh)
 
+    def random_mask(self, seed, shape, p, below, above, dtype):
+        """A regulariser's mask from the counter-based generator; see rnnkit/ops/random_masks.py and csrc/random_masks.cpp."""
+        return self._ops.random_mask(seed, shape, p, below, above, dtype)
+
     @property
     def stacked_step_kernel(self):
         """The ``stacked_step`` op's overload itself, for a caller that makes it thousands of times (streaming):

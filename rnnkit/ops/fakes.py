@@ -72,6 +72,10 @@ def stacked_step(kind, x, h0, c0, weights, directions):
     return x.new_empty(batch, directions * hidden), h0.new_empty(cells, batch, hidden), c_n
 
 
+def random_mask(seed, shape, p, below, above, dtype):
+    return torch.empty(shape, dtype=dtype)
+
+
 def layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, zoneout=None):
     _check_time_major("xp", xp)
     _check_zoneout(zoneout, xp, h0)
@@ -122,7 +126,7 @@ def int8_linear(x, w_packed, w_scale, colsum, bias, out_features):
     return x.new_empty(x.shape[0], out_features)
 
 
-KERNELS = (forward_loop, backward_loop, forward_inference, cell_step, stacked_step, layer_norm_lstm_forward, layer_norm_lstm_backward,
+KERNELS = (forward_loop, backward_loop, forward_inference, cell_step, stacked_step, random_mask, layer_norm_lstm_forward, layer_norm_lstm_backward,
            linear_scan, linear_scan_backward, scan_coefficients, scan_coefficients_backward, int8_recurrence, int8_linear)
 
 
