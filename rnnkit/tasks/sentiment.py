@@ -65,7 +65,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 
@@ -74,6 +74,7 @@ from rnnkit.models import BagOfFeaturesConfig, BagOfFeaturesMLP, InputConfig, Ma
 from rnnkit.models import load_model, save_model
 from rnnkit.tasks import common, lm, sentiment_eval
 from rnnkit.tasks.common import DataError, OptimConfig, Report
+from rnnkit.tasks.sentiment_contrast import SWAP, contrast_set
 from rnnkit.tasks.sentiment_transfer import FinetuneConfig, PretrainConfig, build_classifier, fit_classifier, pretrained_language_model
 from rnnkit.tasks.sentiment_tweets import extra_sentences
 from rnnkit.training import TrainerConfig, seed_everything
@@ -196,57 +197,6 @@ class Batches(TensorBatches):
     def batches(self, epoch: int):
         for (tokens, lengths), labels in super().batches(epoch):
             yield (tokens[:, : int(lengths.max())], lengths), labels
-
-
-# -- the negation contrast set -------------------------------------------------------------
-
-ANTONYMS = dict(
-    good="bad", great="terrible", best="worst", funny="unfunny", fun="dull", brilliant="awful", beautiful="ugly",
-    enjoyable="tedious", entertaining="boring", interesting="uninteresting", smart="stupid", clever="dumb",
-    wonderful="dreadful", excellent="poor", love="hate", likable="unlikable", charming="irritating", fresh="stale",
-    compelling="unconvincing", moving="lifeless", delightful="annoying", masterpiece="mess", succeeds="fails",
-    better="worse", engaging="dreary", original="derivative", strong="weak", solid="flimsy", gorgeous="hideous",
-    perfect="flawed", powerful="feeble", amazing="dismal", fascinating="tiresome", impressive="unimpressive",
-    memorable="forgettable", remarkable="unremarkable", satisfying="unsatisfying", effective="ineffective",
-    intelligent="unintelligent", successful="unsuccessful", pleasant="unpleasant", hilarious="humorless",
-    exciting="unexciting", appealing="unappealing", triumph="failure", surprising="predictable",
-    meaningful="pointless", superb="mediocre", lively="bland", sharp="lame", sensible="silly",
-    unpretentious="pretentious", deft="clumsy", natural="contrived", riveting="plodding", sincere="phony",
-)  # fmt: skip
-POLARITY = {**{w: 1 for w in ANTONYMS}, **{w: 0 for w in ANTONYMS.values()}}
-SWAP = {**ANTONYMS, **{bad: good for good, bad in ANTONYMS.items()}}
-NEGATORS = {"not", "no", "never", "nothing", "neither", "nor", "hardly", "without"}
-COPULAS = {"is", "was", "are", "were", "'s", "be", "seems", "feels"}
-
-
-class Edit(NamedTuple):
-    original: str
-    label: int  # the original's; the edit's label is 1 - label
-    edited: str
-    rule: str
-
-
-def contrast_set(pairs: list[tuple[str, int]], vocabulary: list[str]) -> list[Edit]:
-    """The rule-based edits of the sentences the rules apply to (see the module docstring).
-
-    An antonym swap is made only when the antonym is in the vocabulary: no model
-    can judge a word it has never seen.
-    """
-    known = set(vocabulary)
-    out = []
-    for sentence, label in pairs:
-        words = tokenize(sentence)
-        cues = [i for i, w in enumerate(words) if w in POLARITY]
-        if len(cues) != 1 or POLARITY[words[cues[0]]] != label or any(w in NEGATORS or w.endswith("n't") for w in words):
-            continue
-        i = cues[0]
-        if SWAP[words[i]] in known:
-            out.append(Edit(sentence, label, " ".join(words[:i] + [SWAP[words[i]]] + words[i + 1 :]), "antonym"))
-        copulas = [j for j in range(max(0, i - 3), i) if words[j] in COPULAS]
-        if copulas:  # "is (very) funny" -> "is not (very) funny"
-            j = copulas[-1] + 1
-            out.append(Edit(sentence, label, " ".join(words[:j] + ["not"] + words[j:]), "negation"))
-    return out
 
 
 # -- train, evaluate, predict ----------------------------------------------------------------
