@@ -318,3 +318,20 @@ def test_masks_follow_torch_manual_seed_and_refuse_too_many_elements():
     assert not torch.equal(first, regularisers.bernoulli((50, 4), 0.4, torch.empty(0)))  # the seed was drawn: a new mask
     with pytest.raises(ValueError, match="random_mask: expected at most 2\\^32 elements, got 4294967297"):
         random_masks.twin_mask(torch.tensor(1), ((1 << 32) + 1,), 0.5, 1.0, 0.0, torch.float32)
+
+
+def test_compiled_training_step_draws_the_eager_masks():
+    """torch.compile traces the masks' PyTorch twin and its seed draw without a graph break; with the same seed the
+    compiled step's output and gradients are the eager step's (aot_eager: the random draws run as eager ones)."""
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(5, 8, num_layers=2, **ALL_ON)
+    x = torch.randn(6, 3, 5)
+    results = []
+    for module in (layer, torch.compile(layer, backend="aot_eager", fullgraph=True)):
+        layer.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        out, h_n = module(x)
+        (out.sum() + h_n.sum()).backward()
+        results.append((out.detach(), layer.weight_hh_l0.grad.clone(), layer.weight_ih_l1.grad.clone()))
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

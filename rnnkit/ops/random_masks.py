@@ -1,6 +1,6 @@
 r"""The regularisers' random masks from a counter-based generator: the ``random_mask`` op and its PyTorch twin.
 
-A mask of n <= 2^32 elements drawn with the 63-bit seed s = 2^32 s_high + s_low (one draw from torch's
+A mask of n <= 2^32 elements drawn with the 62-bit seed s = 2^32 s_high + s_low (one draw from torch's
 generator on the mask's device, so ``torch.manual_seed`` fixes it and a checkpoint's RNG state resumes it)
 is, for i = 0 .. n-1, with Chris Wellons' lowbias32 integer hash ``mix`` on 32-bit words::
 
@@ -27,8 +27,9 @@ UNITS = 1 << 24  # the grid of u_i
 
 
 def draw_seed(device: torch.device) -> Tensor:
-    """A 0-dim int64 seed in [0, 2^63) from torch's generator on ``device``."""
-    return torch.empty((), dtype=torch.int64, device=device).random_()
+    """A 0-dim int64 seed in [0, 2^62) from torch's generator on ``device`` (``randint``, not ``random_``: torch.compile
+    traces the out-of-place draw, and breaks the graph at the in-place one)."""
+    return torch.randint(0, 1 << 62, (), dtype=torch.int64, device=device)
 
 
 def random_mask(seed: Tensor, shape, p: float, below: float, above: float, dtype: torch.dtype, device: torch.device) -> Tensor:
