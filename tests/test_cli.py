@@ -210,3 +210,16 @@ def test_other_commands_stop_cleanly_on_ctrl_c(runs, command, tmp_path):
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and stderr == f"rnnkit {command}: interrupted by SIGINT; stopped\n"
+
+
+@pytest.mark.parametrize("experiment", [[], ["order"]], ids=["gradients", "order"])
+def test_diagnose_stops_cleanly_on_ctrl_c(experiment, tmp_path):
+    """`rnnkit diagnose` (its gradient experiment, or a named one) ends on SIGINT with one line and exit code 130."""
+    line = [sys.executable, "-m", "rnnkit", "diagnose", *experiment, "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env) as process:
+        assert process.stdout.readline().startswith("rnnkit diagnose")  # the experiment has started
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    command = " ".join(["diagnose", *experiment])
+    assert process.returncode == 130 and stderr == f"rnnkit {command}: interrupted by SIGINT; stopped\n"

@@ -13,6 +13,7 @@ checkpoint in place of the last good one.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -71,3 +72,14 @@ def exit_code(interruption: KeyboardInterrupt) -> int:
 
 def name(interruption: KeyboardInterrupt) -> str:
     return getattr(interruption, "name", "SIGINT")
+
+
+def run_guarded(command: str, body) -> int:
+    """``body()`` under a :class:`SignalGuard`, for a command without the training handler's error reporting:
+    SIGINT or SIGTERM ends it with one line on stderr and exit code 130 or 143."""
+    try:
+        with SignalGuard():
+            return body()
+    except KeyboardInterrupt as interruption:
+        print(f"rnnkit {command}: interrupted by {name(interruption)}; stopped", file=sys.stderr)
+        return exit_code(interruption)

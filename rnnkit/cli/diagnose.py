@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from rnnkit import errors
+from rnnkit.cli import _signals
 from rnnkit.config import ConfigError, apply_overrides
 from rnnkit.data import TensorBatches
 from rnnkit.training import Callback, CSVLogger, NonFiniteLossError, Trainer, TrainerConfig
@@ -130,8 +131,12 @@ def run(args) -> int:
         config = config_from_args(args)
     except (ConfigError, ValueError) as error:
         raise SystemExit(f"rnnkit diagnose: {error}") from None
-    diagnose(config, Path(args.out or "runs/diagnose"))
-    return 0
+
+    def body() -> int:
+        diagnose(config, Path(args.out or "runs/diagnose"))
+        return 0
+
+    return _signals.run_guarded("diagnose", body)
 
 
 @dataclass

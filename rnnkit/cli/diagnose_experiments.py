@@ -29,6 +29,7 @@ from types import ModuleType
 
 import torch
 
+from rnnkit.cli import _signals
 from rnnkit.cli import diagnose as plain_diagnose
 from rnnkit.config import ConfigError, apply_overrides
 from rnnkit.training.experiments import future_context, long_range, order, selective_copy
@@ -129,7 +130,10 @@ def run(args) -> int:
         config = config_from_args(args)
     except (ConfigError, ValueError) as error:
         raise SystemExit(f"rnnkit diagnose {name}: {error}") from None
-    out = Path(args.experiment_out)
+    return _signals.run_guarded(f"diagnose {name}", lambda: _run_sections(name, config, Path(args.experiment_out)))
+
+
+def _run_sections(name: str, config, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sections = list(config.experiments) if name == "all" else [name]
     started = time.perf_counter()
