@@ -32,20 +32,23 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def products(config: str, family: str):
-    """(name, MKL call, oneDNN call, what the rule picks) for one config and family."""
+    """(name, (M, K, N), MKL call, oneDNN call, what the rule picks) for each product of one config and family."""
     batch, length, inputs, hidden = CONFIGS[config]
     rows, gate_size = batch * length, GATES[family] * hidden
     torch.manual_seed(0)
     x, h_prev = torch.randn(rows, inputs), torch.randn(rows, hidden)
     w_ih, bias, d_gates = torch.randn(gate_size, inputs), torch.randn(gate_size), torch.randn(rows, gate_size)
-    linear_rule = "oneDNN" if gemm.onednn_picked(rows, inputs, gate_size) else "MKL"
-    gradient_rule = "oneDNN" if gemm.onednn_picked(rows, gate_size, inputs) else "MKL"
+
+    def picked(shape) -> str:
+        return "oneDNN" if gemm.onednn_picked(*shape) else "MKL"
+
+    projection, input_gradient = (rows, inputs, gate_size), (rows, gate_size, inputs)
     return [
-        ("projection X W_ih^T + b", lambda: gemm.addmm_linear(x, w_ih, bias), lambda: gemm.mkldnn_linear(x, w_ih, bias), linear_rule),
-        ("input gradient dG W_ih", lambda: gemm.addmm_linear(d_gates, w_ih.t(), None), lambda: gemm.mkldnn_linear(d_gates, w_ih.t(), None), gradient_rule),
-        ("weight gradient dG^T X", lambda: d_gates.t() @ x, lambda: gemm.mkldnn_linear(d_gates.t(), x.t(), None), "MKL"),
-        ("weight gradient dG^T H", lambda: d_gates.t() @ h_prev, lambda: gemm.mkldnn_linear(d_gates.t(), h_prev.t(), None), "MKL"),
-    ], rows, gate_size, inputs, hidden  # fmt: skip
+        ("projection X W_ih^T + b", projection, lambda: gemm.addmm_linear(x, w_ih, bias), lambda: gemm.mkldnn_linear(x, w_ih, bias), picked(projection)),
+        ("input gradient dG W_ih", input_gradient, lambda: gemm.addmm_linear(d_gates, w_ih.t(), None), lambda: gemm.mkldnn_linear(d_gates, w_ih.t(), None), picked(input_gradient)),
+        ("weight gradient dG^T X", (gate_size, rows, inputs), lambda: d_gates.t() @ x, lambda: gemm.mkldnn_linear(d_gates.t(), x.t(), None), "MKL"),
+        ("weight gradient dG^T H", (gate_size, rows, hidden), lambda: d_gates.t() @ h_prev, lambda: gemm.mkldnn_linear(d_gates.t(), h_prev.t(), None), "MKL"),
+    ]  # fmt: skip
 
 
 def median_seconds(calls: dict, repeats: int) -> dict[str, float]:
@@ -68,15 +71,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     lines = [
-        f"| config | family | product | shape (M x K x N) | MKL ms | oneDNN ms (copies included) | oneDNN / MKL speed | rule picks | faster |",
+        "| config | family | product | shape (M x K x N) | MKL ms | oneDNN ms (copies included) | oneDNN / MKL speed | rule picks | faster |",
         "|---|---|---|---|---:|---:|---:|---|---|",
     ]
     with torch.no_grad():
         for config in CONFIGS:
             for family in GATES:
-                rows_of, rows, gate_size, inputs, hidden = products(config, family)
-                shapes = [(rows, inputs, gate_size), (rows, gate_size, inputs), (gate_size, rows, inputs), (gate_size, rows, hidden)]
-                for (name, mkl, onednn, picked), shape in zip(rows_of, shapes, strict=True):
+                for name, shape, mkl, onednn, picked in products(config, family):
                     times = median_seconds({"MKL": mkl, "oneDNN": onednn}, args.repeats)
                     faster = "MKL" if times["MKL"] <= times["oneDNN"] else "oneDNN"
                     lines.append(

@@ -160,3 +160,31 @@ def test_stacked_path_equals_the_general_path_without_bias(layout, dtype, monkey
     assert out.shape == general_out.shape and torch.equal(out, general_out)
     for a, b in zip(as_tuple(state), as_tuple(general_state), strict=True):
         assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_a_dtype_change_makes_a_new_plan(monkeypatch):
+    """``.double()`` keeps the parameters' identities but not their dtype: the plan is dropped, so streaming takes
+    the stacked op in float64 too, with the general path's result."""
+    calls = _spy_stacked(monkeypatch)
+    torch.manual_seed(6)
+    layer = rnnkit.RNN(5, 4).eval()
+    with torch.no_grad():
+        layer(torch.randn(1, 2, 5))
+        layer.double()
+        x = torch.randn(1, 2, 5, dtype=torch.float64)
+        out, h_n = layer(x)
+    assert len(calls) == 2 and out.dtype == torch.float64
+    general, general_h_n = _general(layer, x, None)
+    assert torch.equal(out, general) and torch.equal(h_n, general_h_n)
+
+
+def test_vmap_of_a_streaming_call_takes_the_general_path():
+    """Under torch.func.vmap the step op has no batching rule: the call takes the engine's path, which has one."""
+    torch.manual_seed(7)
+    layer, reference = rnnkit.GRU(5, 4).eval(), rnnkit.GRU(5, 4, engine="reference").eval()
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 1, 2, 5)
+    with torch.no_grad():
+        out = torch.func.vmap(lambda step: layer(step)[0])(x)
+        expected = torch.stack([reference(step)[0] for step in x])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)

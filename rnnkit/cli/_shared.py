@@ -70,16 +70,16 @@ def reports_errors(command: str):
     def decorate(handler):
         @functools.wraps(handler)
         def wrapped(args) -> int:
+            def body(guard) -> int:
+                args.signals = guard
+                return handler(args)
+
             try:
-                with _signals.SignalGuard() as args.signals:
-                    return handler(args)
+                return _signals.run_guarded(command, body)
             except (ConfigError, UsageError) as error:
                 return fail(command, error, EXIT_USAGE)
             except (ValueError, OSError, NonFiniteLossError) as error:
                 return fail(command, error, EXIT_ERROR)
-            except KeyboardInterrupt as interruption:
-                print(f"rnnkit {command}: interrupted by {_signals.name(interruption)}; stopped", file=sys.stderr)
-                return _signals.exit_code(interruption)
 
         return wrapped
 

@@ -75,11 +75,11 @@ def name(interruption: KeyboardInterrupt) -> str:
 
 
 def run_guarded(command: str, body) -> int:
-    """``body()`` under a :class:`SignalGuard`, for a command without the training handler's error reporting:
-    SIGINT or SIGTERM ends it with one line on stderr and exit code 130 or 143."""
+    """``body(guard)`` under a :class:`SignalGuard` ``guard``: SIGINT or SIGTERM ends it with one line on stderr and
+    exit code 130 or 143 (every command's handling, :func:`rnnkit.cli._shared.reports_errors` included)."""
     try:
-        with SignalGuard():
-            return body()
+        with SignalGuard() as guard:
+            return body(guard)
     except KeyboardInterrupt as interruption:
         print(f"rnnkit {command}: interrupted by {name(interruption)}; stopped", file=sys.stderr)
         return exit_code(interruption)

@@ -132,7 +132,7 @@ def run(args) -> int:
     except (ConfigError, ValueError) as error:
         raise SystemExit(f"rnnkit diagnose: {error}") from None
 
-    def body() -> int:
+    def body(_guard) -> int:
         diagnose(config, Path(args.out or "runs/diagnose"))
         return 0
 

@@ -130,7 +130,7 @@ def run(args) -> int:
         config = config_from_args(args)
     except (ConfigError, ValueError) as error:
         raise SystemExit(f"rnnkit diagnose {name}: {error}") from None
-    return _signals.run_guarded(f"diagnose {name}", lambda: _run_sections(name, config, Path(args.experiment_out)))
+    return _signals.run_guarded(f"diagnose {name}", lambda _guard: _run_sections(name, config, Path(args.experiment_out)))
 
 
 def _run_sections(name: str, config, out: Path) -> int:

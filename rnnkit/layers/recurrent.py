@@ -214,6 +214,7 @@ class RecurrentLayer(nn.Module):
 
     def _apply(self, fn, recurse=True):
         moved = super()._apply(fn, recurse)
+        streaming.forget_plan(self)
         self.flatten_parameters()  # as torch.nn.RNNBase after a move: the new tensors are not flat
         return moved
 

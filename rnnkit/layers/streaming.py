@@ -15,8 +15,8 @@ path's::
     output = x[None];  h_n = stack(h_kd);  c_n = stack(c_kd)
 
 A :class:`StepPlan` holds what does not change between calls: the family's
-kernel code and each cell's weights. It is kept while the layer's registered
-parameters are the same objects (a replaced, deleted or swapped-in parameter,
+kernel code and each cell's weights. It is kept, keyed on the ids of the layer's
+registered parameters, while they are the same objects (and dropped by ``.to()``) (a replaced, deleted or swapped-in parameter,
 as ``torch.func.functional_call`` does, makes a new plan on the next call;
 the plan holds the tensors, so their ids cannot be reused meanwhile). Layers
 whose weights are not all registered parameters (weight dropout swaps in a
@@ -29,18 +29,16 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rnnkit.cells.base import State
-from rnnkit.engine import cudnn, fused
+from rnnkit.engine import cudnn, fused, transforms
 from rnnkit.layers import regularisers
 
 
 class StepPlan(NamedTuple):
     """What a layer's compiled one-step calls need, built once per set of parameters."""
 
-    parameter_ids: list[int]  # id of each registered parameter, in registry order: the plan's key
     kernel: Callable  # the stacked_step op: kernel(kind, x, h0, c0, weights, directions) -> (y, h_n, c_n)
     kind: int
     dtype: torch.dtype
@@ -62,7 +60,9 @@ def inference_step(layer, input, hx):
         return None
     if regularisers.active(layer, layer.training):  # masks and zoneout need the time dimension: the general path
         return None
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # a trace must hold the op that serves every length
+    if transforms.recorded():  # a recorded program must hold the op that serves every length
+        return None
+    if transforms.functorch_active():  # vmap & co.: the engine's Functions carry the transform rules, the step op none
         return None
     if not isinstance(input, Tensor) or (input.is_cuda and cudnn.declines(layer, "cuda") is None):
         return None  # on CUDA torch's cuDNN step is the faster one
@@ -80,7 +80,7 @@ def inference_step(layer, input, hx):
                 return _stacked_step(layer, plan, x, *stacked, unbatched, batch_first)
     layer._check_input(x)  # the general checks: they raise the error for bad input
     states = layer._initial_states(hx, x, unbatched)
-    y, finals = _run_layers(layer, x, states)
+    y, finals = layer._run_layers(x, states, None, one_step)  # dropout between layers drawn as on the general path
     return (y if unbatched else y.unsqueeze(1 if batch_first else 0)), final_state(finals, unbatched)
 
 
@@ -88,14 +88,20 @@ def _plan(layer) -> StepPlan | None:
     """The layer's cached plan, rebuilt when its registered parameters changed; None where the kernel does not apply."""
     ids = [*map(id, layer._parameters.values())]
     cached = layer.__dict__.get("_step_plan")
-    if cached is not None and cached.parameter_ids == ids:
-        return cached
-    plan = _build_plan(layer, ids)
-    layer.__dict__["_step_plan"] = plan
+    if cached is not None and cached[0] == ids:
+        return cached[1]
+    plan = _build_plan(layer)
+    layer.__dict__["_step_plan"] = (ids, plan)  # a None (no kernel for this layer) is kept too: not re-decided every call
     return plan
 
 
-def _build_plan(layer, ids: list[int]) -> StepPlan | None:
+def forget_plan(layer) -> None:
+    """Drop the cached plan: after ``.to()``/``.double()`` the parameters keep their identities but not their dtype
+    or device (``RecurrentLayer._apply`` calls this)."""
+    layer.__dict__.pop("_step_plan", None)
+
+
+def _build_plan(layer) -> StepPlan | None:
     if layer.proj_size or layer.layer_norm:
         return None
     parameters = layer._parameters
@@ -113,7 +119,7 @@ def _build_plan(layer, ids: list[int]) -> StepPlan | None:
     kind, kernel = found
     no_bias = torch.empty(0, dtype=dtype)  # the op's list holds tensors only: an empty one stands for "no bias"
     weights = [no_bias if name is None else parameters[name] for cell in names for name in cell]
-    return StepPlan(ids, kernel, kind, dtype, weights, len(names), layer.spec.state_count == 2)
+    return StepPlan(kernel, kind, dtype, weights, len(names), layer.spec.state_count == 2)
 
 
 def _stacked_state(layer, plan: StepPlan, hx, x: Tensor, unbatched: bool) -> tuple[Tensor, Tensor] | None:
@@ -145,33 +151,18 @@ def _stacked_step(layer, plan: StepPlan, x: Tensor, h_0: Tensor, c_0: Tensor, un
     return y, ((h_n, c_n) if plan.lstm else h_n)
 
 
-def _run_layers(layer, x: Tensor, states: list[State]) -> tuple[Tensor, list[State]]:
-    """x (N, H_in) through every layer and direction, dropout between layers as the general path draws it."""
-    finals: list[State] = []
-    directions = layer.num_directions
-    for index in range(layer.num_layers):
-        outputs = []
-        for direction in range(directions):
-            cell = index * directions + direction
-            final = one_step(layer, cell, x, states[cell])
-            outputs.append(final[0])
-            finals.append(final)
-        x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
-        if layer.training and index < layer.num_layers - 1 and layer.dropout != 0.0:
-            x = F.dropout(x, layer.dropout, training=True)
-    return x, finals
+def one_step(spec, x: Tensor, state: State, weights, valid: None, reverse: bool) -> tuple[Tensor, State]:
+    """An engine's ``run_direction`` for one time step, without the time dimension: x (N, H_in) -> (y, final).
 
-
-def one_step(layer, cell: int, x: Tensor, state: State) -> State:
-    """One (layer, direction)'s new state from x (N, H_in): the fused engine's one-step kernel, or its
-    ``run_direction`` on a length-1 sequence (the direction does not matter for one step).
-    The new state's first part is the output; :func:`final_state` copies it."""
-    weights = layer.cell_weights(cell // layer.num_directions, cell % layer.num_directions)
-    stepped = fused.single_step(layer.spec, x, state, weights)
+    The fused engine's one-step kernel where it applies, as ``fused.run_direction`` takes it for a length-1
+    sequence (the direction does not matter for one step); elsewhere ``fused.run_direction`` itself. ``y`` may
+    share memory with ``final``: :func:`final_state` copies.
+    """
+    stepped = fused.single_step(spec, x, state, weights)
     if stepped is not None:
-        return stepped
-    y, final = fused.run_direction(layer.spec, x.unsqueeze(0), state, weights, None, False)
-    return (y.squeeze(0), *final[1:])
+        return stepped[0], stepped
+    y, final = fused.run_direction(spec, x.unsqueeze(0), state, weights, valid, reverse)
+    return y.squeeze(0), final
 
 
 def final_state(finals: list[State], unbatched: bool):

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import Tensor
 
+from rnnkit.ops.build import native_loops
+
 _WORD = (1 << 32) - 1
 UNITS = 1 << 24  # the grid of u_i
 
@@ -35,8 +37,6 @@ def draw_seed(device: torch.device) -> Tensor:
 def random_mask(seed: Tensor, shape, p: float, below: float, above: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A mask of ``shape``: ``below`` with probability ~p (see the module docstring), else ``above``."""
     if device.type == "cpu" and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-        from rnnkit.ops.build import native_loops  # the library, once built
-
         native = native_loops()
         if native is not None:
             return native.random_mask(int(seed), list(shape), p, below, above, dtype)
@@ -45,9 +45,7 @@ def random_mask(seed: Tensor, shape, p: float, below: float, above: float, dtype
 
 def twin_mask(seed: Tensor, shape, p: float, below: float, above: float, dtype: torch.dtype) -> Tensor:
     """The op's result by PyTorch ops: the same bits on any device (tests compare the two)."""
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     if count > 1 << 32:
         raise ValueError(f"random_mask: expected at most 2^32 elements, got {count}")
     index = torch.arange(count, dtype=torch.int64, device=seed.device)
