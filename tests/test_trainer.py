@@ -32,7 +32,7 @@ class Recorder(Callback):
 
 def _fit(model, config, train, val=None, lr=1e-2, optimizer=torch.optim.Adam, **kwargs):
     recorder = Recorder(keep_grads=kwargs.pop("keep_grads", False))
-    trainer = Trainer(model, optimizer(model.parameters(), lr=lr), config, callbacks=[recorder], **kwargs)
+    trainer = Trainer(model, optimizer(model.parameters(), lr=lr), config, callbacks=[*kwargs.pop("callbacks", ()), recorder], **kwargs)
     trainer.fit(train, val)
     return trainer, recorder
 
@@ -133,6 +133,46 @@ def test_early_stopping_after_patience():
     trainer, rec = _fit(SignClassifier(), config, data, data, lr=0.0)  # lr 0: the val loss never improves
     assert len(rec.evals) == 3
     assert trainer.position.epoch == 3  # three epochs completed, each ending in one evaluation
+
+
+class Scripted(Callback):
+    """Replaces each validation record's loss and accuracy with the next of a script, before the trainer's own reading."""
+
+    def __init__(self, script):
+        self.script = iter(script)
+
+    def on_fit_start(self, trainer, train):
+        evaluate = trainer.evaluate
+
+        def scripted(data):
+            loss, accuracy = next(self.script)
+            return {**evaluate(data), "loss": loss, "accuracy": accuracy}
+
+        trainer.evaluate = scripted
+
+
+@pytest.mark.parametrize("monitor,mode,best,stopped_after", [("loss", "min", 0.4, 4), ("accuracy", "max", 0.9, 5)])
+def test_the_monitored_number_picks_the_best_checkpoint_and_drives_early_stopping(tmp_path, monitor, mode, best, stopped_after):
+    torch.manual_seed(3)
+    data = TensorBatches(*sign_data(64), 16)
+    # Loss is best at evaluation 2 and accuracy at evaluation 3: loss and accuracy disagree, as they do when a model grows overconfident.
+    script = [(0.6, 0.6), (0.4, 0.7), (0.5, 0.9), (0.7, 0.8), (0.8, 0.85), (0.9, 0.85), (1.0, 0.8)]
+    config = TrainerConfig(max_epochs=7, early_stopping_patience=2, monitor=monitor, monitor_mode=mode, run_dir=str(tmp_path), progress=False)
+    trainer, rec = _fit(SignClassifier(), config, data, data, callbacks=[Scripted(script)])
+    assert len(rec.evals) == stopped_after
+    assert trainer.position.best_val == (-best if mode == "max" else best)
+    from rnnkit.training.checkpoint import load_checkpoint
+
+    _, metadata = load_checkpoint(tmp_path / "best.safetensors")
+    assert metadata["position"]["best_val"] == trainer.position.best_val
+
+
+def test_an_unknown_monitor_is_refused_with_the_record_s_keys():
+    data = TensorBatches(*sign_data(64), 16)
+    with pytest.raises(ValueError, match=r"monitor: expected a number of the validation record \(accuracy, loss\), got 'acc'"):
+        _fit(SignClassifier(), TrainerConfig(max_epochs=1, monitor="acc", progress=False), data, data)
+    with pytest.raises(ConfigError, match="monitor_mode"):
+        apply_overrides(TrainerConfig(), ["monitor_mode=maximum"])
 
 
 def test_max_steps_and_step_scheduler():

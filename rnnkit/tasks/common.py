@@ -224,7 +224,7 @@ def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: Optim
         runner.resume(run_dir / "checkpoint.safetensors")
     runner.fit(train, val)
     best = run_dir / "best.safetensors"
-    if val is not None and best.exists() and runner.position.best_val_loss < runner.evaluate(val)["loss"]:
+    if val is not None and best.exists() and runner.position.best_val < runner.monitored(runner.evaluate(val)):
         tensors, _ = load_checkpoint(best)
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     model.eval()

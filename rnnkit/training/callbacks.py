@@ -135,7 +135,7 @@ def plot_loss_curves(rows: list[dict], png_path: Path) -> None:
 
 
 class EarlyStopping(Callback):
-    """Stops training after ``patience`` evaluations without a val-loss improvement of ``min_delta``."""
+    """Stops training after ``patience`` evaluations without an improvement of ``min_delta`` in the monitored number (val loss by default)."""
 
     def __init__(self, patience: int, min_delta: float = 0.0) -> None:
         self.patience, self.min_delta = patience, min_delta
@@ -147,8 +147,9 @@ class EarlyStopping(Callback):
             trainer.should_stop = True  # resumed from a run that had stopped early: it stays stopped
 
     def on_evaluate_end(self, trainer, record: dict) -> None:
-        if self.best is None or record["loss"] < self.best - self.min_delta:
-            self.best, self.bad_evaluations = record["loss"], 0
+        score = trainer.monitored(record)
+        if self.best is None or score < self.best - self.min_delta:
+            self.best, self.bad_evaluations = score, 0
         else:
             self.bad_evaluations += 1
             if self.bad_evaluations >= self.patience:

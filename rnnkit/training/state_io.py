@@ -127,7 +127,7 @@ def load_training_state(trainer, path) -> None:
     device = next(model.parameters()).device
     position = trainer.position
     for key, value in metadata["position"].items():
-        setattr(position, key, value)
+        setattr(position, "best_val" if key == "best_val_loss" else key, value)  # best_val_loss: checkpoints before monitor
     position.carry = unflatten_state("carry", metadata["carry"], tensors, device)
     position.lagged = unflatten_state("lagged", metadata["lagged"], tensors, device)
     for callback, callback_state in zip(trainer.callbacks, metadata["callbacks"]):

@@ -60,6 +60,10 @@ class TrainerConfig:
     eval_every: int | None = None  # steps; None evaluates at the end of every epoch
     early_stopping_patience: int | None = None  # evaluations without improvement
     early_stopping_min_delta: float = 0.0
+    # The validation number that picks the best weights (best.safetensors) and drives early stopping: "loss", or one of
+    # the model's metrics ("accuracy"), with monitor_mode "max" for a number where higher is better.
+    monitor: str = "loss"
+    monitor_mode: Literal["min", "max"] = "min"
     scheduler_interval: Literal["step", "epoch"] = "step"
     bf16: bool = False
     # -- records
@@ -97,7 +101,7 @@ class Position:
     window: int = 0  # next TBPTT window start within that batch
     skipped_steps: int = 0
     consecutive_skips: int = 0
-    best_val_loss: float | None = None
+    best_val: float | None = None  # the best monitored validation number so far, lower is better (see Trainer.monitored)
     carry: object = None  # TBPTT state at `window`, detached
     lagged: object = None  # TBPTT state k2 - k1 steps before `window`, when k2 > k1
 
@@ -274,11 +278,20 @@ class Trainer:
         totals = self.distributed.sum(torch.tensor([*sums.values(), weight], dtype=torch.float64))
         return {key: totals[i].item() / max(totals[-1].item(), 1.0) for i, key in enumerate(sums)}
 
+    def monitored(self, record: dict[str, float]) -> float:
+        """The number of a validation ``record`` that ``config.monitor`` names, negated under ``monitor_mode="max"``: lower is better."""
+        if self.config.monitor not in record:
+            numbers = sorted(set(record) - {"split", "step", "epoch"})
+            raise errors.fail("monitor", f"a number of the validation record ({', '.join(numbers)})", repr(self.config.monitor))
+        value = record[self.config.monitor]
+        return -value if self.config.monitor_mode == "max" else value
+
     def _evaluate_and_record(self, val) -> None:
         pos = self.position
         record = {"split": "val", "step": pos.step, "epoch": pos.epoch, **self.evaluate(val)}
-        if pos.best_val_loss is None or record["loss"] < pos.best_val_loss:
-            pos.best_val_loss = record["loss"]
+        score = self.monitored(record)
+        if pos.best_val is None or score < pos.best_val:
+            pos.best_val = score
             if self.config.run_dir and self.distributed.is_main:
                 self.save(Path(self.config.run_dir) / "best.safetensors")
         self._emit("on_evaluate_end", record)

@@ -1,0 +1,76 @@
+"""The negator edits of training sentences (rnnkit.tasks.sentiment_edits), their lexicon, and how they join the training split."""
+
+from __future__ import annotations
+
+import pytest
+
+from rnnkit.tasks import sentiment
+from rnnkit.tasks.sentiment_edits import negator_edits, polarity_lexicon
+
+LEXICON = {"good": 1, "funny": 1, "clever": 1, "dull": 0, "predictable": 0, "bad": 0}
+
+
+def edits(*pairs):
+    return [(e.edited, 1 - e.label, e.rule) for e in negator_edits(list(pairs), LEXICON)]
+
+
+def test_a_negator_goes_after_the_copula_before_the_cue_words_and_flips_the_label():
+    (edit,) = edits(("The plot is dull and predictable .", 0))
+    assert edit[1:] == (1, "insert_negator")
+    assert edit[0] in {"the plot is not dull and predictable .", "the plot isn't dull and predictable .", "the plot is never dull and predictable ."}
+    nouns = ("film", "cast", "plot", "story", "script", "end", "score", "lead")
+    negated = {edits((f"the {noun} was very funny", 1))[0][0].replace(noun, "X") for noun in nouns}
+    assert negated == {"the X was not very funny", "the X wasn't very funny", "the X was never very funny"}  # varies with the sentence
+    assert edits(("the film 's good", 1))[0][0] in {"the film 's not good", "the film 's never good"}  # no contraction of "'s"
+    modal = {edits((f"it will seem funny to {noun} fans", 1))[0][0].replace(noun, "X") for noun in nouns}
+    assert modal == {"it will not seem funny to X fans", "it won't seem funny to X fans"}  # "never" only after a copula
+    assert edits(("they did a good job", 1)) == []  # "did" may be the main verb: "did not a good job" is no sentence
+
+
+def test_the_insertion_needs_agreeing_cues_in_scope_of_one_copula():
+    assert edits(("the film is good but the plot is dull", 1)) == []  # a cue of the other polarity
+    assert edits(("the film is , in the end , good", 1)) == []  # a clause break before the cue
+    assert edits(("the film is long and slow and very good", 1)) == []  # the first cue more than three words on
+    assert edits(("a good film", 1)) == []  # no copula
+    assert edits(("the film is quite long", 1)) == []  # no cue word
+    assert edits(("the film is not good", 0))[0][2] == "remove_negator"  # a negator already: never a second
+
+
+def test_a_negator_that_flips_every_cue_is_removed_and_the_label_flips():
+    assert edits(("it's not bad at all .", 1)) == [("it's bad at all .", 0, "remove_negator")]
+    assert edits(("the jokes aren't funny", 0)) == [("the jokes are funny", 1, "remove_negator")]
+    assert edits(("it can't be dull", 1)) == [("it can be dull", 0, "remove_negator")]
+    assert edits(("it is never predictable", 1)) == [("it is predictable", 0, "remove_negator")]
+    assert edits(("it is not bad but dull", 1)) == []  # a cue outside the negator's clause
+    assert edits(("not bad , and good too", 1)) == []  # a cue that agrees with the label: the negator is not what decides
+    assert edits(("nothing here is funny", 0)) == []  # "nothing" cannot simply go
+    assert edits(("i did not , after all , like it and it was not good", 0)) == []  # two negators
+
+
+def test_the_lexicon_is_the_words_whose_sentences_lean_to_one_label():
+    pairs = [("a good film", 1)] * 6 + [("a bad film", 0)] * 6 + [("good , not bad", 1)] * 2 + [("rare", 1)] * 2
+    assert polarity_lexicon(pairs, min_count=5, min_odds=3.0) == {"good": 1, "bad": 0}  # "a", "film" even; "not" never; "rare" too rare
+    assert polarity_lexicon(pairs, min_count=2, min_odds=3.0) == {"good": 1, "bad": 0, "rare": 1}
+    assert "bad" not in polarity_lexicon(pairs, min_count=5, min_odds=8.0)  # 7 / (6 + 1): below odds of 8
+    with pytest.raises(ValueError, match=r"polarity_lexicon: expected min_count >= 1 and min_odds > 1, got 5 and 1.0"):
+        polarity_lexicon(pairs, min_count=5, min_odds=1.0)
+
+
+def test_balanced_repeats_the_rarer_label_in_turn():
+    pairs = [("a", 0), ("b", 0), ("c", 0), ("d", 0), ("e", 0), ("x", 1), ("y", 1)]
+    out = sentiment.balanced(pairs)
+    assert sorted(out) == sorted(pairs[:5] + [("x", 1), ("y", 1), ("x", 1), ("y", 1), ("x", 1)])
+    assert sentiment.balanced([("a", 0)]) == [("a", 0)]
+
+
+def test_the_negator_edits_join_the_training_split_balanced_by_direction():
+    train = [("the film is dull", 0), ("the cast was predictable", 0), ("it is not funny", 0), ("the plot is good", 1)]
+    data = sentiment.DataConfig(counterfactuals=["insert_negator", "remove_negator"], negation_copies=1, balance_negations=True)
+    out = sentiment.with_counterfactuals(train, ["<pad>", "<unk>"], data, say=lambda _: None, lexicon=LEXICON)
+    assert out[:4] == train
+    added = out[4:]
+    assert [y for _, y in added].count(0) == [y for _, y in added].count(1) == 3  # 3 edits to positive, 1 (repeated) to negative
+    assert ("it is funny", 1) in added and sum(text.startswith("the plot") for text, _ in added) == 3
+    unbalanced = sentiment.with_counterfactuals(train, ["<pad>", "<unk>"], sentiment.DataConfig(counterfactuals=["remove_negator"], negation_copies=2, balance_negations=False),
+                                                say=lambda _: None, lexicon=LEXICON)  # fmt: skip
+    assert unbalanced[4:] == [("it is funny", 1)] * 2
