@@ -112,6 +112,20 @@ def test_float16_autocast_runs_the_lstm_torch_nn_cannot():
     assert relative(out, reference_out) < 0.005  # fp16 keeps 11 significant bits
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lstm_inference_without_onednn_s_primitive_runs_the_fused_loop_to_the_same_contract(monkeypatch, dtype):
+    from rnnkit.engine import autocast
+
+    layer = rnnkit.LSTM(8, 16)
+    x = torch.randn(6, 2, 8)
+    with torch.no_grad():
+        reference_out, _ = layer(x)
+        monkeypatch.setattr(autocast, "_onednn_lstm_runs_in", lambda low: False)  # a CPU whose oneDNN lacks the dtype
+        out, final = run(layer, x, dtype=dtype)
+    assert out.dtype == dtype and final[0].dtype == dtype and final[1].dtype == dtype  # torch.nn's dtypes under autocast
+    assert relative(out, reference_out) < (0.02 if dtype == torch.bfloat16 else 0.005)
+
+
 def test_autocast_refuses_second_derivative_and_torch_func():
     layer = rnnkit.GRU(4, 6)
     x = torch.randn(3, 2, 4, requires_grad=True)

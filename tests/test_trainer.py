@@ -173,6 +173,10 @@ def test_an_unknown_monitor_is_refused_with_the_record_s_keys():
         _fit(SignClassifier(), TrainerConfig(max_epochs=1, monitor="acc", progress=False), data, data)
     with pytest.raises(ConfigError, match="monitor_mode"):
         apply_overrides(TrainerConfig(), ["monitor_mode=maximum"])
+    with pytest.raises(ValueError, match=r"monitor_mode: expected 'min' or 'max', got 'Max'"):
+        TrainerConfig(monitor_mode="Max")  # built in Python, past the config system's check
+    with pytest.raises(ValueError, match=r"monitor: expected the name of a validation number, such as 'loss' or 'accuracy', got ''"):
+        TrainerConfig(monitor="")
 
 
 def test_max_steps_and_step_scheduler():

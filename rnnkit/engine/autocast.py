@@ -32,6 +32,7 @@ GEMMs); a second derivative or a torch.func transform under autocast raises.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch import Tensor
@@ -97,7 +98,7 @@ def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
     h0, c0 = state[0].contiguous(), state[1].contiguous() if kind == LSTM else x.new_empty(0, dtype=torch.float32)
     w = weights
     if not recorded_by_autograd(x, *state, *w[:5]):
-        if kind == LSTM and zoneout is None and _onednn_lstm_applies(x, w, valid):
+        if kind == LSTM and zoneout is None and _onednn_lstm_applies(x, w, valid, low):
             low_weights = CellWeights(*(None if t is None else t.to(low) for t in w[:5]))
             y, h_n, c_n = fused._onednn_lstm(x.to(low), h0.to(low), c0.to(low), low_weights, reverse)
             return y, (h_n, c_n)
@@ -111,8 +112,23 @@ def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
     return y, (h_n, c_n) if kind == LSTM else (h_n,)
 
 
-def _onednn_lstm_applies(x: Tensor, weights: CellWeights, valid: Tensor | None) -> bool:
-    return x.device.type == "cpu" and valid is None and weights.weight_hr is None and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+def _onednn_lstm_applies(x: Tensor, weights: CellWeights, valid: Tensor | None, low: torch.dtype) -> bool:
+    return (x.device.type == "cpu" and valid is None and weights.weight_hr is None and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and _onednn_lstm_runs_in(low))  # fmt: skip
+
+
+@functools.cache
+def _onednn_lstm_runs_in(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN has an LSTM primitive in ``dtype``: fp16 needs AVX512-FP16 or AMX-FP16, which many
+    CPUs lack (an AMD EPYC of this project's has bf16 only; there torch.nn.LSTM under fp16 autocast raises). Without one,
+    the layer runs the fused loop, whose contract under autocast is the same (low-precision GEMMs, float32 state)."""
+    tiny = torch.zeros(1, 1, 1, dtype=dtype)
+    weights, bias = torch.zeros(4, 1, dtype=dtype), torch.zeros(4, dtype=dtype)
+    try:
+        fused._onednn_lstm(tiny, tiny[0], tiny[0], CellWeights(weights, weights, bias, bias, None), False)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:

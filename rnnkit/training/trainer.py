@@ -85,6 +85,11 @@ class TrainerConfig:
                 raise errors.fail(name, "a positive number or None", value)
         if self.tbptt_k2 is not None and self.tbptt_k1 is None:
             raise errors.fail("tbptt_k2", "None unless tbptt_k1 is set", self.tbptt_k2)
+        for name, allowed in (("on_nonfinite", ("stop", "skip")), ("scheduler_interval", ("step", "epoch")), ("monitor_mode", ("min", "max"))):
+            if getattr(self, name) not in allowed:  # the config system checks these; a TrainerConfig built in Python must too
+                raise errors.fail(name, " or ".join(map(repr, allowed)), repr(getattr(self, name)))
+        if not isinstance(self.monitor, str) or not self.monitor:
+            raise errors.fail("monitor", "the name of a validation number, such as 'loss' or 'accuracy'", repr(self.monitor))
 
 
 class NonFiniteLossError(RuntimeError):
