@@ -79,12 +79,13 @@ class StepBarrier {
   int threads_ = 1;
 };
 
-// Zoneout on units [u0, u1) of one row: h = h̃ + m (h_prev - h̃), in the state and the output.
-template <typename T>
-inline void zone_out(const T* m, const T* h_prev, T* h_new, T* y_row, int64_t u0, int64_t u1) {
+// Zoneout on units [u0, u1) of one row: h = h̃ + m (h_prev - h̃), in the state and the output. M is T
+// (weights) or bool (0/1 flags, read as T(m[u]): the same arithmetic as the float mask, so the same bits).
+template <typename T, typename M>
+inline void zone_out(const M* m, const T* h_prev, T* h_new, T* y_row, int64_t u0, int64_t u1) {
 #pragma omp simd
   for (int64_t u = u0; u < u1; ++u) {
-    const T h = h_new[u] + m[u] * (h_prev[u] - h_new[u]);
+    const T h = h_new[u] + T(m[u]) * (h_prev[u] - h_new[u]);
     h_new[u] = h;
     y_row[u] = h;
   }
@@ -255,7 +256,30 @@ struct Loop {
   StepBarrier* barrier = nullptr;  // shared by the team running the loop
   // Zoneout (L, N, H_out) or null: keep-previous weights m_t. A valid step's h_t becomes
   // h̃_t + m_t (h_{t-1} - h̃_t); backward sends (1 - m_t) dh_t into the step, m_t dh_t to dh_{t-1}.
+  // Either weights of type T (`zone`; eval mode's constant p) or 0/1 flags (`zone_flags`, training's masks,
+  // a quarter of the memory traffic in float32); at most one is set.
   const T* zone = nullptr;
+  const bool* zone_flags = nullptr;
+  // Locked output dropout (N, H_out) or null: the output is y_t = h_t ⊙ m (the state keeps h_t), and
+  // backward adds dy_t ⊙ m to dh_t, so no masked copy of the output or of its gradient is made.
+  const T* out_mask = nullptr;
+
+  bool zoned() const { return zone != nullptr || zone_flags != nullptr; }
+  // f(m) with m row (t, n)'s zoneout mask, T weights or bool flags; the callers read T(m[u]).
+  template <typename F>
+  void with_zone(int64_t t, int64_t n, const F& f) const {
+    const int64_t offset = (t * N + n) * Hout;
+    if (zone_flags != nullptr)
+      f(zone_flags + offset);
+    else
+      f(zone + offset);
+  }
+  // y_row[u] *= m[u] on [u0, u1): the output dropout, after everything else has written the row.
+  void mask_output(T* y_row, int64_t n, int64_t u0, int64_t u1) const {
+    const T* m = out_mask + n * Hout;
+#pragma omp simd
+    for (int64_t u = u0; u < u1; ++u) y_row[u] *= m[u];
+  }
 
   // Training keeps every step's state and gates for backward. Inference keeps only what the next
   // step reads: hs/cs are two alternating slots, hn/hraw one, and `gates` holds the projected
@@ -338,11 +362,12 @@ struct Loop {
           y_row[u] = h;
         }
       }
-      if (zone != nullptr && !proj) {
+      if (zoned() && !proj) {
         if (G == 1)  // the RNN's backward reads tanh'/relu' from h̃_t, which zoneout does not leave in hs: keep it in the gates
           for (int64_t u = u0; u < u1; ++u) gate[u] = h_new[u];
-        zone_out(zone + (t * N + n) * Hout, h_prev, h_new, y_row, u0, u1);
+        with_zone(t, n, [&](const auto* m) { zone_out(m, h_prev, h_new, y_row, u0, u1); });
       }
+      if (out_mask != nullptr && !proj) mask_output(y_row, n, u0, u1);
     }
   }
 
@@ -354,14 +379,15 @@ struct Loop {
     for (int64_t n = 0; n < N; ++n) {
       T* y_row = y + (t * N + n) * Hout;
       const bool keep = ok(t, n);
-      if (keep && zone != nullptr) {
-        zone_out(zone + (t * N + n) * Hout, h_prev + n * Hout, h_new + n * Hout, y_row, p0, p1);
-        continue;
+      if (keep && zoned()) {
+        with_zone(t, n, [&](const auto* m) { zone_out(m, h_prev + n * Hout, h_new + n * Hout, y_row, p0, p1); });
+      } else {
+        for (int64_t p = p0; p < p1; ++p) {
+          if (!keep) h_new[n * Hout + p] = h_prev[n * Hout + p];
+          y_row[p] = keep ? h_new[n * Hout + p] : T(0);
+        }
       }
-      for (int64_t p = p0; p < p1; ++p) {
-        if (!keep) h_new[n * Hout + p] = h_prev[n * Hout + p];
-        y_row[p] = keep ? h_new[n * Hout + p] : T(0);
-      }
+      if (keep && out_mask != nullptr) mask_output(y_row, n, p0, p1);
     }
   }
 
@@ -385,19 +411,27 @@ struct Loop {
       const bool keep = ok(t, n);
       T* dh_row = dh + n * Hout;
       const T* dy_row = dy + t * dy_stride[0] + n * dy_stride[1];
-      if (keep)
+      if (keep && out_mask != nullptr) {  // the output dropout's backward: dy_t ⊙ m, as autograd's product would give it
+        const T* m = out_mask + n * Hout;
+        for (int64_t q = q0; q < q1; ++q) dh_row[q] += dy_row[q * dy_stride[2]] * m[q];
+      } else if (keep) {
         for (int64_t q = q0; q < q1; ++q) dh_row[q] += dy_row[q * dy_stride[2]];
+      }
       if (proj) {
         T* dproj_row = dproj + (t * N + n) * Hout;
-        const T* m = zone == nullptr ? nullptr : zone + (t * N + n) * Hout;
-        for (int64_t q = q0; q < q1; ++q) dproj_row[q] = !keep ? T(0) : m ? dh_row[q] - m[q] * dh_row[q] : dh_row[q];
+        if (keep && zoned())
+          with_zone(t, n, [&](const auto* m) {
+            for (int64_t q = q0; q < q1; ++q) dproj_row[q] = dh_row[q] - T(m[q]) * dh_row[q];
+          });
+        else
+          for (int64_t q = q0; q < q1; ++q) dproj_row[q] = keep ? dh_row[q] : T(0);
       }
     }
   }
 
   // dr_t = dh_t W_hr for hidden columns [u0, u1) (projection only); with zoneout, of the step's part (1 - m_t) dh_t.
   void backward_projection(int64_t t, const Panels<T>& projection) const {
-    gemm_panels(zone == nullptr ? dh : dproj + t * N * Hout, Hout, projection, scratch, H, N, false);
+    gemm_panels(!zoned() ? dh : dproj + t * N * Hout, Hout, projection, scratch, H, N, false);
   }
 
   // Gate gradients of hidden units [u0, u1). Without projection it also replaces dh with
@@ -415,16 +449,16 @@ struct Loop {
         continue;  // dh and dc pass through unchanged
       }
       const T* gate = gates + row;
-      T* zoned = zone != nullptr && !proj ? scratch + n * H : nullptr;  // m_t dh_t, the part that skips the step
-      if (zoned != nullptr) {
-        const T* m = zone + (t * N + n) * Hout;
+      T* bypassed = zoned() && !proj ? scratch + n * H : nullptr;  // m_t dh_t, the part that skips the step
+      if (bypassed != nullptr)
+        with_zone(t, n, [&](const auto* m) {
 #pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T bypass = m[u] * dh_row[u];
-          zoned[u] = bypass;
-          dh_row[u] -= bypass;
-        }
-      }
+          for (int64_t u = u0; u < u1; ++u) {
+            const T bypass = T(m[u]) * dh_row[u];
+            bypassed[u] = bypass;
+            dh_row[u] -= bypass;
+          }
+        });
       const T* dr = proj ? scratch + n * H : dh_row;
       if (kind == LSTM) {
         const T* c_new = cs + (after(t) * N + n) * H;
@@ -459,7 +493,7 @@ struct Loop {
           dh_row[u] = d * z;
         }
       } else {
-        const T* h = zone != nullptr ? gate : hs + (after(t) * N + n) * Hout;  // h̃_t (see forward_gates)
+        const T* h = zoned() ? gate : hs + (after(t) * N + n) * Hout;  // h̃_t (see forward_gates)
 #pragma omp simd
         for (int64_t u = u0; u < u1; ++u) {
           const T d = dh_row[u];
@@ -467,9 +501,9 @@ struct Loop {
           dh_row[u] = T(0);
         }
       }
-      if (zoned != nullptr)
+      if (bypassed != nullptr)
 #pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) dh_row[u] += zoned[u];
+        for (int64_t u = u0; u < u1; ++u) dh_row[u] += bypassed[u];
     }
   }
 
@@ -477,8 +511,12 @@ struct Loop {
   void backward_projected_bypass(int64_t t, int64_t q0, int64_t q1) const {
     for (int64_t n = 0; n < N; ++n) {
       if (!ok(t, n)) continue;
-      const T* m = zone == nullptr ? nullptr : zone + (t * N + n) * Hout;
-      for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] = m ? m[q] * dh[n * Hout + q] : T(0);
+      if (zoned())
+        with_zone(t, n, [&](const auto* m) {
+          for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] = T(m[q]) * dh[n * Hout + q];
+        });
+      else
+        for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] = T(0);
     }
   }
 
@@ -601,9 +639,31 @@ Loop<T> forward_state(int64_t kind, int64_t G, bool proj, bool reverse, const at
                  nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
 }
 
+// The regularisers' masks of a training Loop, checked against its sizes (the kernels read them by those sizes):
+// zoneout (L, N, H_out) of T or bool, the output dropout's (N, H_out) of T; both contiguous.
+template <typename T>
+void set_masks(Loop<T>& loop, const at::Tensor& zone, const at::Tensor& out_mask) {
+  if (zone.defined()) {
+    TORCH_CHECK(zone.dim() == 3 && zone.size(0) == loop.L && zone.size(1) == loop.N && zone.size(2) == loop.Hout && zone.is_contiguous(),
+                "zoneout: expected a contiguous (L, N, H_out) = (", loop.L, ", ", loop.N, ", ", loop.Hout, ") mask, got ", zone.sizes());
+    if (zone.numel() > 0) {
+      if (zone.scalar_type() == at::kBool)
+        loop.zone_flags = zone.const_data_ptr<bool>();
+      else
+        loop.zone = zone.const_data_ptr<T>();  // raises for another dtype
+    }
+  }
+  if (out_mask.defined()) {
+    TORCH_CHECK(out_mask.dim() == 2 && out_mask.size(0) == loop.N && out_mask.size(1) == loop.Hout && out_mask.is_contiguous(),
+                "output_mask: expected a contiguous (N, H_out) = (", loop.N, ", ", loop.Hout, ") mask, got ", out_mask.sizes());
+    if (out_mask.numel() > 0) loop.out_mask = out_mask.const_data_ptr<T>();
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_loop(
     int64_t kind, at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, std::optional<at::Tensor> b_hn,
-    std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse, std::optional<at::Tensor> zoneout) {
+    std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse, std::optional<at::Tensor> zoneout,
+    std::optional<at::Tensor> output_mask) {
   const int64_t L = xp.size(0), N = xp.size(1), GH = xp.size(2), Hout = h0.size(1);
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
@@ -611,7 +671,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   // Without padding or projection the output is exactly the states it saves: the loop's writes to y
   // land in hs, one (L, N, H) buffer less. Operator outputs must not alias each other (torch.compile
   // and export rely on it), so y is then returned empty and Python takes the output as a view of hs.
-  const bool alias = !valid.has_value() && !proj;
+  // With an output mask the output differs from the states: a buffer of its own.
+  const bool alias = !valid.has_value() && !proj && !output_mask.has_value();
   at::Tensor y = alias ? at::empty({0}, xp.options()).set_(hs.storage(), hs.storage_offset() + (reverse ? 0 : N * Hout), {L, N, Hout}, {N * Hout, Hout, 1})
                        : at::empty({L, N, Hout}, xp.options());
   hs.select(0, reverse ? L : 0).copy_(h0);
@@ -621,10 +682,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   at::Tensor hraw = empty_like_or_none(xp, {L, N, H}, proj);
   at::Tensor scratch = at::empty({N, GH}, xp.options());
   at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn);
-  at::Tensor zone_t = ptr_source(zoneout);
+  at::Tensor zone_t = ptr_source(zoneout), mask_t = ptr_source(output_mask);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_fused_forward", [&] {
     auto loop = forward_state<scalar_t>(kind, G, proj, reverse, valid_t, xp, y, hs, cs, hn, hraw, w_hh, b_hn_t, w_hr, scratch);
-    loop.zone = data_or_null<scalar_t>(zone_t);
+    set_masks(loop, zone_t, mask_t);
     drive_forward(loop, xp.options());
   });
   return {alias ? at::empty({0}, xp.options()) : y, hs, cs, hn, hraw};
@@ -665,7 +726,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_inference(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_loop(
     int64_t kind, at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor hn, at::Tensor hraw, at::Tensor w_hh,
     std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse, at::Tensor dy, at::Tensor dh_n,
-    at::Tensor dc_n, std::optional<at::Tensor> zoneout) {
+    at::Tensor dc_n, std::optional<at::Tensor> zoneout, std::optional<at::Tensor> output_mask) {
   const int64_t L = dy.size(0), N = dy.size(1), GH = w_hh.size(0), Hout = hs.size(2);  // RNN passes no gates
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
@@ -675,7 +736,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   at::Tensor dh = dh_n.clone();
   at::Tensor dc = kind == LSTM ? dc_n.clone() : at::empty({0}, gates.options());
   at::Tensor scratch = at::empty({N, H}, gates.options());
-  at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout);
+  at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout), mask_t = ptr_source(output_mask);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_fused_backward", [&] {
     Loop<scalar_t> loop{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid_t),
                         gates.data_ptr<scalar_t>(), nullptr, hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
@@ -684,7 +745,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
                         dy.const_data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh_n.data_ptr<scalar_t>(),
                         dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dproj.data_ptr<scalar_t>()};
     for (int d = 0; d < 3; ++d) loop.dy_stride[d] = dy.stride(d);
-    loop.zone = data_or_null<scalar_t>(zone_t);
+    set_masks(loop, zone_t, mask_t);
     drive_backward(loop, gates.options());
   });
   return {dgx, dgh_n, dh, dc, dproj};
@@ -1106,12 +1167,12 @@ std::tuple<at::Tensor, at::Tensor> cell_step_cpu(int64_t kind, const at::Tensor&
 }  // namespace rnnkit
 
 TORCH_LIBRARY(rnnkit_fused, m) {
-  m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse, Tensor? zoneout=None, Tensor? output_mask=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)");
   m.def("layer_norm_lstm_forward(Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("forward_inference(int kind, Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)");
-  m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n, Tensor? zoneout=None, Tensor? output_mask=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_fused, CPU, m) {
