@@ -80,7 +80,7 @@ class StepBarrier {
 };
 
 // Zoneout on units [u0, u1) of one row: h = h̃ + m (h_prev - h̃), in the state and the output. M is T
-// (weights) or bool (0/1 flags, read as T(m[u]): the same arithmetic as the float mask, so the same bits).
+// (weights) or uint8_t (0/1 flags, read as T(m[u]): the same arithmetic as the float mask, so the same bits).
 template <typename T, typename M>
 inline void zone_out(const M* m, const T* h_prev, T* h_new, T* y_row, int64_t u0, int64_t u1) {
 #pragma omp simd
@@ -259,7 +259,7 @@ struct Loop {
   // Either weights of type T (`zone`; eval mode's constant p) or 0/1 flags (`zone_flags`, training's masks,
   // a quarter of the memory traffic in float32); at most one is set.
   const T* zone = nullptr;
-  const bool* zone_flags = nullptr;
+  const uint8_t* zone_flags = nullptr;  // a bool tensor's bytes, 0 or 1 (uint8_t: GCC vectorises its loads, not bool's)
   // Locked output dropout (N, H_out) or null: the output is y_t = h_t ⊙ m (the state keeps h_t), and
   // backward adds dy_t ⊙ m to dh_t, so no masked copy of the output or of its gradient is made.
   const T* out_mask = nullptr;
@@ -301,73 +301,86 @@ struct Loop {
 
   void forward_gates(int64_t t, int64_t u0, int64_t u1) const {
     for (int64_t n = 0; n < N; ++n) {
-      T* gate = gates + ((t - chunk_start) * N + n) * G * H;
-      const T* rec = scratch + n * G * H;
-      const T* h_prev = hs + (before(t) * N + n) * Hout;
-      T* h_new = proj ? hraw + (step_slot(t) * N + n) * H : hs + (after(t) * N + n) * Hout;
-      T* y_row = y + (t * N + n) * Hout;
-      const bool keep = ok(t, n);
-      if (kind == LSTM) {
-        const T* c_prev = cs + (before(t) * N + n) * H;
-        T* c_new = cs + (after(t) * N + n) * H;
-        if (!keep) {
+      if (!ok(t, n)) {  // padding: the state holds, the output is zero
+        const T* h_prev = hs + (before(t) * N + n) * Hout;
+        T* h_new = proj ? hraw + (step_slot(t) * N + n) * H : hs + (after(t) * N + n) * Hout;
+        T* y_row = y + (t * N + n) * Hout;
+        if (kind == LSTM) {
+          const T* c_prev = cs + (before(t) * N + n) * H;
+          T* c_new = cs + (after(t) * N + n) * H;
           for (int64_t u = u0; u < u1; ++u) c_new[u] = c_prev[u];
-          if (proj)  // r_t is unused but enters the dW_hr GEMM (times zero): keep it finite
-            for (int64_t u = u0; u < u1; ++u) h_new[u] = T(0);
-          else
-            for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0);
-          continue;
         }
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T i = sigmoid(gate[u] + rec[u]);
-          const T f = sigmoid(gate[H + u] + rec[H + u]);
-          const T g = tanh_(gate[2 * H + u] + rec[2 * H + u]);
-          const T o = sigmoid(gate[3 * H + u] + rec[3 * H + u]);
-          const T c = f * c_prev[u] + i * g;
-          const T h = o * tanh_(c);
-          gate[u] = i, gate[H + u] = f, gate[2 * H + u] = g, gate[3 * H + u] = o;
-          c_new[u] = c;
-          h_new[u] = h;
-          if (!proj) y_row[u] = h;
-        }
-      } else if (kind == GRU) {
-        if (!keep) {
+        if (proj)  // r_t is unused but enters the dW_hr GEMM (times zero): keep it finite
+          for (int64_t u = u0; u < u1; ++u) h_new[u] = T(0);
+        else
           for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0);
-          continue;
-        }
-        T* hn_row = hn + (step_slot(t) * N + n) * H;
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T r = sigmoid(gate[u] + rec[u]);
-          const T z = sigmoid(gate[H + u] + rec[H + u]);
-          const T hn_u = rec[2 * H + u] + (b_hn ? b_hn[u] : T(0));
-          const T nv = tanh_(gate[2 * H + u] + r * hn_u);
-          const T h = nv + z * (h_prev[u] - nv);
-          gate[u] = r, gate[H + u] = z, gate[2 * H + u] = nv;
-          hn_row[u] = hn_u;
-          h_new[u] = h;
-          y_row[u] = h;
-        }
-      } else {
-        if (!keep) {
-          for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0);
-          continue;
-        }
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T a = gate[u] + rec[u];
-          const T h = kind == RNN_TANH ? tanh_(a) : (a > T(0) ? a : T(0));
-          h_new[u] = h;
-          y_row[u] = h;
-        }
+        continue;
       }
-      if (zoned() && !proj) {
-        if (G == 1)  // the RNN's backward reads tanh'/relu' from h̃_t, which zoneout does not leave in hs: keep it in the gates
-          for (int64_t u = u0; u < u1; ++u) gate[u] = h_new[u];
-        with_zone(t, n, [&](const auto* m) { zone_out(m, h_prev, h_new, y_row, u0, u1); });
+      const bool zoned_row = zoned() && !proj, masked = out_mask != nullptr && !proj;  // with projection: forward_projection
+      if (zoned_row && masked)
+        with_zone(t, n, [&](const auto* m) { forward_row<true, true>(t, n, u0, u1, m); });
+      else if (zoned_row)
+        with_zone(t, n, [&](const auto* m) { forward_row<true, false>(t, n, u0, u1, m); });
+      else if (masked)
+        forward_row<false, true>(t, n, u0, u1, static_cast<const T*>(nullptr));
+      else
+        forward_row<false, false>(t, n, u0, u1, static_cast<const T*>(nullptr));
+    }
+  }
+
+  // The end of a valid row's step for unit u, from the cell's new state h̃: with kZoned, zoneout
+  // h = h̃ + m (h_prev - h̃) (m: T weights or uint8_t flags, read as T(m[u])); then the state, and the
+  // output y = h, times the output mask with kMasked (both only without projection).
+  template <bool kZoned, bool kMasked, typename M>
+  RNNKIT_INLINE void finish(int64_t u, T h, const M* m, const T* h_prev, T* h_new, T* y_row, const T* out_m) const {
+    if constexpr (kZoned) h = h + T(m[u]) * (h_prev[u] - h);
+    h_new[u] = h;
+    if (!proj) y_row[u] = kMasked ? h * out_m[u] : h;
+  }
+
+  // One valid row's gate math on units [u0, u1), zoneout and the output mask in the same pass.
+  template <bool kZoned, bool kMasked, typename M>
+  void forward_row(int64_t t, int64_t n, int64_t u0, int64_t u1, const M* m) const {
+    T* gate = gates + ((t - chunk_start) * N + n) * G * H;
+    const T* rec = scratch + n * G * H;
+    const T* h_prev = hs + (before(t) * N + n) * Hout;
+    T* h_new = proj ? hraw + (step_slot(t) * N + n) * H : hs + (after(t) * N + n) * Hout;
+    T* y_row = y + (t * N + n) * Hout;
+    const T* out_m = kMasked ? out_mask + n * Hout : nullptr;
+    if (kind == LSTM) {
+      const T* c_prev = cs + (before(t) * N + n) * H;
+      T* c_new = cs + (after(t) * N + n) * H;
+#pragma omp simd
+      for (int64_t u = u0; u < u1; ++u) {
+        const T i = sigmoid(gate[u] + rec[u]);
+        const T f = sigmoid(gate[H + u] + rec[H + u]);
+        const T g = tanh_(gate[2 * H + u] + rec[2 * H + u]);
+        const T o = sigmoid(gate[3 * H + u] + rec[3 * H + u]);
+        const T c = f * c_prev[u] + i * g;
+        gate[u] = i, gate[H + u] = f, gate[2 * H + u] = g, gate[3 * H + u] = o;
+        c_new[u] = c;
+        finish<kZoned, kMasked>(u, o * tanh_(c), m, h_prev, h_new, y_row, out_m);
       }
-      if (out_mask != nullptr && !proj) mask_output(y_row, n, u0, u1);
+    } else if (kind == GRU) {
+      T* hn_row = hn + (step_slot(t) * N + n) * H;
+#pragma omp simd
+      for (int64_t u = u0; u < u1; ++u) {
+        const T r = sigmoid(gate[u] + rec[u]);
+        const T z = sigmoid(gate[H + u] + rec[H + u]);
+        const T hn_u = rec[2 * H + u] + (b_hn ? b_hn[u] : T(0));
+        const T nv = tanh_(gate[2 * H + u] + r * hn_u);
+        gate[u] = r, gate[H + u] = z, gate[2 * H + u] = nv;
+        hn_row[u] = hn_u;
+        finish<kZoned, kMasked>(u, nv + z * (h_prev[u] - nv), m, h_prev, h_new, y_row, out_m);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t u = u0; u < u1; ++u) {
+        const T a = gate[u] + rec[u];
+        const T h = kind == RNN_TANH ? tanh_(a) : (a > T(0) ? a : T(0));
+        if constexpr (kZoned) gate[u] = h;  // backward's tanh'/relu' need h̃_t, which zoneout does not leave in hs
+        finish<kZoned, kMasked>(u, h, m, h_prev, h_new, y_row, out_m);
+      }
     }
   }
 
@@ -435,75 +448,78 @@ struct Loop {
   }
 
   // Gate gradients of hidden units [u0, u1). Without projection it also replaces dh with
-  // the part of dh_{t-1} that bypasses W_hh (GRU: dh⊙z; padding: all of dh).
+  // the part of dh_{t-1} that bypasses W_hh (GRU: dh⊙z; padding: all of dh; zoneout: m_t dh_t too).
   void backward_gates(int64_t t, int64_t u0, int64_t u1) const {
     for (int64_t n = 0; n < N; ++n) {
-      const int64_t row = (t * N + n) * G * H;
-      T* dgx_row = dgx + row;
-      T* dh_row = dh + n * Hout;
       if (!ok(t, n)) {
+        T* dgx_row = dgx + (t * N + n) * G * H;
         for (int64_t g = 0; g < G; ++g)
           for (int64_t u = u0; u < u1; ++u) dgx_row[g * H + u] = T(0);
         if (kind == GRU)
           for (int64_t u = u0; u < u1; ++u) dgh_n[(t * N + n) * H + u] = T(0);
         continue;  // dh and dc pass through unchanged
       }
-      const T* gate = gates + row;
-      T* bypassed = zoned() && !proj ? scratch + n * H : nullptr;  // m_t dh_t, the part that skips the step
-      if (bypassed != nullptr)
-        with_zone(t, n, [&](const auto* m) {
-#pragma omp simd
-          for (int64_t u = u0; u < u1; ++u) {
-            const T bypass = T(m[u]) * dh_row[u];
-            bypassed[u] = bypass;
-            dh_row[u] -= bypass;
-          }
-        });
+      if (zoned() && !proj)  // the zoneout split is in the gate loop itself: no pass of its own over the row
+        with_zone(t, n, [&](const auto* m) { gate_row<true>(t, n, u0, u1, m); });
+      else
+        gate_row<false>(t, n, u0, u1, static_cast<const T*>(nullptr));
+    }
+  }
+
+  // One valid row's gate gradients. kZoned (no projection): the step gets d = (1 - m_t) dh_t, and
+  // b = m_t dh_t joins dh_{t-1}'s bypass; m is T weights or uint8_t flags, read as T(m[u]).
+  template <bool kZoned, typename M>
+  void gate_row(int64_t t, int64_t n, int64_t u0, int64_t u1, const M* m) const {
+    const int64_t row = (t * N + n) * G * H;
+    T* dgx_row = dgx + row;
+    T* dh_row = dh + n * Hout;
+    const T* gate = gates + row;
+    if (kind == LSTM) {
       const T* dr = proj ? scratch + n * H : dh_row;
-      if (kind == LSTM) {
-        const T* c_new = cs + (after(t) * N + n) * H;
-        const T* c_prev = cs + (before(t) * N + n) * H;
-        T* dc_row = dc + n * H;
+      const T* c_new = cs + (after(t) * N + n) * H;
+      const T* c_prev = cs + (before(t) * N + n) * H;
+      T* dc_row = dc + n * H;
 #pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T i = gate[u], f = gate[H + u], g = gate[2 * H + u], o = gate[3 * H + u];
-          const T tc = tanh_(c_new[u]);
-          const T d_c = dc_row[u] + dr[u] * o * (T(1) - tc * tc);
-          dgx_row[u] = d_c * g * i * (T(1) - i);
-          dgx_row[H + u] = d_c * c_prev[u] * f * (T(1) - f);
-          dgx_row[2 * H + u] = d_c * i * (T(1) - g * g);
-          dgx_row[3 * H + u] = dr[u] * tc * o * (T(1) - o);
-          dc_row[u] = d_c * f;
-          if (!proj) dh_row[u] = T(0);
-        }
-      } else if (kind == GRU) {
-        const T* h_prev = hs + (before(t) * N + n) * Hout;
-        const T* hn_row = hn + (t * N + n) * H;
-        T* dgh_n_row = dgh_n + (t * N + n) * H;
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T r = gate[u], z = gate[H + u], nv = gate[2 * H + u], d = dh_row[u];
-          const T d_n = d * (T(1) - z) * (T(1) - nv * nv);
-          const T d_z = d * (h_prev[u] - nv) * z * (T(1) - z);
-          const T d_r = d_n * hn_row[u] * r * (T(1) - r);
-          dgx_row[u] = d_r;
-          dgx_row[H + u] = d_z;
-          dgx_row[2 * H + u] = d_n;
-          dgh_n_row[u] = d_n * r;
-          dh_row[u] = d * z;
-        }
-      } else {
-        const T* h = zoned() ? gate : hs + (after(t) * N + n) * Hout;  // h̃_t (see forward_gates)
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T d = dh_row[u];
-          dgx_row[u] = kind == RNN_TANH ? d * (T(1) - h[u] * h[u]) : (h[u] > T(0) ? d : T(0));
-          dh_row[u] = T(0);
-        }
+      for (int64_t u = u0; u < u1; ++u) {
+        T d = dr[u], b = T(0);
+        if constexpr (kZoned) b = T(m[u]) * d, d -= b;
+        const T i = gate[u], f = gate[H + u], g = gate[2 * H + u], o = gate[3 * H + u];
+        const T tc = tanh_(c_new[u]);
+        const T d_c = dc_row[u] + d * o * (T(1) - tc * tc);
+        dgx_row[u] = d_c * g * i * (T(1) - i);
+        dgx_row[H + u] = d_c * c_prev[u] * f * (T(1) - f);
+        dgx_row[2 * H + u] = d_c * i * (T(1) - g * g);
+        dgx_row[3 * H + u] = d * tc * o * (T(1) - o);
+        dc_row[u] = d_c * f;
+        if (!proj) dh_row[u] = b;
       }
-      if (bypassed != nullptr)
+    } else if (kind == GRU) {
+      const T* h_prev = hs + (before(t) * N + n) * Hout;
+      const T* hn_row = hn + (t * N + n) * H;
+      T* dgh_n_row = dgh_n + (t * N + n) * H;
 #pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) dh_row[u] += bypassed[u];
+      for (int64_t u = u0; u < u1; ++u) {
+        T d = dh_row[u], b = T(0);
+        if constexpr (kZoned) b = T(m[u]) * d, d -= b;
+        const T r = gate[u], z = gate[H + u], nv = gate[2 * H + u];
+        const T d_n = d * (T(1) - z) * (T(1) - nv * nv);
+        const T d_z = d * (h_prev[u] - nv) * z * (T(1) - z);
+        const T d_r = d_n * hn_row[u] * r * (T(1) - r);
+        dgx_row[u] = d_r;
+        dgx_row[H + u] = d_z;
+        dgx_row[2 * H + u] = d_n;
+        dgh_n_row[u] = d_n * r;
+        dh_row[u] = kZoned ? d * z + b : d * z;
+      }
+    } else {
+      const T* h = kZoned ? gate : hs + (after(t) * N + n) * Hout;  // h̃_t (see forward_gates)
+#pragma omp simd
+      for (int64_t u = u0; u < u1; ++u) {
+        T d = dh_row[u], b = T(0);
+        if constexpr (kZoned) b = T(m[u]) * d, d -= b;
+        dgx_row[u] = kind == RNN_TANH ? d * (T(1) - h[u] * h[u]) : (h[u] > T(0) ? d : T(0));
+        dh_row[u] = b;
+      }
     }
   }
 
@@ -648,7 +664,7 @@ void set_masks(Loop<T>& loop, const at::Tensor& zone, const at::Tensor& out_mask
                 "zoneout: expected a contiguous (L, N, H_out) = (", loop.L, ", ", loop.N, ", ", loop.Hout, ") mask, got ", zone.sizes());
     if (zone.numel() > 0) {
       if (zone.scalar_type() == at::kBool)
-        loop.zone_flags = zone.const_data_ptr<bool>();
+        loop.zone_flags = reinterpret_cast<const uint8_t*>(zone.const_data_ptr<bool>());
       else
         loop.zone = zone.const_data_ptr<T>();  // raises for another dtype
     }
