@@ -88,7 +88,7 @@ class FusedRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None, output_mask=None):
         xp, y, hs, cs, hn, hraw = _forward(kind, loops_for(x), reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout, output_mask)
-        gates = xp if kind in (LSTM, GRU) or zoneout is not None else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
+        gates = xp if kind in (LSTM, GRU) or _keeps_new_states(zoneout) else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
         if share:
             y = transforms.shared_output(y, hs, reverse)
         return y, *transforms.final_states(hs, cs, reverse, kind == LSTM), hs, cs, gates, hn, hraw
@@ -124,6 +124,12 @@ class FusedRecurrence(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, *args):
         return transforms.vmap_by_batch(FusedRecurrence.apply, info, in_dims, args, _ROLES)
+
+
+def _keeps_new_states(zoneout: Tensor | None) -> bool:
+    """Whether the RNN's loops keep the new states before zoneout, h̃_t, in its gates for backward: with zoneout weights
+    (eval mode's p). With 0/1 flags the states hold h̃_t wherever the step gets a gradient (see fused_loops)."""
+    return zoneout is not None and zoneout.dtype != torch.bool
 
 
 def _reference(kind, reverse, valid, output_is_view, zoneout=None, output_mask=None):

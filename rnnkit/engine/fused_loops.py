@@ -85,8 +85,8 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
         else:
             pre = gates + recurrent
             h_new = pre.tanh() if kind == RNN_TANH else pre.relu()
-            if zoneout is not None:  # backward's tanh'/relu' need h̃, which hs will not hold
-                gates.copy_(h_new)
+            if zoneout is not None and zoneout.dtype != torch.bool:  # backward's tanh'/relu' need h̃, which hs will not hold
+                gates.copy_(h_new)  # (0/1 flags: hs holds h̃ wherever m = 0, and where m = 1 the step gets no gradient)
         if zoneout is not None:
             h_new = h_new + zoneout[t] * (h_prev - h_new)
         if valid is not None:
@@ -145,7 +145,7 @@ def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy,
             dgh_n[t] = d_n_pre * r
             direct = dh * z if direct is None else direct + dh * z
         else:
-            h = hs[after] if zoneout is None else gates[t]
+            h = hs[after] if zoneout is None or zoneout.dtype == torch.bool else gates[t]
             dgx[t] = dh * (1 - h * h) if kind == RNN_TANH else dh * (h > 0)
         if keep is not None:
             dgx[t] = torch.where(keep, dgx[t], 0.0)

@@ -34,6 +34,7 @@
 #include <cstring>
 #include <thread>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -378,7 +379,9 @@ struct Loop {
       for (int64_t u = u0; u < u1; ++u) {
         const T a = gate[u] + rec[u];
         const T h = kind == RNN_TANH ? tanh_(a) : (a > T(0) ? a : T(0));
-        if constexpr (kZoned) gate[u] = h;  // backward's tanh'/relu' need h̃_t, which zoneout does not leave in hs
+        // backward's tanh'/relu' need h̃_t, which zoneout with weights does not leave in hs. With 0/1 flags hs holds
+        // h̃_t wherever the step gets a gradient (m = 0; where m = 1 it gets (1 - 1) dh = 0): no gates are kept.
+        if constexpr (kZoned && !std::is_same_v<M, uint8_t>) gate[u] = h;
         finish<kZoned, kMasked>(u, h, m, h_prev, h_new, y_row, out_m);
       }
     }
@@ -512,7 +515,7 @@ struct Loop {
         dh_row[u] = kZoned ? d * z + b : d * z;
       }
     } else {
-      const T* h = kZoned ? gate : hs + (after(t) * N + n) * Hout;  // h̃_t (see forward_gates)
+      const T* h = kZoned && !std::is_same_v<M, uint8_t> ? gate : hs + (after(t) * N + n) * Hout;  // h̃_t (see forward_row)
 #pragma omp simd
       for (int64_t u = u0; u < u1; ++u) {
         T d = dh_row[u], b = T(0);
