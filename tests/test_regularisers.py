@@ -282,7 +282,7 @@ def test_zoneout_is_applied_under_autocast(cls):
 # -- the masks' generator (rnnkit.ops.random_masks) -------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.bool], ids=["f32", "f64", "bf16", "bool"])
 @pytest.mark.parametrize("shape, p", [((100, 32, 256), 0.1), ((7, 3), 0.5), ((1000,), 0.0), ((33, 5), 0.999), ((4, 0, 2), 0.3)])
 def test_compiled_mask_op_draws_the_same_bits_as_its_pytorch_twin(shape, p, dtype):
     if not rnnkit.ops.load():

@@ -155,7 +155,7 @@ class AutocastRecurrence(torch.autograd.Function):
         y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, w_hh.contiguous(), b_hn, _contiguous(w_hr), valid, reverse, zoneout)
         y = transforms.output(y, hs, reverse, valid is None and w_hr is None).clone()  # an output of its own, not a view of a saved tensor
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
-        gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)
+        gates = xp if kind in (LSTM, GRU) or zoneout is not None else xp.new_empty(0)  # the RNN's zoneout keeps h̃ there
         ctx.kind, ctx.reverse, ctx.low, ctx.x_dtype = kind, reverse, low, x.dtype
         ctx.save_for_backward(valid, x.to(low), w_ih, w_hh, b_ih, w_hr, gates, hs, cs, hn, hraw, zoneout)
         ctx.mark_non_differentiable(*(() if kind == LSTM else (c_n,)))

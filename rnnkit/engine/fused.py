@@ -66,7 +66,7 @@ from rnnkit.engine.gemm import linear, matmul, recorded_by_autograd
 STEPS = {RNN_TANH: RNN_SPECS["tanh"].step, RNN_RELU: RNN_SPECS["relu"].step, LSTM: LSTM_SPEC.step, GRU: GRU_SPEC.step}
 
 # Argument layouts of FusedRecurrence, for its vmap rule.
-_ROLES = (None, None, None, "mask", "seq", "weight", "weight", "weight", "weight", "weight", "state", "state", "seq")
+_ROLES = (None, None, None, "mask", "seq", "weight", "weight", "weight", "weight", "weight", "state", "state", "seq", "state")
 
 
 class FusedRecurrence(torch.autograd.Function):
@@ -78,45 +78,47 @@ class FusedRecurrence(torch.autograd.Function):
     that their gradients arrive as (N, H) tensors, never scattered into an (L+1, N, H) buffer;
     ``hs`` is differentiable only where the output is its view. ``cs``, ``gates``, ``hn`` and
     ``hraw`` are the backward's internals (see :mod:`rnnkit.engine.fused_loops`). ``zoneout``
-    (L, N, H_out) or None: the keep-previous weights of :func:`rnnkit.engine.reference.run_direction`,
-    applied per step by the loop kernels; it gets no gradient.
+    (L, N, H_out) or None: the keep-previous weights of :func:`rnnkit.engine.reference.run_direction`
+    (floats, or bool flags), applied per step by the loop kernels. ``output_mask`` (N, H_out) or None: the
+    layer's locked dropout on this direction's output, ``y = h * m``, applied as the kernels write y
+    (and to dy in backward). Neither gets a gradient.
     How each transform is served is in :mod:`rnnkit.engine.transforms`.
     """
 
     @staticmethod
-    def forward(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None):
-        xp, y, hs, cs, hn, hraw = _forward(kind, loops_for(x), reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout)
-        gates = xp if kind in (LSTM, GRU) or zoneout is not None else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
+    def forward(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None, output_mask=None):
+        xp, y, hs, cs, hn, hraw = _forward(kind, loops_for(x), reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout, output_mask)
+        gates = xp if kind in (LSTM, GRU) or _keeps_new_states(zoneout) else xp.new_empty(0)  # RNN's backward needs only hs: free xp now
         if share:
             y = transforms.shared_output(y, hs, reverse)
         return y, *transforms.final_states(hs, cs, reverse, kind == LSTM), hs, cs, gates, hn, hraw
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *zoneout = inputs
+        kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *masks = inputs
+        zoneout, output_mask = (*masks, None, None)[:2]
         y, _, _, hs, cs, gates, hn, hraw = output
-        ctx.kind, ctx.reverse, ctx.view = kind, reverse, valid is None and w_hr is None and not share
+        ctx.kind, ctx.reverse, ctx.view = kind, reverse, valid is None and w_hr is None and output_mask is None and not share
         ctx.mark_non_differentiable(cs, gates, hn, hraw, *(() if ctx.view else (hs,)))
         ctx.set_materialize_grads(False)
-        zoneout = zoneout[0] if zoneout else None
-        ctx.primals, ctx.valid, ctx.zoneout = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), valid, zoneout  # for jvp
+        ctx.primals, ctx.valid, ctx.masks = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), valid, (zoneout, output_mask)  # for jvp
         transforms.keep_output(ctx, y, share)
-        ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs, zoneout)
+        ctx.save_for_backward(valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs, zoneout, output_mask)
 
     @staticmethod
     def backward(ctx, d_y, d_hn, d_cn, d_hs, *_internals):
         saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing allows no second unpack
         if torch.is_grad_enabled():  # create_graph=True or torch.func: the reference math, differentiable again
-            valid, primals, zoneout = saved[0], saved[1:9], saved[14]
-            grads = transforms.reference_vjp(_reference(ctx.kind, ctx.reverse, valid, ctx.view, zoneout), primals, (d_y, d_hn, d_cn, d_hs))
-            return None, None, None, None, *grads, None
+            valid, primals, masks = saved[0], saved[1:9], saved[14:16]
+            grads = transforms.reference_vjp(_reference(ctx.kind, ctx.reverse, valid, ctx.view, *masks), primals, (d_y, d_hn, d_cn, d_hs))
+            return None, None, None, None, *grads, None, None
         with torch.autocast(saved[1].device.type, enabled=False):  # gradients in the forward's precision
-            return None, None, None, None, *_backward(ctx, saved, d_y, d_hn, d_cn, d_hs), None
+            return None, None, None, None, *_backward(ctx, saved, d_y, d_hn, d_cn, d_hs), None, None
 
     @staticmethod
     def jvp(ctx, _kind, _reverse, _share, _valid, *tangents):
-        tangents = tangents[:8]  # the zoneout masks have none
-        y, h_n, c_n, hs = transforms.reference_jvp(_reference(ctx.kind, ctx.reverse, ctx.valid, ctx.view, ctx.zoneout), ctx.primals, tangents)
+        tangents = tangents[:8]  # the masks have none
+        y, h_n, c_n, hs = transforms.reference_jvp(_reference(ctx.kind, ctx.reverse, ctx.valid, ctx.view, *ctx.masks), ctx.primals, tangents)
         return y, h_n, c_n, hs if ctx.view else None, None, None, None, None
 
     @staticmethod
@@ -124,20 +126,27 @@ class FusedRecurrence(torch.autograd.Function):
         return transforms.vmap_by_batch(FusedRecurrence.apply, info, in_dims, args, _ROLES)
 
 
-def _reference(kind, reverse, valid, output_is_view, zoneout=None):
+def _keeps_new_states(zoneout: Tensor | None) -> bool:
+    """Whether the RNN's loops keep the new states before zoneout, h̃_t, in its gates for backward: with zoneout weights
+    (eval mode's p). With 0/1 flags the states hold h̃_t wherever the step gets a gradient (see fused_loops)."""
+    return zoneout is not None and zoneout.dtype != torch.bool
+
+
+def _reference(kind, reverse, valid, output_is_view, zoneout=None, output_mask=None):
     """FusedRecurrence's differentiable outputs as a function of its tensor inputs, by the cell's own step."""
 
     def outputs(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
         state = (h0, c0) if kind == LSTM else (h0,)
         weights = CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
-        return transforms.reference_outputs(STEPS[kind], weights, x, state, valid, reverse, output_is_view, zoneout)
+        y, h_n, c_n, hs = transforms.reference_outputs(STEPS[kind], weights, x, state, valid, reverse, output_is_view, zoneout)
+        return (y if output_mask is None or y.numel() == 0 else y * output_mask), h_n, c_n, hs
 
     return outputs
 
 
 def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     """The compiled backward through time: gradients of (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)."""
-    valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs, zoneout = saved
+    valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, gates, cs, hn, hraw, hs, zoneout, output_mask = saved
     kind, reverse = ctx.kind, ctx.reverse
     loops = loops_for(x)
     if transforms.output_edited(ctx):  # the output, which is the states, was edited in place: run them once more from h_0
@@ -148,7 +157,7 @@ def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     dc_n = x.new_empty(0) if kind != LSTM else (c0.new_zeros(c0.shape) if d_cn is None else d_cn)
     dgx, dgh_n, dh0, dc0, dproj = loops.backward_loop(
         kind, gates, hs, cs, hn, hraw, w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(), valid, reverse,
-        dy, dh_n.contiguous(), dc_n.contiguous(), zoneout,
+        dy, dh_n.contiguous(), dc_n.contiguous(), zoneout, output_mask,
     )  # fmt: skip
     steps = length * batch
     dgx2d = dgx.view(steps, dgx.shape[2])
@@ -167,7 +176,7 @@ def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None
 
 
-def _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None):
+def _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None, output_mask=None):
     """The input projections of every step in one GEMM, then the loop kernel: ``xp`` (now the gates), y, hs, cs, hn, hraw."""
     length, batch, _ = x.shape
     bias, b_hn = _folded_bias(kind, b_ih, b_hh)
@@ -175,7 +184,8 @@ def _forward(kind, loops, reverse, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c
     c0 = x.new_empty(0) if c0 is None else c0.contiguous()
     w_hr = None if w_hr is None else w_hr.contiguous()
     zoneout = None if zoneout is None else zoneout.contiguous()
-    return xp, *loops.forward_loop(kind, xp, h0.contiguous(), c0, w_hh.contiguous(), b_hn, w_hr, valid, reverse, zoneout)
+    output_mask = None if output_mask is None else output_mask.contiguous()
+    return xp, *loops.forward_loop(kind, xp, h0.contiguous(), c0, w_hh.contiguous(), b_hn, w_hr, valid, reverse, zoneout, output_mask)
 
 
 def _folded_bias(kind: int, b_ih: Tensor | None, b_hh: Tensor | None):
@@ -204,15 +214,27 @@ def supports(spec: CellSpec, weights: CellWeights | None = None) -> bool:
 
 
 def run_direction(
-    spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool, zoneout: Tensor | None = None
+    spec: CellSpec, x: Tensor, state: State, weights: CellWeights, valid: Tensor | None, reverse: bool, zoneout: Tensor | None = None,
+    output_mask: Tensor | None = None,
 ) -> tuple[Tensor, State]:
-    """Same contract and results as :func:`rnnkit.engine.reference.run_direction`.
+    """Same contract and results as :func:`rnnkit.engine.reference.run_direction`, plus ``output_mask``.
 
     Under autocast the GEMMs that span all steps run in the autocast dtype and the recurrence in
     float32 (:mod:`rnnkit.engine.autocast`).
     The linear-recurrence families (minGRU, minLSTM, RG-LRU) run the parallel scan, :mod:`rnnkit.engine.scan`
     (under autocast entirely in float32).
+
+    ``zoneout`` may be bool flags (True: keep the previous state) as well as weights; ``output_mask``
+    (N, H_out), optional, is a locked dropout on the output: the result's output is ``y * output_mask``
+    (the final state is not masked). The plain families' compiled training path applies both inside
+    its loops (no masked copies); every other path gets weights and multiplies the output after.
     """
+    plain = supports(spec, weights) and not scan.supports(spec) and not torch.is_autocast_enabled(x.device.type)
+    if not plain and zoneout is not None and zoneout.dtype == torch.bool:
+        zoneout = zoneout.to(x.dtype)  # the other paths take weights
+    if not plain and output_mask is not None:
+        y, final = run_direction(spec, x, state, weights, valid, reverse, zoneout)
+        return y * output_mask, final
     if scan.supports(spec):
         return scan.run_direction(spec, x, state, weights, valid, reverse, zoneout)
     if torch.is_autocast_enabled(x.device.type):
@@ -224,37 +246,42 @@ def run_direction(
         return runner.run_direction(spec, x, state, weights, valid, reverse, *(() if zoneout is None else (zoneout,)))
     kind = KINDS[spec.name]
     stepped = None
-    if not transforms.recorded() and x.shape[0] == 1 and valid is None and zoneout is None:
+    if not transforms.recorded() and x.shape[0] == 1 and valid is None and zoneout is None and output_mask is None:
         stepped = single_step(spec, x[0], state, weights)
     if stepped is not None:
         return stepped[0].unsqueeze(0), (stepped[0].clone(), *stepped[1:])  # the state apart from the output
     h0, c0 = state[0], state[1] if kind == LSTM else None
-    args = (kind, x.contiguous(), h0, c0, *weights[:5], valid, reverse, zoneout)
+    args = (kind, x.contiguous(), h0, c0, *weights[:5], valid, reverse, zoneout, output_mask)
     y, h_n, c_n = transforms.call(torch.ops.rnnkit.recurrence, _recurrence, *args)
     return y, (h_n, c_n) if kind == LSTM else (h_n,)
 
 
-def _recurrence(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse, zoneout=None):
+# The layer passes a locked dropout mask after a layer to engines that declare this (regularisers.fused_mask).
+run_direction.fuses_output_mask = True
+
+
+def _recurrence(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse, zoneout=None, output_mask=None):
     """``rnnkit::recurrence``: one layer and direction, ``(y, h_n, c_n)`` (c_n empty but for the LSTM).
 
     Without autograd on the compiled path it runs the inference kernel, which keeps no
-    history (and has no zoneout: with zoneout, :class:`FusedRecurrence` runs); otherwise
-    :class:`FusedRecurrence`. The op is composite (its kernel runs these Python calls), so a
-    trace records it as one node and decides between the two at run time.
+    history (and has no zoneout: with zoneout, :class:`FusedRecurrence` runs; the output mask
+    is then applied after it); otherwise :class:`FusedRecurrence`. The op is composite (its kernel
+    runs these Python calls), so a trace records it as one node and decides between the two at run time.
     """
     loops = loops_for(x)
     if zoneout is None and isinstance(loops, ops.NativeLoops) and not recorded_by_autograd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
-        return _infer(kind, loops, x, h0, c0, CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr), valid, reverse)
-    aliased = valid is None and w_hr is None
+        y, h_n, c_n = _infer(kind, loops, x, h0, c0, CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr), valid, reverse)
+        return (y if output_mask is None else y * output_mask), h_n, c_n
+    aliased = valid is None and w_hr is None and output_mask is None
     share = transforms.shares_output(aliased)
-    y, h_n, c_n, hs, *_ = FusedRecurrence.apply(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout)
+    y, h_n, c_n, hs, *_ = FusedRecurrence.apply(kind, reverse, share, valid, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout, output_mask)
     return transforms.output(y, hs, reverse, aliased and not share), h_n, c_n
 
 
 _LIBRARY = torch.library.Library("rnnkit", "FRAGMENT")
 _LIBRARY.define(
     "recurrence(int kind, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-    "Tensor? w_hr, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor)"
+    "Tensor? w_hr, Tensor? valid, bool reverse, Tensor? zoneout=None, Tensor? output_mask=None) -> (Tensor, Tensor, Tensor)"
 )
 _LIBRARY.impl("recurrence", _recurrence, "CompositeImplicitAutograd")
 

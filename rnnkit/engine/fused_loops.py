@@ -10,10 +10,10 @@ Contract (time-indexed buffers; ``before = t + reverse``, ``after = t + 1 - reve
 index the state history, so that a step always reads ``hs[before]`` and writes
 ``hs[after]`` whichever direction the loop runs)::
 
-    forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None)
+    forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None)
         -> y (L,N,H_out), hs (L+1,N,H_out), cs (L+1,N,H), hn (L,N,H), hraw (L,N,H)
-           (y is empty without padding and projection: the output is then hs's steps, a view taken by the caller)
-    backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None)
+           (y is empty without padding, projection and output mask: the output is then hs's steps, a view taken by the caller)
+    backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None, output_mask=None)
         -> dgx (L,N,G*H), dgh_n (L,N,H), dh0 (N,H_out), dc0 (N,H), dproj (L,N,H_out)
 
 ``xp`` holds the input projections on entry and is overwritten with the gate
@@ -25,7 +25,12 @@ recurrent-side gradient of the n gate, ``δn⊙r`` (its r and z parts equal
 ``zoneout`` (L, N, H_out), optional: keep-previous weights ``m_t``. A valid step's new hidden
 state (after the projection, if any) becomes ``h_t = h̃_t + m_t ⊙ (h_{t-1} - h̃_t)``, and it is
 also the output. Backward then splits the total gradient ``dh_t``: ``(1 - m_t) ⊙ dh_t`` goes into
-the step (the gates, or the projection), ``m_t ⊙ dh_t`` straight to ``dh_{t-1}``.
+the step (the gates, or the projection), ``m_t ⊙ dh_t`` straight to ``dh_{t-1}``. The mask is floats
+(eval mode's constant p) or bool flags (training's masks: a quarter of the memory), read as ``m_t`` 0/1.
+
+``output_mask`` (N, H_out), optional: a locked dropout mask on the output, the same at every step:
+``y_t = h_t ⊙ m`` (the states keep ``h_t``), and backward adds ``dy_t ⊙ m`` to ``dh_t``. It is what
+``(y ⊙ m)`` then autograd's product would compute, without a masked copy of the output or of its gradient.
 """
 
 from __future__ import annotations
@@ -40,11 +45,11 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
-def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None):
+def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None):
     length, batch, _ = xp.shape
     out_size = h0.shape[1]
     hidden = w_hh.shape[0] // {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}[kind]
-    aliased = valid is None and w_hr is None  # the output is then exactly hs's steps: returned empty, as the C++ kernel does
+    aliased = valid is None and w_hr is None and output_mask is None  # the output is then hs's steps: returned empty, as the C++ kernel does
     y = _empty(xp) if aliased else xp.new_empty(length, batch, out_size)
     hs = xp.new_empty(length + 1, batch, out_size)
     hs[length if reverse else 0] = h0
@@ -80,8 +85,8 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
         else:
             pre = gates + recurrent
             h_new = pre.tanh() if kind == RNN_TANH else pre.relu()
-            if zoneout is not None:  # backward's tanh'/relu' need h̃, which hs will not hold
-                gates.copy_(h_new)
+            if zoneout is not None and zoneout.dtype != torch.bool:  # backward's tanh'/relu' need h̃, which hs will not hold
+                gates.copy_(h_new)  # (0/1 flags: hs holds h̃ wherever m = 0, and where m = 1 the step gets no gradient)
         if zoneout is not None:
             h_new = h_new + zoneout[t] * (h_prev - h_new)
         if valid is not None:
@@ -92,13 +97,15 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
                 c_new = torch.where(keep, c_new, cs[before])
         elif not aliased:
             y[t] = h_new
+        if output_mask is not None:
+            y[t] *= output_mask
         hs[after] = h_new
         if kind == LSTM:
             cs[after] = c_new
     return y, hs, cs, hn, hraw
 
 
-def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None):
+def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None, output_mask=None):
     length, batch, _ = dy.shape
     gate_size = w_hh.shape[0]
     dgx = dy.new_empty(length, batch, gate_size)  # RNN passes no gates: its backward reads hs
@@ -110,7 +117,8 @@ def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy,
     for t in order:
         before, after = t + reverse, t + 1 - reverse
         keep = valid[t].unsqueeze(1) if valid is not None else None
-        dh = dh + (dy[t] if keep is None else torch.where(keep, dy[t], 0.0))
+        dy_t = dy[t] if output_mask is None else dy[t] * output_mask
+        dh = dh + (dy_t if keep is None else torch.where(keep, dy_t, 0.0))
         direct = None  # the part of dh_{t-1} that does not go through W_hh
         dh_total = dh  # what a padded step passes through
         if zoneout is not None:
@@ -137,7 +145,7 @@ def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy,
             dgh_n[t] = d_n_pre * r
             direct = dh * z if direct is None else direct + dh * z
         else:
-            h = hs[after] if zoneout is None else gates[t]
+            h = hs[after] if zoneout is None or zoneout.dtype == torch.bool else gates[t]
             dgx[t] = dh * (1 - h * h) if kind == RNN_TANH else dh * (h > 0)
         if keep is not None:
             dgx[t] = torch.where(keep, dgx[t], 0.0)

@@ -33,14 +33,17 @@ from rnnkit.ops.kinds import GRU, LSTM, RNN_RELU, RNN_TANH
 ONNX_GATE_ORDER = {LSTM: (0, 3, 1, 2), GRU: (1, 0, 2), RNN_TANH: (0,), RNN_RELU: (0,)}
 NO_PROJECTION = "proj_size has no native ONNX node (ONNX's LSTM has no projection); export a model without proj_size"
 NO_ZONEOUT = "zoneout has no native ONNX node (ONNX's LSTM, GRU and RNN have no such input); export a model with zoneout=0"
+NO_OUTPUT_MASK = "a locked dropout mask on the output is training noise, not part of a deployed model; call model.eval() before exporting"
 OPSET = 18
 
 
-def _symbolic(g, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse, zoneout=None):
+def _symbolic(g, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse, zoneout=None, output_mask=None):
     from torch.onnx import symbolic_helper as helper
 
     if zoneout is not None and not helper._is_none(zoneout):
         raise torch.onnx.errors.SymbolicValueError(NO_ZONEOUT, x)
+    if output_mask is not None and not helper._is_none(output_mask):
+        raise torch.onnx.errors.SymbolicValueError(NO_OUTPUT_MASK, x)
     kind = helper._get_const(kind, "i", "kind")
     reverse = helper._get_const(reverse, "b", "reverse")
     if not helper._is_none(w_hr):
@@ -98,12 +101,14 @@ def register_symbolic() -> None:
         torch.onnx.register_custom_op_symbolic("rnnkit::linear_recurrence", _refuse_linear_recurrence, opset)
 
 
-def _translation(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse, zoneout=None):
+def _translation(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, valid, reverse, zoneout=None, output_mask=None):
     """rnnkit::recurrence for the dynamo exporter, as onnxscript ops."""
     from onnxscript import opset18 as op
 
     if zoneout is not None:
         raise ValueError(NO_ZONEOUT)
+    if output_mask is not None:
+        raise ValueError(NO_OUTPUT_MASK)
     if w_hr is not None:
         raise ValueError(NO_PROJECTION)
     hidden = w_hh.shape[1]

@@ -38,7 +38,8 @@ def run_direction(
             state there makes it start exactly at the sequence's last valid step.
         reverse: run from t = L-1 down to 0.
         zoneout: optional (L, N, H_out) keep-previous weights ``m_t`` (Krueger et al., 2017, §2):
-            0/1 masks drawn with probability p in training, the constant p in eval mode.
+            0/1 masks drawn with probability p in training (the layer passes them as bool flags,
+            True = 1, which type promotion makes the weights), the constant p in eval mode.
             The hidden state (the first state tensor; the LSTM's ``c`` is not zoned out, as in
             haste) becomes ``h_t = m_t ⊙ h_{t-1} + (1 - m_t) ⊙ h̃_t``, ``h̃_t`` the cell's
             new state, and the output is that ``h_t``. Padding is applied after it.

@@ -260,7 +260,9 @@ class RecurrentLayer(nn.Module):
         (layer, direction)'s final state. ``run_direction`` has the engine's signature.
 
         The regularisers' masks are drawn here, in this order, whatever the engine: the input's, then per layer
-        and direction the weight mask and the zoneout mask, then the masks between layers, then the output's."""
+        and direction the weight mask and the zoneout mask, then the masks between layers, then the output's.
+        An engine that applies the locked mask after a layer inside its loops (:func:`regularisers.fused_mask`)
+        gets it drawn before the layer runs, in the same place in that order (running draws nothing)."""
         finals: list[State] = []
         directions = self.num_directions
         regularised = regularisers.active(self, self.training)
@@ -268,24 +270,28 @@ class RecurrentLayer(nn.Module):
             x = regularisers.locked_dropout(x, self.input_dropout, self.training)
         output_size = self.proj_size or self.hidden_size
         for layer in range(self.num_layers):
-            outputs = []
+            last = layer == self.num_layers - 1
+            calls = []
             for direction in range(directions):
-                index = layer * directions + direction
                 weights, extra = self.cell_weights(layer, direction), {}
                 if regularised:
                     weights = regularisers.drop_weights(weights, self.weight_drop, self.training)
                     if self.zoneout > 0:  # passed only when on: an engine without zoneout then fails loudly
                         extra["zoneout"] = regularisers.zoneout_mask(x, output_size, self.zoneout, self.training)
-                y, final = run_direction(self.spec, x, states[index], weights, valid, reverse=direction == 1, **extra)
+                calls.append((weights, extra))
+            after = regularisers.fused_mask(self, x, last, directions * output_size, run_direction) if regularised else None
+            outputs = []
+            for direction, (weights, extra) in enumerate(calls):
+                if after is not None:  # this direction's columns of the mask
+                    extra["output_mask"] = after if directions == 1 else after[:, direction * output_size : (direction + 1) * output_size]
+                y, final = run_direction(self.spec, x, states[layer * directions + direction], weights, valid, reverse=direction == 1, **extra)
                 outputs.append(y)
                 finals.append(final)
             x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
-            if self.training and layer < self.num_layers - 1 and self.dropout != 0.0:
+            if self.training and not last and self.dropout != 0.0:
                 x = F.dropout(x, self.dropout, training=True)
-            if regularised and layer < self.num_layers - 1:
-                x = regularisers.locked_dropout(x, self.layer_dropout, self.training)
-        if regularised:
-            x = regularisers.locked_dropout(x, self.output_dropout, self.training)
+            if regularised and after is None:
+                x = regularisers.locked_dropout(x, self.output_dropout if last else self.layer_dropout, self.training)
         return x, finals
 
     def _check_input(self, x: Tensor) -> None:

@@ -115,13 +115,28 @@ def drop_weights(weights: CellWeights, p: float, training: bool) -> CellWeights:
 
 
 def zoneout_mask(x: Tensor, size: int, p: float, training: bool) -> Tensor | None:
-    """Keep-previous weights (L, N, size) for ``x`` (L, N, F): Bernoulli(p) in training, the constant p in eval; None if off."""
+    """Keep-previous masks (L, N, size) for ``x`` (L, N, F); None if off. Training: bool flags, True with probability p
+    (the same draw as :func:`bernoulli`'s 1.0s; a quarter of a float32 mask's memory, and the engines read them as
+    0/1 weights). Eval: the constant weight p, in ``x``'s dtype."""
     if p == 0:
         return None
     shape = (x.shape[0], x.shape[1], size)
     if training:
-        return bernoulli(shape, p, x)
+        return random_masks.random_mask(random_masks.draw_seed(x.device), shape, p, 1.0, 0.0, torch.bool, x.device)
     return torch.full(shape, p, dtype=x.dtype, device=x.device)
+
+
+def fused_mask(owner, x: Tensor, last: bool, size: int, run_direction) -> Tensor | None:
+    """The locked dropout mask (N, size) after a layer (the output's after the last, else ``layer_dropout``'s), drawn now
+    for ``run_direction`` to apply as its loops write the output (and to the output's gradient), or None where the
+    layer applies it after the layer: the engine does not declare ``fuses_output_mask``, the rate is 0, torch.nn's
+    ``dropout`` would draw between the layer and the mask, or autocast changes the output's dtype."""
+    p = owner.output_dropout if last else owner.layer_dropout
+    if not owner.training or p == 0 or not getattr(run_direction, "fuses_output_mask", False):
+        return None
+    if (not last and owner.dropout != 0) or torch.is_autocast_enabled(x.device.type):
+        return None
+    return scaled_keep((x.shape[-2], size), p, x)
 
 
 def refuse_recording(owner, training: bool) -> None:

@@ -53,8 +53,8 @@ class NativeLoops:
     def __init__(self, ops) -> None:
         self._ops = ops
 
-    def forward_loop(self, kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None):
-        return self._ops.forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse, _contiguous(zoneout))
+    def forward_loop(self, kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None):
+        return self._ops.forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse, _contiguous(zoneout), _contiguous(output_mask))
 
     def forward_inference(self, kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
         """A whole direction without autograd, from the raw input x: ``(y, h_n, c_n)`` (c_n empty unless LSTM).
@@ -63,8 +63,10 @@ class NativeLoops:
         """
         return self._ops.forward_inference(kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse)
 
-    def backward_loop(self, kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None):
-        return self._ops.backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, _contiguous(valid), reverse, dy, dh_n, dc_n, _contiguous(zoneout))
+    def backward_loop(self, kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None, output_mask=None):
+        return self._ops.backward_loop(
+            kind, gates, hs, cs, hn, hraw, w_hh, w_hr, _contiguous(valid), reverse, dy, dh_n, dc_n, _contiguous(zoneout), _contiguous(output_mask)
+        )
 
     def layer_norm_lstm_forward(self, xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, valid, reverse, zoneout=None):
         return self._ops.layer_norm_lstm_forward(xp, h0, c0, w_hh, gain_hh, gain_cell, bias_cell, _contiguous(valid), reverse, _contiguous(zoneout))

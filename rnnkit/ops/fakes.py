@@ -25,13 +25,20 @@ def _check_zoneout(zoneout: Tensor | None, steps: Tensor, state: Tensor) -> None
         torch._check(tuple(zoneout.shape) == expected, lambda: f"zoneout: expected shape {expected} (L, N, H_out), got {tuple(zoneout.shape)}")
 
 
-def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None):
+def _check_output_mask(output_mask: Tensor | None, steps: Tensor, state: Tensor) -> None:
+    if output_mask is not None:
+        expected = (steps.shape[1], state.shape[1])
+        torch._check(tuple(output_mask.shape) == expected, lambda: f"output_mask: expected shape {expected} (N, H_out), got {tuple(output_mask.shape)}")
+
+
+def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None):
     _check_time_major("xp", xp)
     _check_zoneout(zoneout, xp, h0)
+    _check_output_mask(output_mask, xp, h0)
     length, batch, gate_size = xp.shape
     hidden = gate_size // {LSTM: 4, GRU: 3}.get(kind, 1)
     out_size = h0.shape[1]
-    aliased = valid is None and w_hr is None  # y is then a view of hs, taken in Python
+    aliased = valid is None and w_hr is None and output_mask is None  # y is then a view of hs, taken in Python
     y = xp.new_empty(0) if aliased else xp.new_empty(length, batch, out_size)
     hs = xp.new_empty(length + 1, batch, out_size)
     cs = xp.new_empty(length + 1, batch, hidden) if kind == LSTM else xp.new_empty(0)
@@ -40,9 +47,10 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
     return y, hs, cs, hn, hraw
 
 
-def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None):
+def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None, output_mask=None):
     _check_time_major("dy", dy)
     _check_zoneout(zoneout, dy, dh_n)
+    _check_output_mask(output_mask, dy, dh_n)
     length, batch, _ = dy.shape
     gate_size = w_hh.shape[0]
     hidden = gate_size // {LSTM: 4, GRU: 3}.get(kind, 1)

@@ -34,6 +34,7 @@
 #include <cstring>
 #include <thread>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -79,12 +80,13 @@ class StepBarrier {
   int threads_ = 1;
 };
 
-// Zoneout on units [u0, u1) of one row: h = h̃ + m (h_prev - h̃), in the state and the output.
-template <typename T>
-inline void zone_out(const T* m, const T* h_prev, T* h_new, T* y_row, int64_t u0, int64_t u1) {
+// Zoneout on units [u0, u1) of one row: h = h̃ + m (h_prev - h̃), in the state and the output. M is T
+// (weights) or uint8_t (0/1 flags, read as T(m[u]): the same arithmetic as the float mask, so the same bits).
+template <typename T, typename M>
+inline void zone_out(const M* m, const T* h_prev, T* h_new, T* y_row, int64_t u0, int64_t u1) {
 #pragma omp simd
   for (int64_t u = u0; u < u1; ++u) {
-    const T h = h_new[u] + m[u] * (h_prev[u] - h_new[u]);
+    const T h = h_new[u] + T(m[u]) * (h_prev[u] - h_new[u]);
     h_new[u] = h;
     y_row[u] = h;
   }
@@ -255,7 +257,36 @@ struct Loop {
   StepBarrier* barrier = nullptr;  // shared by the team running the loop
   // Zoneout (L, N, H_out) or null: keep-previous weights m_t. A valid step's h_t becomes
   // h̃_t + m_t (h_{t-1} - h̃_t); backward sends (1 - m_t) dh_t into the step, m_t dh_t to dh_{t-1}.
+  // Either weights of type T (`zone`; eval mode's constant p) or 0/1 flags (`zone_flags`, training's masks,
+  // a quarter of the memory traffic in float32); at most one is set.
   const T* zone = nullptr;
+  const uint8_t* zone_flags = nullptr;  // a bool tensor's bytes, 0 or 1
+  // Locked output dropout (N, H_out) or null: the output is y_t = h_t ⊙ m (the state keeps h_t), and
+  // backward adds dy_t ⊙ m to dh_t, so no masked copy of the output or of its gradient is made.
+  const T* out_mask = nullptr;
+
+  bool zoned() const { return zone != nullptr || zone_flags != nullptr; }
+  // f(m, flags) with m row (t, n)'s zoneout weights, valid on [c0, c1), and flags a std::bool_constant: whether
+  // they came from 0/1 flags. Flags are first widened to T in a per-thread row buffer (in L1), so that the gate
+  // loops read T as with weights: byte loads inside them kept GCC from vectorising the LSTM's (measured 1.2x slower).
+  template <typename F>
+  void with_zone(int64_t t, int64_t n, int64_t c0, int64_t c1, const F& f) const {
+    const int64_t offset = (t * N + n) * Hout;
+    if (zone_flags == nullptr) return f(zone + offset, std::false_type{});
+    static thread_local std::vector<T> row;
+    if (static_cast<int64_t>(row.size()) < Hout) row.resize(Hout);
+    T* weights = row.data();
+    const uint8_t* flags = zone_flags + offset;
+#pragma omp simd
+    for (int64_t u = c0; u < c1; ++u) weights[u] = T(flags[u]);
+    f(static_cast<const T*>(weights), std::true_type{});
+  }
+  // y_row[u] *= m[u] on [u0, u1): the output dropout, after everything else has written the row.
+  void mask_output(T* y_row, int64_t n, int64_t u0, int64_t u1) const {
+    const T* m = out_mask + n * Hout;
+#pragma omp simd
+    for (int64_t u = u0; u < u1; ++u) y_row[u] *= m[u];
+  }
 
   // Training keeps every step's state and gates for backward. Inference keeps only what the next
   // step reads: hs/cs are two alternating slots, hn/hraw one, and `gates` holds the projected
@@ -277,71 +308,87 @@ struct Loop {
 
   void forward_gates(int64_t t, int64_t u0, int64_t u1) const {
     for (int64_t n = 0; n < N; ++n) {
-      T* gate = gates + ((t - chunk_start) * N + n) * G * H;
-      const T* rec = scratch + n * G * H;
-      const T* h_prev = hs + (before(t) * N + n) * Hout;
-      T* h_new = proj ? hraw + (step_slot(t) * N + n) * H : hs + (after(t) * N + n) * Hout;
-      T* y_row = y + (t * N + n) * Hout;
-      const bool keep = ok(t, n);
-      if (kind == LSTM) {
-        const T* c_prev = cs + (before(t) * N + n) * H;
-        T* c_new = cs + (after(t) * N + n) * H;
-        if (!keep) {
+      if (!ok(t, n)) {  // padding: the state holds, the output is zero
+        const T* h_prev = hs + (before(t) * N + n) * Hout;
+        T* h_new = proj ? hraw + (step_slot(t) * N + n) * H : hs + (after(t) * N + n) * Hout;
+        T* y_row = y + (t * N + n) * Hout;
+        if (kind == LSTM) {
+          const T* c_prev = cs + (before(t) * N + n) * H;
+          T* c_new = cs + (after(t) * N + n) * H;
           for (int64_t u = u0; u < u1; ++u) c_new[u] = c_prev[u];
-          if (proj)  // r_t is unused but enters the dW_hr GEMM (times zero): keep it finite
-            for (int64_t u = u0; u < u1; ++u) h_new[u] = T(0);
-          else
-            for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0);
-          continue;
         }
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T i = sigmoid(gate[u] + rec[u]);
-          const T f = sigmoid(gate[H + u] + rec[H + u]);
-          const T g = tanh_(gate[2 * H + u] + rec[2 * H + u]);
-          const T o = sigmoid(gate[3 * H + u] + rec[3 * H + u]);
-          const T c = f * c_prev[u] + i * g;
-          const T h = o * tanh_(c);
-          gate[u] = i, gate[H + u] = f, gate[2 * H + u] = g, gate[3 * H + u] = o;
-          c_new[u] = c;
-          h_new[u] = h;
-          if (!proj) y_row[u] = h;
-        }
-      } else if (kind == GRU) {
-        if (!keep) {
+        if (proj)  // r_t is unused but enters the dW_hr GEMM (times zero): keep it finite
+          for (int64_t u = u0; u < u1; ++u) h_new[u] = T(0);
+        else
           for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0);
-          continue;
-        }
-        T* hn_row = hn + (step_slot(t) * N + n) * H;
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T r = sigmoid(gate[u] + rec[u]);
-          const T z = sigmoid(gate[H + u] + rec[H + u]);
-          const T hn_u = rec[2 * H + u] + (b_hn ? b_hn[u] : T(0));
-          const T nv = tanh_(gate[2 * H + u] + r * hn_u);
-          const T h = nv + z * (h_prev[u] - nv);
-          gate[u] = r, gate[H + u] = z, gate[2 * H + u] = nv;
-          hn_row[u] = hn_u;
-          h_new[u] = h;
-          y_row[u] = h;
-        }
-      } else {
-        if (!keep) {
-          for (int64_t u = u0; u < u1; ++u) h_new[u] = h_prev[u], y_row[u] = T(0);
-          continue;
-        }
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T a = gate[u] + rec[u];
-          const T h = kind == RNN_TANH ? tanh_(a) : (a > T(0) ? a : T(0));
-          h_new[u] = h;
-          y_row[u] = h;
-        }
+        continue;
       }
-      if (zone != nullptr && !proj) {
-        if (G == 1)  // the RNN's backward reads tanh'/relu' from h̃_t, which zoneout does not leave in hs: keep it in the gates
-          for (int64_t u = u0; u < u1; ++u) gate[u] = h_new[u];
-        zone_out(zone + (t * N + n) * Hout, h_prev, h_new, y_row, u0, u1);
+      const bool zoned_row = zoned() && !proj, masked = out_mask != nullptr && !proj;  // with projection: forward_projection
+      if (zoned_row && masked)
+        with_zone(t, n, u0, u1, [&](const T* m, auto flags) { forward_row<true, true, decltype(flags)::value>(t, n, u0, u1, m); });
+      else if (zoned_row)
+        with_zone(t, n, u0, u1, [&](const T* m, auto flags) { forward_row<true, false, decltype(flags)::value>(t, n, u0, u1, m); });
+      else if (masked)
+        forward_row<false, true, false>(t, n, u0, u1, nullptr);
+      else
+        forward_row<false, false, false>(t, n, u0, u1, nullptr);
+    }
+  }
+
+  // The end of a valid row's step for unit u, from the cell's new state h̃: with kZoned, zoneout
+  // h = h̃ + m (h_prev - h̃) (m: the weights, or 0/1 flags widened to T); then the state, and the
+  // output y = h, times the output mask with kMasked (both only without projection).
+  template <bool kZoned, bool kMasked>
+  RNNKIT_INLINE void finish(int64_t u, T h, const T* m, const T* h_prev, T* h_new, T* y_row, const T* out_m) const {
+    if constexpr (kZoned) h = h + m[u] * (h_prev[u] - h);
+    h_new[u] = h;
+    if (!proj) y_row[u] = kMasked ? h * out_m[u] : h;
+  }
+
+  // One valid row's gate math on units [u0, u1), zoneout and the output mask in the same pass; kFlags: m came from flags.
+  template <bool kZoned, bool kMasked, bool kFlags>
+  void forward_row(int64_t t, int64_t n, int64_t u0, int64_t u1, const T* m) const {
+    T* gate = gates + ((t - chunk_start) * N + n) * G * H;
+    const T* rec = scratch + n * G * H;
+    const T* h_prev = hs + (before(t) * N + n) * Hout;
+    T* h_new = proj ? hraw + (step_slot(t) * N + n) * H : hs + (after(t) * N + n) * Hout;
+    T* y_row = y + (t * N + n) * Hout;
+    const T* out_m = kMasked ? out_mask + n * Hout : nullptr;
+    if (kind == LSTM) {
+      const T* c_prev = cs + (before(t) * N + n) * H;
+      T* c_new = cs + (after(t) * N + n) * H;
+#pragma omp simd
+      for (int64_t u = u0; u < u1; ++u) {
+        const T i = sigmoid(gate[u] + rec[u]);
+        const T f = sigmoid(gate[H + u] + rec[H + u]);
+        const T g = tanh_(gate[2 * H + u] + rec[2 * H + u]);
+        const T o = sigmoid(gate[3 * H + u] + rec[3 * H + u]);
+        const T c = f * c_prev[u] + i * g;
+        gate[u] = i, gate[H + u] = f, gate[2 * H + u] = g, gate[3 * H + u] = o;
+        c_new[u] = c;
+        finish<kZoned, kMasked>(u, o * tanh_(c), m, h_prev, h_new, y_row, out_m);
+      }
+    } else if (kind == GRU) {
+      T* hn_row = hn + (step_slot(t) * N + n) * H;
+#pragma omp simd
+      for (int64_t u = u0; u < u1; ++u) {
+        const T r = sigmoid(gate[u] + rec[u]);
+        const T z = sigmoid(gate[H + u] + rec[H + u]);
+        const T hn_u = rec[2 * H + u] + (b_hn ? b_hn[u] : T(0));
+        const T nv = tanh_(gate[2 * H + u] + r * hn_u);
+        gate[u] = r, gate[H + u] = z, gate[2 * H + u] = nv;
+        hn_row[u] = hn_u;
+        finish<kZoned, kMasked>(u, nv + z * (h_prev[u] - nv), m, h_prev, h_new, y_row, out_m);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t u = u0; u < u1; ++u) {
+        const T a = gate[u] + rec[u];
+        const T h = kind == RNN_TANH ? tanh_(a) : (a > T(0) ? a : T(0));
+        // backward's tanh'/relu' need h̃_t, which zoneout with weights does not leave in hs. With 0/1 flags hs holds
+        // h̃_t wherever the step gets a gradient (m = 0; where m = 1 it gets (1 - 1) dh = 0): no gates are kept.
+        if constexpr (kZoned && !kFlags) gate[u] = h;
+        finish<kZoned, kMasked>(u, h, m, h_prev, h_new, y_row, out_m);
       }
     }
   }
@@ -354,14 +401,15 @@ struct Loop {
     for (int64_t n = 0; n < N; ++n) {
       T* y_row = y + (t * N + n) * Hout;
       const bool keep = ok(t, n);
-      if (keep && zone != nullptr) {
-        zone_out(zone + (t * N + n) * Hout, h_prev + n * Hout, h_new + n * Hout, y_row, p0, p1);
-        continue;
+      if (keep && zoned()) {
+        with_zone(t, n, p0, p1, [&](const T* m, auto) { zone_out(m, h_prev + n * Hout, h_new + n * Hout, y_row, p0, p1); });
+      } else {
+        for (int64_t p = p0; p < p1; ++p) {
+          if (!keep) h_new[n * Hout + p] = h_prev[n * Hout + p];
+          y_row[p] = keep ? h_new[n * Hout + p] : T(0);
+        }
       }
-      for (int64_t p = p0; p < p1; ++p) {
-        if (!keep) h_new[n * Hout + p] = h_prev[n * Hout + p];
-        y_row[p] = keep ? h_new[n * Hout + p] : T(0);
-      }
+      if (keep && out_mask != nullptr) mask_output(y_row, n, p0, p1);
     }
   }
 
@@ -385,91 +433,102 @@ struct Loop {
       const bool keep = ok(t, n);
       T* dh_row = dh + n * Hout;
       const T* dy_row = dy + t * dy_stride[0] + n * dy_stride[1];
-      if (keep)
+      if (keep && out_mask != nullptr) {  // the output dropout's backward: dy_t ⊙ m, as autograd's product would give it
+        const T* m = out_mask + n * Hout;
+        for (int64_t q = q0; q < q1; ++q) dh_row[q] += dy_row[q * dy_stride[2]] * m[q];
+      } else if (keep) {
         for (int64_t q = q0; q < q1; ++q) dh_row[q] += dy_row[q * dy_stride[2]];
+      }
       if (proj) {
         T* dproj_row = dproj + (t * N + n) * Hout;
-        const T* m = zone == nullptr ? nullptr : zone + (t * N + n) * Hout;
-        for (int64_t q = q0; q < q1; ++q) dproj_row[q] = !keep ? T(0) : m ? dh_row[q] - m[q] * dh_row[q] : dh_row[q];
+        if (keep && zoned())
+          with_zone(t, n, q0, q1, [&](const T* m, auto) {
+            for (int64_t q = q0; q < q1; ++q) dproj_row[q] = dh_row[q] - m[q] * dh_row[q];
+          });
+        else
+          for (int64_t q = q0; q < q1; ++q) dproj_row[q] = keep ? dh_row[q] : T(0);
       }
     }
   }
 
   // dr_t = dh_t W_hr for hidden columns [u0, u1) (projection only); with zoneout, of the step's part (1 - m_t) dh_t.
   void backward_projection(int64_t t, const Panels<T>& projection) const {
-    gemm_panels(zone == nullptr ? dh : dproj + t * N * Hout, Hout, projection, scratch, H, N, false);
+    gemm_panels(!zoned() ? dh : dproj + t * N * Hout, Hout, projection, scratch, H, N, false);
   }
 
   // Gate gradients of hidden units [u0, u1). Without projection it also replaces dh with
-  // the part of dh_{t-1} that bypasses W_hh (GRU: dh⊙z; padding: all of dh).
+  // the part of dh_{t-1} that bypasses W_hh (GRU: dh⊙z; padding: all of dh; zoneout: m_t dh_t too).
   void backward_gates(int64_t t, int64_t u0, int64_t u1) const {
     for (int64_t n = 0; n < N; ++n) {
-      const int64_t row = (t * N + n) * G * H;
-      T* dgx_row = dgx + row;
-      T* dh_row = dh + n * Hout;
       if (!ok(t, n)) {
+        T* dgx_row = dgx + (t * N + n) * G * H;
         for (int64_t g = 0; g < G; ++g)
           for (int64_t u = u0; u < u1; ++u) dgx_row[g * H + u] = T(0);
         if (kind == GRU)
           for (int64_t u = u0; u < u1; ++u) dgh_n[(t * N + n) * H + u] = T(0);
         continue;  // dh and dc pass through unchanged
       }
-      const T* gate = gates + row;
-      T* zoned = zone != nullptr && !proj ? scratch + n * H : nullptr;  // m_t dh_t, the part that skips the step
-      if (zoned != nullptr) {
-        const T* m = zone + (t * N + n) * Hout;
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T bypass = m[u] * dh_row[u];
-          zoned[u] = bypass;
-          dh_row[u] -= bypass;
-        }
-      }
+      if (zoned() && !proj)  // the zoneout split is in the gate loop itself: no pass of its own over the row
+        with_zone(t, n, u0, u1, [&](const T* m, auto flags) { gate_row<true, decltype(flags)::value>(t, n, u0, u1, m); });
+      else
+        gate_row<false, false>(t, n, u0, u1, nullptr);
+    }
+  }
+
+  // One valid row's gate gradients. kZoned (no projection): the step gets d = (1 - m_t) dh_t, and
+  // b = m_t dh_t joins dh_{t-1}'s bypass; kFlags: m came from 0/1 flags (see the RNN's h̃ below).
+  template <bool kZoned, bool kFlags>
+  void gate_row(int64_t t, int64_t n, int64_t u0, int64_t u1, const T* m) const {
+    const int64_t row = (t * N + n) * G * H;
+    T* dgx_row = dgx + row;
+    T* dh_row = dh + n * Hout;
+    const T* gate = gates + row;
+    if (kind == LSTM) {
       const T* dr = proj ? scratch + n * H : dh_row;
-      if (kind == LSTM) {
-        const T* c_new = cs + (after(t) * N + n) * H;
-        const T* c_prev = cs + (before(t) * N + n) * H;
-        T* dc_row = dc + n * H;
+      const T* c_new = cs + (after(t) * N + n) * H;
+      const T* c_prev = cs + (before(t) * N + n) * H;
+      T* dc_row = dc + n * H;
 #pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T i = gate[u], f = gate[H + u], g = gate[2 * H + u], o = gate[3 * H + u];
-          const T tc = tanh_(c_new[u]);
-          const T d_c = dc_row[u] + dr[u] * o * (T(1) - tc * tc);
-          dgx_row[u] = d_c * g * i * (T(1) - i);
-          dgx_row[H + u] = d_c * c_prev[u] * f * (T(1) - f);
-          dgx_row[2 * H + u] = d_c * i * (T(1) - g * g);
-          dgx_row[3 * H + u] = dr[u] * tc * o * (T(1) - o);
-          dc_row[u] = d_c * f;
-          if (!proj) dh_row[u] = T(0);
-        }
-      } else if (kind == GRU) {
-        const T* h_prev = hs + (before(t) * N + n) * Hout;
-        const T* hn_row = hn + (t * N + n) * H;
-        T* dgh_n_row = dgh_n + (t * N + n) * H;
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T r = gate[u], z = gate[H + u], nv = gate[2 * H + u], d = dh_row[u];
-          const T d_n = d * (T(1) - z) * (T(1) - nv * nv);
-          const T d_z = d * (h_prev[u] - nv) * z * (T(1) - z);
-          const T d_r = d_n * hn_row[u] * r * (T(1) - r);
-          dgx_row[u] = d_r;
-          dgx_row[H + u] = d_z;
-          dgx_row[2 * H + u] = d_n;
-          dgh_n_row[u] = d_n * r;
-          dh_row[u] = d * z;
-        }
-      } else {
-        const T* h = zone != nullptr ? gate : hs + (after(t) * N + n) * Hout;  // h̃_t (see forward_gates)
-#pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) {
-          const T d = dh_row[u];
-          dgx_row[u] = kind == RNN_TANH ? d * (T(1) - h[u] * h[u]) : (h[u] > T(0) ? d : T(0));
-          dh_row[u] = T(0);
-        }
+      for (int64_t u = u0; u < u1; ++u) {
+        T d = dr[u], b = T(0);
+        if constexpr (kZoned) b = m[u] * d, d -= b;
+        const T i = gate[u], f = gate[H + u], g = gate[2 * H + u], o = gate[3 * H + u];
+        const T tc = tanh_(c_new[u]);
+        const T d_c = dc_row[u] + d * o * (T(1) - tc * tc);
+        dgx_row[u] = d_c * g * i * (T(1) - i);
+        dgx_row[H + u] = d_c * c_prev[u] * f * (T(1) - f);
+        dgx_row[2 * H + u] = d_c * i * (T(1) - g * g);
+        dgx_row[3 * H + u] = d * tc * o * (T(1) - o);
+        dc_row[u] = d_c * f;
+        if (!proj) dh_row[u] = b;
       }
-      if (zoned != nullptr)
+    } else if (kind == GRU) {
+      const T* h_prev = hs + (before(t) * N + n) * Hout;
+      const T* hn_row = hn + (t * N + n) * H;
+      T* dgh_n_row = dgh_n + (t * N + n) * H;
 #pragma omp simd
-        for (int64_t u = u0; u < u1; ++u) dh_row[u] += zoned[u];
+      for (int64_t u = u0; u < u1; ++u) {
+        T d = dh_row[u], b = T(0);
+        if constexpr (kZoned) b = m[u] * d, d -= b;
+        const T r = gate[u], z = gate[H + u], nv = gate[2 * H + u];
+        const T d_n = d * (T(1) - z) * (T(1) - nv * nv);
+        const T d_z = d * (h_prev[u] - nv) * z * (T(1) - z);
+        const T d_r = d_n * hn_row[u] * r * (T(1) - r);
+        dgx_row[u] = d_r;
+        dgx_row[H + u] = d_z;
+        dgx_row[2 * H + u] = d_n;
+        dgh_n_row[u] = d_n * r;
+        dh_row[u] = kZoned ? d * z + b : d * z;
+      }
+    } else {
+      const T* h = kZoned && !kFlags ? gate : hs + (after(t) * N + n) * Hout;  // h̃_t (see forward_row)
+#pragma omp simd
+      for (int64_t u = u0; u < u1; ++u) {
+        T d = dh_row[u], b = T(0);
+        if constexpr (kZoned) b = m[u] * d, d -= b;
+        dgx_row[u] = kind == RNN_TANH ? d * (T(1) - h[u] * h[u]) : (h[u] > T(0) ? d : T(0));
+        dh_row[u] = b;
+      }
     }
   }
 
@@ -477,8 +536,12 @@ struct Loop {
   void backward_projected_bypass(int64_t t, int64_t q0, int64_t q1) const {
     for (int64_t n = 0; n < N; ++n) {
       if (!ok(t, n)) continue;
-      const T* m = zone == nullptr ? nullptr : zone + (t * N + n) * Hout;
-      for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] = m ? m[q] * dh[n * Hout + q] : T(0);
+      if (zoned())
+        with_zone(t, n, q0, q1, [&](const T* m, auto) {
+          for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] = m[q] * dh[n * Hout + q];
+        });
+      else
+        for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] = T(0);
     }
   }
 
@@ -601,9 +664,31 @@ Loop<T> forward_state(int64_t kind, int64_t G, bool proj, bool reverse, const at
                  nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
 }
 
+// The regularisers' masks of a training Loop, checked against its sizes (the kernels read them by those sizes):
+// zoneout (L, N, H_out) of T or bool, the output dropout's (N, H_out) of T; both contiguous.
+template <typename T>
+void set_masks(Loop<T>& loop, const at::Tensor& zone, const at::Tensor& out_mask) {
+  if (zone.defined()) {
+    TORCH_CHECK(zone.dim() == 3 && zone.size(0) == loop.L && zone.size(1) == loop.N && zone.size(2) == loop.Hout && zone.is_contiguous(),
+                "zoneout: expected a contiguous (L, N, H_out) = (", loop.L, ", ", loop.N, ", ", loop.Hout, ") mask, got ", zone.sizes());
+    if (zone.numel() > 0) {
+      if (zone.scalar_type() == at::kBool)
+        loop.zone_flags = reinterpret_cast<const uint8_t*>(zone.const_data_ptr<bool>());
+      else
+        loop.zone = zone.const_data_ptr<T>();  // raises for another dtype
+    }
+  }
+  if (out_mask.defined()) {
+    TORCH_CHECK(out_mask.dim() == 2 && out_mask.size(0) == loop.N && out_mask.size(1) == loop.Hout && out_mask.is_contiguous(),
+                "output_mask: expected a contiguous (N, H_out) = (", loop.N, ", ", loop.Hout, ") mask, got ", out_mask.sizes());
+    if (out_mask.numel() > 0) loop.out_mask = out_mask.const_data_ptr<T>();
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_loop(
     int64_t kind, at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, std::optional<at::Tensor> b_hn,
-    std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse, std::optional<at::Tensor> zoneout) {
+    std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse, std::optional<at::Tensor> zoneout,
+    std::optional<at::Tensor> output_mask) {
   const int64_t L = xp.size(0), N = xp.size(1), GH = xp.size(2), Hout = h0.size(1);
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
@@ -611,7 +696,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   // Without padding or projection the output is exactly the states it saves: the loop's writes to y
   // land in hs, one (L, N, H) buffer less. Operator outputs must not alias each other (torch.compile
   // and export rely on it), so y is then returned empty and Python takes the output as a view of hs.
-  const bool alias = !valid.has_value() && !proj;
+  // With an output mask the output differs from the states: a buffer of its own.
+  const bool alias = !valid.has_value() && !proj && !output_mask.has_value();
   at::Tensor y = alias ? at::empty({0}, xp.options()).set_(hs.storage(), hs.storage_offset() + (reverse ? 0 : N * Hout), {L, N, Hout}, {N * Hout, Hout, 1})
                        : at::empty({L, N, Hout}, xp.options());
   hs.select(0, reverse ? L : 0).copy_(h0);
@@ -621,10 +707,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   at::Tensor hraw = empty_like_or_none(xp, {L, N, H}, proj);
   at::Tensor scratch = at::empty({N, GH}, xp.options());
   at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn);
-  at::Tensor zone_t = ptr_source(zoneout);
+  at::Tensor zone_t = ptr_source(zoneout), mask_t = ptr_source(output_mask);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_fused_forward", [&] {
     auto loop = forward_state<scalar_t>(kind, G, proj, reverse, valid_t, xp, y, hs, cs, hn, hraw, w_hh, b_hn_t, w_hr, scratch);
-    loop.zone = data_or_null<scalar_t>(zone_t);
+    set_masks(loop, zone_t, mask_t);
     drive_forward(loop, xp.options());
   });
   return {alias ? at::empty({0}, xp.options()) : y, hs, cs, hn, hraw};
@@ -665,7 +751,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_inference(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_loop(
     int64_t kind, at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor hn, at::Tensor hraw, at::Tensor w_hh,
     std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse, at::Tensor dy, at::Tensor dh_n,
-    at::Tensor dc_n, std::optional<at::Tensor> zoneout) {
+    at::Tensor dc_n, std::optional<at::Tensor> zoneout, std::optional<at::Tensor> output_mask) {
   const int64_t L = dy.size(0), N = dy.size(1), GH = w_hh.size(0), Hout = hs.size(2);  // RNN passes no gates
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
@@ -675,7 +761,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   at::Tensor dh = dh_n.clone();
   at::Tensor dc = kind == LSTM ? dc_n.clone() : at::empty({0}, gates.options());
   at::Tensor scratch = at::empty({N, H}, gates.options());
-  at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout);
+  at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout), mask_t = ptr_source(output_mask);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_fused_backward", [&] {
     Loop<scalar_t> loop{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid_t),
                         gates.data_ptr<scalar_t>(), nullptr, hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
@@ -684,7 +770,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
                         dy.const_data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh_n.data_ptr<scalar_t>(),
                         dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dproj.data_ptr<scalar_t>()};
     for (int d = 0; d < 3; ++d) loop.dy_stride[d] = dy.stride(d);
-    loop.zone = data_or_null<scalar_t>(zone_t);
+    set_masks(loop, zone_t, mask_t);
     drive_backward(loop, gates.options());
   });
   return {dgx, dgh_n, dh, dc, dproj};
@@ -1106,12 +1192,12 @@ std::tuple<at::Tensor, at::Tensor> cell_step_cpu(int64_t kind, const at::Tensor&
 }  // namespace rnnkit
 
 TORCH_LIBRARY(rnnkit_fused, m) {
-  m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("forward_loop(int kind, Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse, Tensor? zoneout=None, Tensor? output_mask=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("cell_step(int kind, Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)");
   m.def("layer_norm_lstm_forward(Tensor(a!) xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("layer_norm_lstm_backward(Tensor gates, Tensor hs, Tensor cs, Tensor ahat, Tensor chat, Tensor rstd, Tensor w_hh, Tensor gain_hh, Tensor gain_cell, Tensor bias_cell, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("forward_inference(int kind, Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hn, Tensor? w_hr, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)");
-  m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n, Tensor? zoneout=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("backward_loop(int kind, Tensor gates, Tensor hs, Tensor cs, Tensor hn, Tensor hraw, Tensor w_hh, Tensor? w_hr, Tensor? valid, bool reverse, Tensor dy, Tensor dh_n, Tensor dc_n, Tensor? zoneout=None, Tensor? output_mask=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_fused, CPU, m) {

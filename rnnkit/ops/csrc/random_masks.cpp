@@ -39,7 +39,7 @@ at::Tensor random_mask(int64_t seed, c10::IntArrayRef shape, double p, double be
   at::Tensor out = at::empty(shape, at::TensorOptions().dtype(dtype));
   TORCH_CHECK(out.numel() <= (int64_t(1) << 32), "random_mask: at most 2^32 elements, got ", out.numel());
   const uint32_t threshold = static_cast<uint32_t>(std::ceil(p * 16777216.0));  // u < p 2^24 <=> u < ceil(p 2^24)
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "rnnkit_random_mask", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kBFloat16, at::kHalf, at::kBool, dtype, "rnnkit_random_mask", [&] {
     scalar_t* values = out.data_ptr<scalar_t>();
     const scalar_t low = static_cast<scalar_t>(below), high = static_cast<scalar_t>(above);
     at::parallel_for(0, out.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
