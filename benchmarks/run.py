@@ -384,7 +384,8 @@ def targets(report: Report) -> list[tuple[str, str, str]]:
                 add(f"{config} {CELL_TITLE[cell]} training peak memory: torch.nn / rnnkit >= 1.0x", value, 1.0)
         if "lstm" in report.args.cells:
             value = ratio(median(config, "lstm", "training", LAYER_NORM), median(config, "lstm", "training", TORCH))
-            add(f"{config} LayerNorm LSTM training: time / nn.LSTM's time <= 1.5x", value, 1.5, at_most=True)
+            line = 1.5 if config == "A" else 1.2  # issue 16 set 1.2 at B and C; A keeps the engine issue's 1.5
+            add(f"{config} LayerNorm LSTM training: time / nn.LSTM's time <= {line}x", value, line, at_most=True)
         for cell in report.args.cells:
             value = ratio(median(config, cell, "training", REGULARISED), median(config, cell, "training", auto))
             add(f"{config} {CELL_TITLE[cell]} training with weight drop + variational dropout + zoneout: time / plain <= 1.15x", value, 1.15, at_most=True)
