@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rnnkit.tasks import sentiment
+from rnnkit.tasks.common import DataError
 from rnnkit.tasks.sentiment_edits import negator_edits, polarity_lexicon
 
 LEXICON = {"good": 1, "funny": 1, "clever": 1, "dull": 0, "predictable": 0, "bad": 0}
@@ -74,3 +75,15 @@ def test_the_negator_edits_join_the_training_split_balanced_by_direction():
     unbalanced = sentiment.with_counterfactuals(train, ["<pad>", "<unk>"], sentiment.DataConfig(counterfactuals=["remove_negator"], negation_copies=2, balance_negations=False),
                                                 say=lambda _: None, lexicon=LEXICON)  # fmt: skip
     assert unbalanced[4:] == [("it is funny", 1)] * 2
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("negation_copies", 0, "data.negation_copies: expected a number of copies of at least 1, got 0"),
+    ("lexicon_min_count", 0, "data.lexicon_min_count: expected a count of at least 1, got 0"),
+    ("lexicon_min_odds", 1.0, "data.lexicon_min_odds: expected odds above 1, got 1.0"),
+    ("negator_scope", 0, "data.negator_scope: expected at least 1 word, got 0"),
+])  # fmt: skip
+def test_edit_options_that_would_make_no_edits_are_refused_by_name(option, value, message):
+    data = sentiment.DataConfig(counterfactuals=["insert_negator"], **{option: value})
+    with pytest.raises(DataError, match=message):
+        sentiment.with_counterfactuals([("the film is good", 1)], ["<pad>", "<unk>"], data, say=lambda _: None, lexicon=LEXICON)

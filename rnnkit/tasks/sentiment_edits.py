@@ -121,6 +121,18 @@ def _without_negator(words: list[str], k: int, cues: list[int], scope: int) -> s
     return " ".join(words[:k] + kept + words[k + 1 :])
 
 
+def check_edit_options(data) -> None:
+    """Refuse edit options (rnnkit.tasks.sentiment's DataConfig) that would quietly make no edits, or nonsense ones."""
+    if data.negation_copies < 1:
+        raise DataError(f"data.negation_copies: expected a number of copies of at least 1, got {data.negation_copies}")
+    if data.lexicon_min_count < 1:
+        raise DataError(f"data.lexicon_min_count: expected a count of at least 1, got {data.lexicon_min_count}")
+    if not data.lexicon_min_odds > 1:
+        raise DataError(f"data.lexicon_min_odds: expected odds above 1, got {data.lexicon_min_odds}")
+    if data.negator_scope < 1:
+        raise DataError(f"data.negator_scope: expected at least 1 word, got {data.negator_scope}")
+
+
 def with_counterfactuals(train_set, vocabulary, data, say=print, lexicon=POLARITY) -> list[tuple[str, int]]:
     """The training split, plus the edits of its sentences that ``data.counterfactuals`` asks for, labels flipped.
 
@@ -130,8 +142,7 @@ def with_counterfactuals(train_set, vocabulary, data, say=print, lexicon=POLARIT
     """
     if not data.counterfactuals:
         return train_set
-    if data.negation_copies < 1:
-        raise DataError(f"data.negation_copies: expected a number of copies of at least 1, got {data.negation_copies}")
+    check_edit_options(data)
     edits = [e for e in contrast_set(train_set, vocabulary) + negator_edits(train_set, lexicon, data.negator_scope) if e.rule in data.counterfactuals]
     negations = [(e.edited, 1 - e.label) for e in edits if e.rule != "antonym"] * data.negation_copies
     if data.balance_negations:
