@@ -6,7 +6,7 @@ import pytest
 
 from rnnkit.tasks import sentiment
 from rnnkit.tasks.common import DataError
-from rnnkit.tasks.sentiment_edits import negator_edits, polarity_lexicon
+from rnnkit.tasks.sentiment_edits import balanced, negator_edits, polarity_lexicon
 
 LEXICON = {"good": 1, "funny": 1, "clever": 1, "dull": 0, "predictable": 0, "bad": 0}
 
@@ -59,9 +59,9 @@ def test_the_lexicon_is_the_words_whose_sentences_lean_to_one_label():
 
 def test_balanced_repeats_the_rarer_label_in_turn():
     pairs = [("a", 0), ("b", 0), ("c", 0), ("d", 0), ("e", 0), ("x", 1), ("y", 1)]
-    out = sentiment.balanced(pairs)
+    out = balanced(pairs)
     assert sorted(out) == sorted(pairs[:5] + [("x", 1), ("y", 1), ("x", 1), ("y", 1), ("x", 1)])
-    assert sentiment.balanced([("a", 0)]) == [("a", 0)]
+    assert balanced([("a", 0)]) == [("a", 0)]
 
 
 def test_the_negator_edits_join_the_training_split_balanced_by_direction():

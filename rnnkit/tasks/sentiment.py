@@ -78,7 +78,7 @@ from rnnkit.models import load_model, save_model
 from rnnkit.tasks import common, lm, sentiment_eval
 from rnnkit.tasks.common import DataError, OptimConfig, Report
 from rnnkit.tasks.sentiment_contrast import POLARITY, SWAP, contrast_set
-from rnnkit.tasks.sentiment_edits import balanced, check_edit_options, polarity_lexicon, with_counterfactuals  # noqa: F401  (balanced: part of this module's API)
+from rnnkit.tasks.sentiment_edits import check_edit_options, polarity_lexicon, with_counterfactuals
 from rnnkit.tasks.sentiment_transfer import FinetuneConfig, PretrainConfig, build_classifier, fit_classifier, pretrained_language_model
 from rnnkit.tasks.sentiment_tweets import extra_sentences
 from rnnkit.training import TrainerConfig, seed_everything
@@ -257,8 +257,10 @@ def training_data(data: DataConfig, say=print) -> tuple[list, list, list, list[s
     """``(train, validation, test, vocabulary)``: the training split with its extra sentences and edits, the vocabulary of its words."""
     data = resolved(data)
     train_set, val_set, test_set = split(load_corpus(data.path), data)
-    check_edit_options(data)
-    lexicon = {**polarity_lexicon(train_set, data.lexicon_min_count, data.lexicon_min_odds), **POLARITY}
+    lexicon = POLARITY
+    if {"insert_negator", "remove_negator"} & set(data.counterfactuals):  # learnt only when the negator edits will use it
+        check_edit_options(data)  # before the lexicon, so that its options are refused by their names
+        lexicon = {**polarity_lexicon(train_set, data.lexicon_min_count, data.lexicon_min_odds), **POLARITY}
     train_set = train_set + extra_sentences(data, val_set + test_set, say)
     vocabulary = build_vocabulary([s for s, _ in train_set], data.min_count)
     return with_counterfactuals(train_set, vocabulary, data, say, lexicon), val_set, test_set, vocabulary
