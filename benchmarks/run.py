@@ -455,6 +455,7 @@ def machine_facts(report: Report) -> list[tuple[str, str]]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return [
         ("CPU", cpu),
+        ("vector instructions", f"{torch.backends.cpu.get_cpu_capability()} (torch's CPU capability; the fused loop's tiles follow it)"),
         ("cores", f"{os.cpu_count()} logical, {usable} usable by this process"),
         ("GPU", gpu),
         ("torch", f"{torch.__version__} (oneDNN: {torch.backends.mkldnn.is_available()})"),

@@ -6,6 +6,7 @@ import math
 import shutil
 import struct
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,7 +147,7 @@ def test_synthesiser_speaks_longer_for_more_words_differently_per_voice_and_repe
 
 
 def test_plans_hold_the_test_voices_out_of_training_and_repeat_exactly():
-    data = speech.DataConfig(flite_fraction=0)
+    data = speech.DataConfig(flite_fraction=0, festival_fraction=0)
     train, test = speech.plan(data, "train", 300), speech.plan(data, "test", 100)
     assert {u.voice.name.split("+")[1] for u in train} <= set(data.train_variants)
     assert {u.voice.name.split("+")[1] for u in test} <= set(data.test_variants)
@@ -182,6 +183,43 @@ def test_flite_speaks_slower_at_a_lower_rate_and_each_voice_differently():
     assert (spectrum(fast) - spectrum(tts.say(["one", "two"], speech.Voice("flite:awb", rate=250)))).abs().max() > 1.0
     with pytest.raises(DataError, match=r"voice: expected a flite voice from \['kal16', 'awb', 'rms', 'slt'\], got 'flite:joe'"):
         tts.say(["one"], speech.Voice("flite:joe"))
+
+
+def test_plans_give_festival_a_fraction_of_training_only_and_leave_other_plans_as_they_were():
+    data = speech.DataConfig(flite_fraction=0.3, festival_fraction=0.2)
+    train, val = speech.plan(data, "train", 1000), speech.plan(data, "val", 200)
+    names = lambda plan, prefix: [u.voice.name[len(prefix) :] for u in plan if u.voice.name.startswith(prefix)]  # noqa: E731
+    assert 0.15 < len(names(train, speech.FESTIVAL)) / 1000 < 0.25 and set(names(train, speech.FESTIVAL)) == {"kal", "ked", "slt"}
+    assert 0.25 < len(names(train, speech.FLITE)) / 1000 < 0.35  # flite keeps its share: festival takes from espeak-ng's
+    assert names(val, speech.FESTIVAL) == [] and val == speech.plan(speech.DataConfig(flite_fraction=0.3, festival_fraction=0), "val", 200)
+    without = speech.plan(speech.DataConfig(festival_fraction=0), "train", 200)
+    assert names(without, speech.FESTIVAL) == [] and without == speech.plan(speech.DataConfig(festival_fraction=0), "train", 200)
+    assert names(speech.plan(speech.DataConfig(), "train", 200), speech.FESTIVAL)  # on by default
+    with pytest.raises(ValueError, match=r"data.festival_voices: expected voices from \['kal', 'ked', 'slt'\], got \['joe'\]"):
+        speech.DataConfig(festival_voices=["joe"])
+    with pytest.raises(ValueError, match=r"data.festival_voices: expected voices from .*, got \[\]"):
+        speech.DataConfig(festival_fraction=0.1, festival_voices=[])
+    with pytest.raises(ValueError, match=r"data.festival_fraction: expected at most 1 - data.flite_fraction \(0.3\), got 0.8"):
+        speech.DataConfig(flite_fraction=0.7, festival_fraction=0.8)
+
+
+@pytest.mark.skipif(not Path("/usr/share/festival/voices/english/ked_diphone").is_dir(),
+                    reason="festival's voices are not installed (`make data` installs Debian's festival and festvox packages)")
+def test_festival_speaks_many_utterances_in_one_process_slower_at_a_lower_rate_and_each_voice_differently():
+    tts = speech.Festival()
+    (fast, rate), (slow, _), (other, _), (hts, hts_rate) = tts.say_many([
+        (["one", "two"], speech.Voice("festival:ked", rate=250)), (["one", "two"], speech.Voice("festival:ked", rate=100)),
+        (["one", "two"], speech.Voice("festival:kal", rate=250)), (["one", "two"], speech.Voice("festival:slt"))])
+    assert rate == 16000 and hts_rate == 32000 and fast.dtype == np.int16 and fast.std() > 500 and hts.std() > 500
+    assert 1.8 < len(slow) / len(fast) < 3  # duration stretch 1.75 / 0.7 = 2.5 on the words, not on the silence around them
+    spectrum = lambda audio: speech.log_mel(audio.astype(np.float32), 16000, speech.FeatureConfig()).mean(0)  # noqa: E731
+    assert (spectrum(fast) - spectrum(other)).abs().max() > 1.0
+    again, _ = tts.say_many([(["one", "two"], speech.Voice("festival:ked", rate=250))])[0]
+    assert np.array_equal(again, fast)  # deterministic: the same request, the same samples
+    with pytest.raises(DataError, match=r"voice, words: expected a festival voice from \['kal', 'ked', 'slt'\] and digit words, got 'festival:joe'"):
+        tts.say_many([(["one"], speech.Voice("festival:joe"))])
+    with pytest.raises(DataError, match=r"got 'festival:ked' saying 'one \(quit\)'"):
+        tts.say_many([(["one", "(quit)"], speech.Voice("festival:ked"))])
 
 
 def test_speed_perturbation_moves_a_tone_and_shortens_the_signal_by_the_factor():

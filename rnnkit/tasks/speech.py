@@ -14,7 +14,10 @@ one, ..., nine, spoken by espeak-ng (the ``espeakng-loader`` wheel of the
 ``apps`` extra carries the library; it is driven through ctypes, 22,050 Hz
 mono) and, for ``data.flite_fraction`` of the training and validation
 utterances, by flite (Debian's package; its voices are built from recordings
-of people, which is what carries over to human speech: see docs/results.md).
+of people, which is what carries over to human speech: see docs/results.md),
+and for ``data.festival_fraction`` of the training utterances by festival's
+voices (Debian's festival and festvox packages: two men's diphone voices and
+an HTS voice, one process for all of a split's utterances).
 An espeak-ng voice is an accent (en-us, en, en-gb-scotland, ...) with a
 variant (m1, f2, klatt3, ...); every utterance also draws its own rate (down
 to 80 words a minute: people read digit strings slower than espeak-ng's
@@ -102,7 +105,7 @@ from rnnkit.tasks.speech_audio import MAX_SECONDS, parse_wav, read_recording, re
 from rnnkit.tasks.speech_features import (  # noqa: F401 (re-exported: the front end's names, as before the split)
     FeatureConfig, dct_matrix, featurize, fft_points, hz_to_mel, log_mel, mel_filterbank, mel_to_hz, mfcc, normalize, resample)
 from rnnkit.tasks.speech_synthesis import (  # noqa: F401 (re-exported)
-    ACCENTS, FLITE, TRAIN_VARIANTS, WORDS, DataConfig, Espeak, Flite, Utterance, Voice, channel, plan)
+    ACCENTS, FESTIVAL, FLITE, TRAIN_VARIANTS, WORDS, DataConfig, Espeak, Festival, Flite, Utterance, Voice, channel, plan)
 from rnnkit.tasks.speech_tidigits import RAW_RECORDING, RAW_WORDS, TIDIGITS_PATH, find_tidigits, load_tidigits, read_mfc, read_transcripts  # noqa: F401
 from rnnkit.training import TrainerConfig, seed_everything
 
@@ -142,9 +145,9 @@ class Config:
 
 
 SIZES = {
-    "demo": ["data.train_utterances=1800", "data.test_utterances=300", "data.val_utterances=150", "trainer.max_epochs=10",
+    "demo": ["data.train_utterances=1800", "data.test_utterances=300", "data.val_utterances=150", "trainer.max_epochs=15",
              "model.rnn.hidden_size=64", "baseline.hidden_size=128"],
-    "fast": ["data.flite_fraction=0", "augment.speed=0", "data.train_utterances=400", "data.val_utterances=20", "data.test_utterances=60", "data.max_words=2",
+    "fast": ["data.flite_fraction=0", "data.festival_fraction=0", "augment.speed=0", "data.train_utterances=400", "data.val_utterances=20", "data.test_utterances=60", "data.max_words=2",
              "trainer.max_epochs=12", "batch_size=16", "optim.lr=0.01", "model.rnn.hidden_size=32", "model.rnn.num_layers=1",
              "baseline.hidden_size=32"],
 }  # fmt: skip
@@ -211,21 +214,27 @@ def recognise(model, features: list[torch.Tensor], decode: DecodeConfig, beam: b
 def make_split(config: Config, split: str, count: int, say=None) -> tuple[list[list[str]], list[torch.Tensor]]:
     """The words and features of a split's utterances, each featurised as soon as it is spoken (all the audio would take gigabytes)."""
     utterances, features = plan(config.data, split, count), []
-    spoken = synthesis = 0.0
+    started = time.perf_counter()
+    by_festival = [k for k, u in enumerate(utterances) if u.voice.name.startswith(FESTIVAL)]  # one process speaks them all
+    festival = dict(zip(by_festival, Festival().say_many([(utterances[k].words, utterances[k].voice) for k in by_festival]))) if by_festival else {}
+    synthesis, spoken = time.perf_counter() - started, 0.0
     flite = Flite() if any(u.voice.name.startswith(FLITE) for u in utterances) else None
     with Espeak() as espeak:
-        for u in utterances:
-            tts = flite if u.voice.name.startswith(FLITE) else espeak
+        for k, u in enumerate(utterances):
             started = time.perf_counter()
-            samples = tts.say(u.words, u.voice, u.seed)
+            if k in festival:
+                samples, rate = festival[k]
+            else:
+                tts = flite if u.voice.name.startswith(FLITE) else espeak
+                samples, rate = tts.say(u.words, u.voice, u.seed), tts.sample_rate
             synthesis += time.perf_counter() - started
-            spoken += samples.size / tts.sample_rate
+            spoken += samples.size / rate
             if split == "train":  # speed and reverberation: a stream of its own, so the channel's draws stay as they were
-                samples = perturb(samples, tts.sample_rate, config.augment, np.random.default_rng(u.seed + 2))
-            audio = channel(samples, tts.sample_rate, config.data, np.random.default_rng(u.seed))
+                samples = perturb(samples, rate, config.augment, np.random.default_rng(u.seed + 2))
+            audio = channel(samples, rate, config.data, np.random.default_rng(u.seed))
             # vocal tract length perturbation (Jaitly & Hinton, 2013), in training only: more speakers from the same voices
             warp = 1.0 if split != "train" else np.random.default_rng(u.seed + 1).uniform(1 - config.data.warp, 1 + config.data.warp)
-            features.append(featurize(audio, tts.sample_rate, config.features, warp))
+            features.append(featurize(audio, rate, config.features, warp))
     if say:
         say(f"{split}: {count} utterances, {spoken:.0f} s of speech synthesised in {synthesis:.1f} s ({spoken / synthesis:.0f}x real time)")
     return [u.words for u in utterances], features
@@ -235,7 +244,8 @@ def train(config: Config, run_dir: Path, say=print) -> Report:
     if config.augment.freq_masks and config.features.transform != "dct":
         raise ValueError(f"augment.freq_masks: expected features.transform='dct' (bands are masked through its inverse), got {config.features.transform!r}")
     d = config.data
-    say(f"voices: {len(d.accents)} accents x {len(d.train_variants)} training variants, flite's {d.flite_voices} for {d.flite_fraction:.0%}; "
+    say(f"voices: {len(d.accents)} accents x {len(d.train_variants)} training variants, flite's {d.flite_voices} for {d.flite_fraction:.0%}, "
+        f"festival's {d.festival_voices} for {d.festival_fraction:.0%} of training; "
         f"selection: {d.selection_variants} and flite's {d.flite_selection_voices}; test: {d.test_variants}")
     train_set = make_split(config, "train", d.train_utterances, say)
     val_set = make_split(config, "val", d.val_utterances, say)

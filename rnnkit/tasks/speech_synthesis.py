@@ -42,7 +42,10 @@ steph steph3 travis victor whisper whisperf zac
 """.split()
 # flite's voices (Debian's flite package): a diphone voice (kal16) and clustergen voices, each built from recordings of one person.
 FLITE_VOICES = ("kal16", "awb", "rms", "slt")
-FLITE = "flite:"  # a Voice named "flite:slt" is flite's, any other espeak-ng's
+FLITE = "flite:"  # a Voice named "flite:slt" is flite's, "festival:ked" festival's, any other espeak-ng's
+# festival's English voices (Debian's festvox-kallpc16k, festvox-kdlpc16k, festvox-us-slt-hts): two diphone voices of two men and an HTS voice.
+FESTIVAL_VOICES = {"kal": "kal_diphone", "ked": "ked_diphone", "slt": "cmu_us_slt_arctic_hts"}
+FESTIVAL = "festival:"
 # Held out for model selection (the validation set), as the test variants are for the test: new timbres at both.
 SELECTION_VARIANTS = ["m6", "f4", "klatt4", "Alicia", "Andy", "edward2", "steph2", "john"]
 
@@ -56,6 +59,8 @@ class DataConfig:
     flite_fraction: float = 0.3  # of the training and validation utterances, spoken by flite's voices instead
     flite_voices: list[str] = field(default_factory=lambda: ["kal16", "awb", "slt"])  # flite's voices in training
     flite_selection_voices: list[str] = field(default_factory=lambda: ["rms"])  # ... and in the validation set
+    festival_fraction: float = 0.2  # of the training utterances (not the validation set's), spoken by festival's voices instead
+    festival_voices: list[str] = field(default_factory=lambda: ["kal", "ked", "slt"])
     train_utterances: int = 6000
     val_utterances: int = 300
     test_utterances: int = 500
@@ -79,11 +84,18 @@ class DataConfig:
             shared = sorted(set(getattr(self, name)) & set(getattr(self, other)))
             if shared:
                 raise ValueError(f"data.{name}: expected voices of their own, got {shared} in data.{other} too")
-        if not 0 <= self.flite_fraction <= 1:
-            raise ValueError(f"data.flite_fraction: expected a fraction in [0, 1], got {self.flite_fraction}")
+        for name in ("flite_fraction", "festival_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"data.{name}: expected a fraction in [0, 1], got {getattr(self, name)}")
+        if self.flite_fraction + self.festival_fraction > 1:
+            raise ValueError(f"data.festival_fraction: expected at most 1 - data.flite_fraction ({1 - self.flite_fraction:g}), "
+                             f"got {self.festival_fraction}")
         unknown = sorted(set(self.flite_voices + self.flite_selection_voices) - set(FLITE_VOICES))
         if unknown:
             raise ValueError(f"data.flite_voices: expected voices from {list(FLITE_VOICES)}, got {unknown}")
+        unknown = sorted(set(self.festival_voices) - set(FESTIVAL_VOICES))
+        if unknown or (self.festival_fraction > 0 and not self.festival_voices):
+            raise ValueError(f"data.festival_voices: expected voices from {list(FESTIVAL_VOICES)}, got {unknown or []}")
         if not 1 <= self.min_words <= self.max_words:
             raise ValueError(f"data.min_words, data.max_words: expected 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
         for name in ("rate", "pitch", "pitch_range", "word_gap", "silence", "snr_db"):
@@ -202,6 +214,52 @@ class Flite:
         return samples.astype(np.int16)
 
 
+class Festival:
+    """The ``festival`` program (Debian's festival and festvox packages), one process for many utterances: ``Festival().say_many(requests)``.
+
+    A third synthesiser built from recordings of people: kal and ked are
+    diphone voices of two men (ked's speaker is in no other synthesiser here),
+    slt an HTS voice trained on the same woman's recordings as flite's slt,
+    through another vocoder. Of a :class:`Voice` it takes the rate, as a
+    duration stretch of 175 / rate (the diphone voices follow it), and the
+    pitch, as a mean F0 of 2 x pitch + 40 Hz with a spread of 0.3 x
+    pitch_range Hz (the diphone voices' intonation model). Its output is
+    deterministic; the sample rate is the voice's own (16 or 32 kHz).
+    """
+
+    def __init__(self) -> None:
+        self.program = shutil.which("festival")
+        if self.program is None:
+            raise DataError("speech synthesis: expected the festival program for data.festival_fraction > 0 (`make data` installs "
+                            "Debian's festival and festvox voices), found none; or set data.festival_fraction=0")  # fmt: skip
+
+    def say_many(self, requests: list[tuple[list[str], Voice]]) -> list[tuple[np.ndarray, int]]:
+        """(int16 samples, sample rate) for each (words, voice), all from one festival process."""
+        lines = []
+        for k, (words, voice) in enumerate(requests):
+            name = voice.name[len(FESTIVAL) :] if voice.name.startswith(FESTIVAL) else voice.name
+            if name not in FESTIVAL_VOICES or any(w not in WORDS for w in words):
+                raise DataError(f"voice, words: expected a festival voice from {list(FESTIVAL_VOICES)} and digit words, "
+                                f"got {voice.name!r} saying {' '.join(words)!r}")  # fmt: skip
+            lines += [f"(voice_{FESTIVAL_VOICES[name]})", f"(Parameter.set 'Duration_Stretch {175 / voice.rate:.4f})",
+                      f"(set! int_lr_params '((target_f0_mean {2 * voice.pitch + 40}) (target_f0_std {0.3 * voice.pitch_range:.1f}) "
+                      "(model_f0_mean 170) (model_f0_std 34)))",
+                      f'(utt.save.wave (utt.synth (Utterance Text "{" ".join(words)}")) "{k}.wav" \'riff)']  # fmt: skip
+        with tempfile.TemporaryDirectory() as folder:
+            script = Path(folder) / "say.scm"
+            script.write_text("\n".join(lines) + "\n")
+            done = subprocess.run([self.program, "--batch", str(script)], cwd=folder, capture_output=True, timeout=60 + len(requests))
+            out = []
+            for k, (words, _) in enumerate(requests):
+                wav = Path(folder) / f"{k}.wav"
+                if done.returncode != 0 or not wav.is_file():
+                    raise DataError(f"festival: expected a WAV file for {' '.join(words)!r}, got exit code {done.returncode}: "
+                                    f"{done.stderr.decode(errors='replace').strip()[:200]}")  # fmt: skip
+                samples, rate = parse_wav(wav.read_bytes(), str(wav))
+                out.append((samples.astype(np.int16), rate))
+        return out
+
+
 class Utterance(NamedTuple):
     words: list[str]
     voice: Voice
@@ -219,6 +277,8 @@ def plan(data: DataConfig, split: Literal["train", "val", "test"], count: int) -
         name = f"{rng.choice(data.accents)}+{rng.choice(variants)}"
         if flite and data.flite_fraction > 0 and rng.random() < data.flite_fraction:  # drawn only when on: plans without flite stay as they were
             name = FLITE + rng.choice(flite)
+        elif split == "train" and data.festival_fraction > 0 and rng.random() < data.festival_fraction / (1 - data.flite_fraction):
+            name = FESTIVAL + rng.choice(data.festival_voices)  # of what flite left: festival_fraction of all, on average
         voice = Voice(name, *(rng.randint(*getattr(data, key)) for key in ("rate", "pitch", "pitch_range", "word_gap")))
         out.append(Utterance(words, voice, rng.randrange(2**31)))
     return out
