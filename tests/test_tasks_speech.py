@@ -222,6 +222,19 @@ def test_festival_speaks_many_utterances_in_one_process_slower_at_a_lower_rate_a
         tts.say_many([(["one", "(quit)"], speech.Voice("festival:ked"))])
 
 
+@pytest.mark.skipif(not Path("/usr/share/festival/voices/english/ked_diphone").is_dir(),
+                    reason="festival's voices are not installed (`make data` installs Debian's festival and festvox packages)")
+def test_a_training_split_spoken_by_festival_in_blocks_is_featurised_in_plan_order(monkeypatch):
+    config = speech.Config(data=speech.DataConfig(flite_fraction=0.0, festival_fraction=1.0))
+    monkeypatch.setattr(speech, "FESTIVAL_BLOCK", 2)  # 5 utterances: blocks of 2, 2 and 1
+    words, features = speech.make_split(config, "train", 5)
+    assert words == [u.words for u in speech.plan(config.data, "train", 5)]
+    assert len(features) == 5 and all(f.shape[1] == config.features.num_cepstra and torch.isfinite(f).all() for f in features)
+    longest = max(range(5), key=lambda k: len(words[k]))
+    shortest = min(range(5), key=lambda k: len(words[k]))
+    assert len(features[longest]) > len(features[shortest])  # each utterance's own audio, in plan order
+
+
 def test_speed_perturbation_moves_a_tone_and_shortens_the_signal_by_the_factor():
     rate = 16000
     tone = np.sin(2 * np.pi * 500 * np.arange(rate) / rate).astype(np.float32)

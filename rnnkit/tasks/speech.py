@@ -211,19 +211,24 @@ def recognise(model, features: list[torch.Tensor], decode: DecodeConfig, beam: b
 # -- train, evaluate, predict -----------------------------------------------------------------
 
 
+FESTIVAL_BLOCK = 200  # festival's utterances spoken per process: a few seconds of work, tens of megabytes of audio
+
+
 def make_split(config: Config, split: str, count: int, say=None) -> tuple[list[list[str]], list[torch.Tensor]]:
     """The words and features of a split's utterances, each featurised as soon as it is spoken (all the audio would take gigabytes)."""
     utterances, features = plan(config.data, split, count), []
-    started = time.perf_counter()
-    by_festival = [k for k, u in enumerate(utterances) if u.voice.name.startswith(FESTIVAL)]  # one process speaks them all
-    festival = dict(zip(by_festival, Festival().say_many([(utterances[k].words, utterances[k].voice) for k in by_festival]))) if by_festival else {}
-    synthesis, spoken = time.perf_counter() - started, 0.0
+    synthesis = spoken = 0.0
+    by_festival = [k for k, u in enumerate(utterances) if u.voice.name.startswith(FESTIVAL)]
+    festival, spoken_by_festival = Festival() if by_festival else None, {}
     flite = Flite() if any(u.voice.name.startswith(FLITE) for u in utterances) else None
     with Espeak() as espeak:
         for k, u in enumerate(utterances):
             started = time.perf_counter()
-            if k in festival:
-                samples, rate = festival[k]
+            if u.voice.name.startswith(FESTIVAL):
+                if k not in spoken_by_festival:  # the next block of festival's utterances from one process: it starts slowly
+                    block = [j for j in by_festival if j >= k][:FESTIVAL_BLOCK]
+                    spoken_by_festival = dict(zip(block, festival.say_many([(utterances[j].words, utterances[j].voice) for j in block])))
+                samples, rate = spoken_by_festival.pop(k)
             else:
                 tts = flite if u.voice.name.startswith(FLITE) else espeak
                 samples, rate = tts.say(u.words, u.voice, u.seed), tts.sample_rate
