@@ -21,10 +21,9 @@ from rnnkit import tasks
 from rnnkit.cli import _shared
 from rnnkit.training.checkpoint import atomic_write_text
 
-DEMO = ["sentiment", "co2", "stocks", "charlm", "translation", "captioning", "music", "speech"]
-# Seconds each task took in the demo on a 2-core AVX2 machine (docs/results.md): the longest start first, so that
-# N workers finish close together. Only the order matters; the report keeps DEMO's order.
-DEMO_SECONDS = {"sentiment": 270, "speech": 240, "charlm": 193, "translation": 113, "captioning": 42, "co2": 22, "music": 14, "stocks": 13}
+# The tasks in the report's order, with the seconds each took in the demo on a 2-core AVX2 machine (docs/results.md):
+# workers take the longest first, so that they finish close together. Only that order depends on the seconds.
+DEMO = {"sentiment": 146, "co2": 18, "stocks": 10, "charlm": 135, "translation": 76, "captioning": 29, "music": 13, "speech": 161}
 
 
 def register(subparsers) -> None:
@@ -68,7 +67,8 @@ def handle(args) -> int:
         raise _shared.UsageError(f"--jobs: expected a number of tasks to train at once, at least 1, got {jobs}")
     out, size = Path(args.out), "fast" if args.fast else "demo"
     started = time.perf_counter()
-    work = [(DEMO.index(name) + 1, name, size, out, jobs > 1) for name in sorted(DEMO, key=DEMO_SECONDS.__getitem__, reverse=True)]
+    numbers = {name: number for number, name in enumerate(DEMO, 1)}
+    work = [(numbers[name], name, size, out, jobs > 1) for name in sorted(DEMO, key=DEMO.__getitem__, reverse=True)]
     if jobs == 1:
         finished = map(train_task, sorted(work))
         pool = None
