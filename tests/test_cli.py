@@ -247,6 +247,28 @@ def test_demo_with_workers_stops_them_on_ctrl_c(tmp_path):
     assert not (tmp_path / "REPORT.md").exists()
 
 
+def test_demo_reports_a_worker_that_dies_instead_of_waiting_for_it(tmp_path):
+    line = [sys.executable, "-m", "rnnkit", "demo", "--fast", "--jobs", "2", "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, start_new_session=True) as process:
+        assert any(line.startswith("[1/8] sentiment") for line in process.stdout)
+        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == process.pid
+                   and b"spawn_main" in (p / "cmdline").read_bytes()]  # fmt: skip
+        assert workers, "no worker process found"
+        os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and stderr.count("\n") == 1, stderr
+    assert stderr.startswith("rnnkit demo: error: a worker process ended abruptly (killed, or out of memory); unfinished: ")
+    assert "sentiment" in stderr and "`rnnkit demo --jobs 1`" in stderr and not (tmp_path / "REPORT.md").exists()
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):  # the process ended meanwhile
+        return None
+
+
 @pytest.mark.parametrize("experiment", [[], ["order"]], ids=["gradients", "order"])
 def test_diagnose_stops_cleanly_on_ctrl_c(experiment, tmp_path):
     """`rnnkit diagnose` (its gradient experiment, or a named one) ends on SIGINT with one line and exit code 130."""

@@ -13,6 +13,8 @@ import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -40,7 +42,8 @@ def register(subparsers) -> None:
 
 
 def default_jobs(threads: int) -> int:
-    return max(1, min(len(DEMO), len(os.sched_getaffinity(0)) // max(threads, 1)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # the former: Linux only
+    return max(1, min(len(DEMO), cores // max(threads, 1)))
 
 
 def train_task(job: tuple[int, str, str, Path, bool]) -> tuple[str, tasks.common.Report, float]:
@@ -59,6 +62,33 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _in_workers(work: list, jobs: int, threads: int):
+    """Yield ``train_task``'s results as ``jobs`` fresh spawned processes finish them.
+
+    A task's error is raised here; so is a worker that dies (killed, out of
+    memory), as :class:`ChildProcessError`, where a pool that waited for it
+    would hang. On any way out, a signal included, the workers are stopped.
+    """
+    pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), _start_worker, (threads,), max_tasks_per_child=1)
+    try:
+        pending = {pool.submit(train_task, job): job[1] for job in work}
+        for future in as_completed(pending):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                raise ChildProcessError(f"a worker process ended abruptly (killed, or out of memory); unfinished: {', '.join(pending.values())}; "
+                                        "`rnnkit demo --jobs 1` trains one task at a time in this process") from None  # fmt: skip
+            del pending[future]
+            yield result
+    finally:
+        workers = list(pool._processes.values())  # ProcessPoolExecutor has no public way to stop running workers (3.14 adds one)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join()
+
+
 @_shared.reports_errors("demo")
 def handle(args) -> int:
     _shared.set_threads(args)
@@ -69,24 +99,13 @@ def handle(args) -> int:
     started = time.perf_counter()
     numbers = {name: number for number, name in enumerate(DEMO, 1)}
     work = [(numbers[name], name, size, out, jobs > 1) for name in sorted(DEMO, key=DEMO.__getitem__, reverse=True)]
-    if jobs == 1:
-        finished = map(train_task, sorted(work))
-        pool = None
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(jobs, _start_worker, (args.threads,), maxtasksperchild=1)
-        finished = pool.imap_unordered(train_task, work)
     reports, timings = {}, {}
-    try:
-        for name, report, seconds in finished:
-            reports[name], timings[name] = report, seconds
-            done = f"\n[{name}] done in {seconds:.0f} s" if pool else ""
-            print(done + "\n" + "\n".join("  " + line for line in report.console().splitlines()))
-            for title, text in report.samples.items():
-                print(f"  {title}:\n" + "\n".join("    " + line for line in text.splitlines()), flush=True)
-    finally:
-        if pool is not None:
-            pool.terminate()  # after an error or a signal the other workers stop too; after success they are idle
-            pool.join()
+    for name, report, seconds in (map(train_task, sorted(work)) if jobs == 1 else _in_workers(work, jobs, args.threads)):
+        reports[name], timings[name] = report, seconds
+        done = f"\n[{name}] done in {seconds:.0f} s" if jobs > 1 else ""
+        print(done + "\n" + "\n".join("  " + line for line in report.console().splitlines()))
+        for title, text in report.samples.items():
+            print(f"  {title}:\n" + "\n".join("    " + line for line in text.splitlines()), flush=True)
     total = time.perf_counter() - started
     times = ", ".join(f"{name} {timings[name]:.0f} s" for name in DEMO)
     at_once = f", {jobs} at a time" if jobs > 1 else ""
