@@ -30,7 +30,7 @@ DEMO = {"sentiment": 146, "co2": 18, "stocks": 10, "charlm": 135, "translation":
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="train and report a small model for every task (a few minutes)",
-                                   description=__doc__.split(":", 1)[1].strip(), formatter_class=_shared.formatter,
+                                   description=__doc__.split(":", 1)[1].split("\n\n")[0].strip(), formatter_class=_shared.formatter,
                                    epilog="The data comes from `make data`. Each task's run folder sits in OUT; OUT/REPORT.md gathers them.\n"
                                           "Unlike `rnnkit train`, the demo replaces what a previous demo left in OUT.")  # fmt: skip
     parser.add_argument("--fast", action="store_true", help="tiny models, for tests and CI: the numbers mean little")
