@@ -158,6 +158,9 @@ def test_plans_hold_the_test_voices_out_of_training_and_repeat_exactly():
         speech.DataConfig(train_variants=["m1", "m3"])
     with pytest.raises(ValueError, match=r"data.selection_variants: expected voices of their own, got \['m1'\] in data.train_variants"):
         speech.DataConfig(selection_variants=["m1"])
+    for rate in ([60, 250], [100, 500]):  # espeak-ng would speak 60 as 80 and 500 as 450 without a word
+        with pytest.raises(ValueError, match=rf"data.rate: expected words a minute within espeak-ng's \[80, 450\], got \{rate}"):
+            speech.DataConfig(rate=rate)
 
 
 def test_plans_give_a_fraction_to_flite_in_training_and_selection_with_voices_of_their_own():

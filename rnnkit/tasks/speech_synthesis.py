@@ -50,6 +50,9 @@ FESTIVAL = "festival:"
 SELECTION_VARIANTS = ["m6", "f4", "klatt4", "Alicia", "Andy", "edward2", "steph2", "john"]
 
 
+ESPEAK_RATES = (80, 450)  # words a minute that espeak-ng speaks at; it speaks a rate outside at the nearest end
+
+
 @dataclass
 class DataConfig:
     accents: list[str] = field(default_factory=lambda: list(ACCENTS))
@@ -66,7 +69,7 @@ class DataConfig:
     test_utterances: int = 500
     min_words: int = 1
     max_words: int = 7  # TIDIGITS strings run to seven digits
-    rate: list[int] = field(default_factory=lambda: [80, 250])  # words a minute (espeak-ng's default: 175; people read digits slower)
+    rate: list[int] = field(default_factory=lambda: [80, 250])  # words a minute (espeak-ng: 80 to 450, default 175; people read digits slower)
     pitch: list[int] = field(default_factory=lambda: [25, 75])  # 0-100 (50: the voice's own)
     pitch_range: list[int] = field(default_factory=lambda: [20, 80])  # 0 monotone, 50 normal, 100 lively
     word_gap: list[int] = field(default_factory=lambda: [0, 10])  # extra pause between words, 10 ms units
@@ -102,6 +105,8 @@ class DataConfig:
             low_high = getattr(self, name)
             if len(low_high) != 2 or low_high[0] > low_high[1]:
                 raise ValueError(f"data.{name}: expected a range [low, high] with low <= high, got {low_high}")
+        if not ESPEAK_RATES[0] <= self.rate[0] <= self.rate[1] <= ESPEAK_RATES[1]:  # espeak-ng clamps to its range without a word
+            raise ValueError(f"data.rate: expected words a minute within espeak-ng's {list(ESPEAK_RATES)}, got {self.rate}")
 
 
 
