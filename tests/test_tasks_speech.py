@@ -158,8 +158,8 @@ def test_plans_hold_the_test_voices_out_of_training_and_repeat_exactly():
         speech.DataConfig(train_variants=["m1", "m3"])
     with pytest.raises(ValueError, match=r"data.selection_variants: expected voices of their own, got \['m1'\] in data.train_variants"):
         speech.DataConfig(selection_variants=["m1"])
-    for rate in ([60, 250], [100, 500]):  # espeak-ng would speak 60 as 80 and 500 as 450 without a word
-        with pytest.raises(ValueError, match=rf"data.rate: expected words a minute within espeak-ng's \[80, 450\], got \{rate}"):
+    for rate in ([30, 250], [100, 500]):  # below 40 nothing stretches; above 450 espeak-ng would speak at 450 without a word
+        with pytest.raises(ValueError, match=rf"data.rate: expected words a minute within \[40, 450\], got \{rate}"):
             speech.DataConfig(rate=rate)
 
 
@@ -236,6 +236,30 @@ def test_a_training_split_spoken_by_festival_in_blocks_is_featurised_in_plan_ord
     longest = max(range(5), key=lambda k: len(words[k]))
     shortest = min(range(5), key=lambda k: len(words[k]))
     assert len(features[longest]) > len(features[shortest])  # each utterance's own audio, in plan order
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.25, 2.0])
+def test_time_stretch_lengthens_by_the_factor_at_the_same_pitch_and_level(factor):
+    from rnnkit.tasks.speech_audio import stretch_time
+
+    rate = 22050
+    tone = (1000 * np.sin(2 * np.pi * 210 * np.arange(rate) / rate)).astype(np.float32)
+    stretched = stretch_time(tone, factor, rate)
+    assert stretched.dtype == np.float32 and len(stretched) == round(rate * factor)
+    middle = stretched[rate // 10 : -rate // 10]
+    assert np.abs(np.fft.rfft(middle)).argmax() * rate / len(middle) == pytest.approx(210, abs=2)  # speed would move it
+    frames = middle[: len(middle) // 220 * 220].reshape(-1, 220)  # 10 ms frames: no frame cancelled by a phase jump
+    assert np.sqrt((frames**2).mean(1)).min() > 0.9 * 1000 / np.sqrt(2)
+    with pytest.raises(ValueError, match="factor: expected a positive time-stretch factor, got 0"):
+        stretch_time(tone, 0, rate)
+
+
+def test_espeak_speaks_rates_below_its_range_by_stretching_what_it_says_at_80():
+    with speech.Espeak() as tts:
+        at_80, at_60 = (tts.say(["one", "two", "three"], speech.Voice("en-us+m1", rate=rate)) for rate in (80, 60))
+    assert at_60.dtype == np.int16 and len(at_60) / len(at_80) == pytest.approx(80 / 60, rel=0.01)  # espeak-ng alone says 60 as 80
+    spectrum = lambda audio: speech.log_mel(audio.astype(np.float32), 22050, speech.FeatureConfig()).mean(0)  # noqa: E731
+    assert (spectrum(at_80) - spectrum(at_60)).abs().max() < 0.5  # the same voice, only slower
 
 
 def test_speed_perturbation_moves_a_tone_and_shortens_the_signal_by_the_factor():

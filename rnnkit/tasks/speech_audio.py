@@ -95,3 +95,51 @@ def read_recording(raw: bytes, path: str) -> tuple[np.ndarray, int]:
         raise DataError(f"{path}: expected at least 0.1 s of sound above silence, found {speech.size / rate:.3f} s "
                         f"in {audio.size / rate:.2f} s of audio")  # fmt: skip
     return speech, rate
+
+
+def stretch_time(audio: np.ndarray, factor: float, rate: int, frame_seconds: float = 0.03, tolerance_seconds: float = 0.01) -> np.ndarray:
+    r"""The audio ``factor`` times as long at the same pitch: waveform-similarity overlap-add (WSOLA).
+
+    Verhelst & Roelands (ICASSP 1993). Output frames of ``n`` samples, Hann
+    windowed, are laid every :math:`h = n / 2` samples. Frame :math:`k` would
+    be read from the input at :math:`k h / \text{factor}`; it is read instead
+    from the position within ``tolerance_seconds`` of that whose samples
+    correlate best with what naturally follows the frame read before (its
+    continuation by :math:`h`), so that the overlapping halves are in phase
+    and the pitch periods are neither cut nor doubled::
+
+        previous = 0
+        for k in range(frames):
+            natural = x[previous + h : previous + h + n]
+            p = argmax over |p - k h / factor| <= tolerance of  <x[p : p + n], natural>
+            y[k h : k h + n] += hann * x[p : p + n];  previous = p
+
+    Float32 out; silence (zeros) stands in beyond the input's ends.
+    """
+    if not factor > 0:
+        raise ValueError(f"factor: expected a positive time-stretch factor, got {factor}")
+    x = np.asarray(audio, np.float32)
+    n = max(2, int(frame_seconds * rate) // 2 * 2)
+    hop, tolerance = n // 2, int(tolerance_seconds * rate)
+    length = round(x.size * factor)
+    frames = -(-length // hop) + 1
+    padded = np.zeros(tolerance + x.size + 2 * tolerance + 2 * n + hop, np.float32)
+    padded[tolerance : tolerance + x.size] = x  # position p of x sits at p + tolerance
+
+    def segment(p: int) -> np.ndarray:
+        return padded[p + tolerance : p + tolerance + n]
+
+    window = np.hanning(n + 2)[1:-1].astype(np.float32)
+    out, weight = np.zeros(frames * hop + n, np.float32), np.zeros(frames * hop + n, np.float32)
+    previous = 0
+    for k in range(frames):
+        target = min(round(k * hop / factor), x.size)
+        if k == 0:
+            position = target
+        else:
+            region = padded[target : target + 2 * tolerance + n]  # positions target - tolerance ... target + tolerance
+            position = target - tolerance + int(np.argmax(np.correlate(region, segment(previous + hop), mode="valid")))
+        out[k * hop : k * hop + n] += window * segment(position)
+        weight[k * hop : k * hop + n] += window
+        previous = position
+    return (out / np.maximum(weight, 1e-3))[:length]

@@ -25,7 +25,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from rnnkit.tasks.common import DataError
-from rnnkit.tasks.speech_audio import parse_wav
+from rnnkit.tasks.speech_audio import parse_wav, stretch_time
 
 WORDS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # label i + 1; 0 is the blank
 
@@ -51,6 +51,7 @@ SELECTION_VARIANTS = ["m6", "f4", "klatt4", "Alicia", "Andy", "edward2", "steph2
 
 
 ESPEAK_RATES = (80, 450)  # words a minute that espeak-ng speaks at; it speaks a rate outside at the nearest end
+MIN_RATE = 40  # words a minute: Espeak.say stretches what espeak-ng speaks at 80 to rates down to this
 
 
 @dataclass
@@ -69,7 +70,7 @@ class DataConfig:
     test_utterances: int = 500
     min_words: int = 1
     max_words: int = 7  # TIDIGITS strings run to seven digits
-    rate: list[int] = field(default_factory=lambda: [80, 250])  # words a minute (espeak-ng: 80 to 450, default 175; people read digits slower)
+    rate: list[int] = field(default_factory=lambda: [80, 250])  # words a minute (espeak-ng: 80 to 450, default 175, slower by stretching; people read digits slower)
     pitch: list[int] = field(default_factory=lambda: [25, 75])  # 0-100 (50: the voice's own)
     pitch_range: list[int] = field(default_factory=lambda: [20, 80])  # 0 monotone, 50 normal, 100 lively
     word_gap: list[int] = field(default_factory=lambda: [0, 10])  # extra pause between words, 10 ms units
@@ -105,8 +106,8 @@ class DataConfig:
             low_high = getattr(self, name)
             if len(low_high) != 2 or low_high[0] > low_high[1]:
                 raise ValueError(f"data.{name}: expected a range [low, high] with low <= high, got {low_high}")
-        if not ESPEAK_RATES[0] <= self.rate[0] <= self.rate[1] <= ESPEAK_RATES[1]:  # espeak-ng clamps to its range without a word
-            raise ValueError(f"data.rate: expected words a minute within espeak-ng's {list(ESPEAK_RATES)}, got {self.rate}")
+        if not MIN_RATE <= self.rate[0] <= self.rate[1] <= ESPEAK_RATES[1]:  # above it espeak-ng would speak at 450 without a word
+            raise ValueError(f"data.rate: expected words a minute within [{MIN_RATE}, {ESPEAK_RATES[1]}], got {self.rate}")
 
 
 
@@ -162,11 +163,17 @@ class Espeak:
         return 0  # carry on
 
     def say(self, words: list[str], voice: Voice, seed: int = 0) -> np.ndarray:
-        """int16 samples at ``self.sample_rate`` of the words, spoken by ``voice``."""
+        """int16 samples at ``self.sample_rate`` of the words, spoken by ``voice``.
+
+        espeak-ng speaks 80 to 450 words a minute; a slower ``voice.rate`` is
+        spoken at 80 and stretched in time to the rate asked for, at the same
+        pitch (:func:`~rnnkit.tasks.speech_audio.stretch_time`).
+        """
         code = self.lib.espeak_SetVoiceByName(voice.name.encode())
         if code != 0:
             raise DataError(f"voice: expected an espeak-ng voice such as 'en-us+m3', got {voice.name!r} (espeak-ng error {code})")
-        for parameter, value in ((RATE, voice.rate), (PITCH, voice.pitch), (RANGE, voice.pitch_range), (WORDGAP, voice.word_gap)):
+        spoken_rate = max(voice.rate, ESPEAK_RATES[0])  # below its range espeak-ng speaks at 80: slower is stretched after
+        for parameter, value in ((RATE, spoken_rate), (PITCH, voice.pitch), (RANGE, voice.pitch_range), (WORDGAP, voice.word_gap)):
             self.lib.espeak_SetParameter(parameter, int(value), 0)
         self.lib.espeak_ng_SetRandSeed(seed)
         self.libc.srand(seed)  # the Klatt voices draw their noise from libc's rand()
@@ -175,7 +182,11 @@ class Espeak:
         code = self.lib.espeak_Synth(text, len(text), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
         if code != 0:
             raise DataError(f"espeak-ng: expected espeak_Synth to return 0, got {code} for {' '.join(words)!r}")
-        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+        samples = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+        if spoken_rate != voice.rate:
+            stretched = stretch_time(samples, spoken_rate / voice.rate, self.sample_rate)
+            samples = np.clip(np.round(stretched), -32768, 32767).astype(np.int16)
+        return samples
 
     def __exit__(self, *exc) -> None:
         self.lib.espeak_Terminate()
