@@ -260,6 +260,8 @@ def test_espeak_speaks_rates_below_its_range_by_stretching_what_it_says_at_80():
     assert at_60.dtype == np.int16 and len(at_60) / len(at_80) == pytest.approx(80 / 60, rel=0.01)  # espeak-ng alone says 60 as 80
     spectrum = lambda audio: speech.log_mel(audio.astype(np.float32), 22050, speech.FeatureConfig()).mean(0)  # noqa: E731
     assert (spectrum(at_80) - spectrum(at_60)).abs().max() < 0.5  # the same voice, only slower
+    with speech.Espeak() as tts, pytest.raises(ValueError, match="voice.rate: expected 40 to 450 words a minute for espeak-ng, got 500"):
+        tts.say(["one"], speech.Voice("en-us+m1", rate=500))  # espeak-ng alone would speak it at 450
 
 
 def test_speed_perturbation_moves_a_tone_and_shortens_the_signal_by_the_factor():

@@ -172,6 +172,8 @@ class Espeak:
         code = self.lib.espeak_SetVoiceByName(voice.name.encode())
         if code != 0:
             raise DataError(f"voice: expected an espeak-ng voice such as 'en-us+m3', got {voice.name!r} (espeak-ng error {code})")
+        if not MIN_RATE <= voice.rate <= ESPEAK_RATES[1]:
+            raise ValueError(f"voice.rate: expected {MIN_RATE} to {ESPEAK_RATES[1]} words a minute for espeak-ng, got {voice.rate}")
         spoken_rate = max(voice.rate, ESPEAK_RATES[0])  # below its range espeak-ng speaks at 80: slower is stretched after
         for parameter, value in ((RATE, spoken_rate), (PITCH, voice.pitch), (RANGE, voice.pitch_range), (WORDGAP, voice.word_gap)):
             self.lib.espeak_SetParameter(parameter, int(value), 0)
