@@ -202,6 +202,9 @@ def test_plans_give_festival_a_fraction_of_training_only_and_leave_other_plans_a
         speech.DataConfig(festival_voices=["joe"])
     with pytest.raises(ValueError, match=r"data.festival_voices: expected voices from .*, got \[\]"):
         speech.DataConfig(festival_fraction=0.1, festival_voices=[])
+    with pytest.raises(ValueError, match=r"data.pitch: expected at least 15 with festival's voices on .*, got \[10, 75\]"):
+        speech.DataConfig(pitch=[10, 75])
+    assert speech.DataConfig(pitch=[10, 75], festival_fraction=0).pitch == [10, 75]
     with pytest.raises(ValueError, match=r"data.festival_fraction: expected at most 1 - data.flite_fraction \(0.3\), got 0.8"):
         speech.DataConfig(flite_fraction=0.7, festival_fraction=0.8)
 
@@ -223,6 +226,8 @@ def test_festival_speaks_many_utterances_in_one_process_slower_at_a_lower_rate_a
         tts.say_many([(["one"], speech.Voice("festival:joe"))])
     with pytest.raises(DataError, match=r"got 'festival:ked' saying 'one \(quit\)'"):
         tts.say_many([(["one", "(quit)"], speech.Voice("festival:ked"))])
+    with pytest.raises(ValueError, match=r"voice.pitch: expected at least 15 for festival .*, got 10"):  # at 10 (F0 60 Hz) kal aborted on this one
+        speech.Festival().say_many([(["eight"], speech.Voice("festival:kal", rate=105, pitch=10))])
 
 
 @pytest.mark.skipif(not Path("/usr/share/festival/voices/english/ked_diphone").is_dir(),

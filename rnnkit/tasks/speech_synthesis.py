@@ -52,6 +52,7 @@ SELECTION_VARIANTS = ["m6", "f4", "klatt4", "Alicia", "Andy", "edward2", "steph2
 
 ESPEAK_RATES = (80, 450)  # words a minute that espeak-ng speaks at; it speaks a rate outside at the nearest end
 MIN_RATE = 40  # words a minute: Espeak.say stretches what espeak-ng speaks at 80 to rates down to this
+FESTIVAL_MIN_PITCH = 15  # festival's kal aborts (glibc: "malloc(): invalid size") on some utterances at pitch 10 (F0 60 Hz)
 
 
 @dataclass
@@ -106,6 +107,9 @@ class DataConfig:
             low_high = getattr(self, name)
             if len(low_high) != 2 or low_high[0] > low_high[1]:
                 raise ValueError(f"data.{name}: expected a range [low, high] with low <= high, got {low_high}")
+        if self.festival_fraction > 0 and self.pitch[0] < FESTIVAL_MIN_PITCH:
+            raise ValueError(f"data.pitch: expected at least {FESTIVAL_MIN_PITCH} with festival's voices on (festival crashes on a lower "
+                             f"mean F0), got {self.pitch}; or set data.festival_fraction=0")  # fmt: skip
         if not MIN_RATE <= self.rate[0] <= self.rate[1] <= ESPEAK_RATES[1]:  # above it espeak-ng would speak at 450 without a word
             raise ValueError(f"data.rate: expected words a minute within [{MIN_RATE}, {ESPEAK_RATES[1]}], got {self.rate}")
 
@@ -256,6 +260,8 @@ class Festival:
         lines = []
         for k, (words, voice) in enumerate(requests):
             name = voice.name[len(FESTIVAL) :] if voice.name.startswith(FESTIVAL) else voice.name
+            if voice.pitch < FESTIVAL_MIN_PITCH:
+                raise ValueError(f"voice.pitch: expected at least {FESTIVAL_MIN_PITCH} for festival (it crashes on a lower mean F0), got {voice.pitch}")
             if name not in FESTIVAL_VOICES or any(w not in WORDS for w in words):
                 raise DataError(f"voice, words: expected a festival voice from {list(FESTIVAL_VOICES)} and digit words, "
                                 f"got {voice.name!r} saying {' '.join(words)!r}")  # fmt: skip
