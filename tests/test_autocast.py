@@ -2,7 +2,8 @@
 gradients against the float32 reference within bf16 rounding.
 
 Tolerance: relative error in the Frobenius norm. bf16 keeps 8 significant bits (unit roundoff
-2^-9 ≈ 0.002); the plain families land at 0.002-0.007 here, so 0.02 is about ten roundoffs. The
+2^-9 ≈ 0.002); the plain families land at 0.002-0.007 here (with the per-step products' operands
+rounded to bf16 too), so 0.02 is about ten roundoffs. The
 LayerNorm LSTM is more sensitive: rounding only x and W_ih to bf16 in a float32 run already moves its
 gradients by 0.03-0.06 at these sizes; autocast's may move them 2.5 times that much (measured: 1.2-1.6).
 """
@@ -73,7 +74,9 @@ def test_dtypes_and_values_match_torch_nn_under_autocast(family, options):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_gradients_match_float32_within_bf16_rounding(family):
+@pytest.mark.parametrize("no_amx", ["", "1"], ids=["tiles-where-the-cpu-has-them", "portable"])
+def test_gradients_match_float32_within_bf16_rounding(family, no_amx, monkeypatch):
+    monkeypatch.setenv("RNNKIT_NO_AMX", no_amx)  # the per-step bf16 products' two paths (tests/test_bf16_products.py)
     layer = family(8, 16, num_layers=2, bidirectional=True)
     x = torch.randn(11, 4, 8)
     out, final, grads = gradients(layer, x, autocast=True)

@@ -28,6 +28,12 @@ also the output. Backward then splits the total gradient ``dh_t``: ``(1 - m_t) �
 the step (the gates, or the projection), ``m_t ⊙ dh_t`` straight to ``dh_{t-1}``. The mask is floats
 (eval mode's constant p) or bool flags (training's masks: a quarter of the memory), read as ``m_t`` 0/1.
 
+``w_hh`` in bf16 while the rest is float32 (what :mod:`rnnkit.engine.autocast` passes under bf16
+autocast): every per-step product runs with bf16 operands and float32 sums, ``bf16(h_{t-1}) W_hh^T``
+forward and ``bf16(dG_t) W_hh`` backward (GRU: ``[bf16(dgx_rz), bf16(δn⊙r)]``); states, gates and
+``dh`` stay float32. The compiled loop does this with AMX-BF16 tiles where the CPU has them (see
+``csrc/bf16_tiles.h``); the results differ from this loop's only in the order of float32 sums.
+
 ``output_mask`` (N, H_out), optional: a locked dropout mask on the output, the same at every step:
 ``y_t = h_t ⊙ m`` (the states keep ``h_t``), and backward adds ``dy_t ⊙ m`` to ``dh_t``. It is what
 ``(y ⊙ m)`` then autograd's product would compute, without a masked copy of the output or of its gradient.
@@ -45,6 +51,16 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
+def _low_operands(w_hh: Tensor, dtype: torch.dtype) -> tuple[torch.dtype | None, Tensor]:
+    """A W_hh of lower precision than the loop's (bf16 under autocast) asks for per-step products with operands
+    rounded to it and sums in the loop's dtype: ``(that dtype, W_hh in the loop's dtype)``; else ``(None, W_hh)``."""
+    return (None, w_hh) if w_hh.dtype == dtype else (w_hh.dtype, w_hh.to(dtype))
+
+
+def _rounded(operand: Tensor, low: torch.dtype | None) -> Tensor:
+    return operand if low is None else operand.to(low).to(operand.dtype)
+
+
 def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None):
     length, batch, _ = xp.shape
     out_size = h0.shape[1]
@@ -58,12 +74,13 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
         cs[length if reverse else 0] = c0
     hn = xp.new_empty(length, batch, hidden) if kind == GRU else _empty(xp)
     hraw = xp.new_empty(length, batch, hidden) if w_hr is not None else _empty(xp)
+    low, w_hh = _low_operands(w_hh, xp.dtype)
     w_hh_t = w_hh.t()
     order = range(length - 1, -1, -1) if reverse else range(length)
     for t in order:
         before, after = t + reverse, t + 1 - reverse
         h_prev = hs[before]
-        recurrent = h_prev @ w_hh_t
+        recurrent = _rounded(h_prev, low) @ w_hh_t
         gates = xp[t]
         if kind == LSTM:
             i, f, g, o = (gates + recurrent).chunk(4, dim=1)
@@ -108,6 +125,7 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
 def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None, output_mask=None):
     length, batch, _ = dy.shape
     gate_size = w_hh.shape[0]
+    low, w_hh = _low_operands(w_hh, dy.dtype)
     dgx = dy.new_empty(length, batch, gate_size)  # RNN passes no gates: its backward reads hs
     dgh_n = dy.new_empty(length, batch, gate_size // 3) if kind == GRU else _empty(dy)
     dproj = dy.new_empty(dy.shape) if w_hr is not None else _empty(dy)
@@ -153,9 +171,9 @@ def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy,
                 dgh_n[t] = torch.where(keep, dgh_n[t], 0.0)
         if kind == GRU:
             shared = 2 * dgh_n.shape[2]
-            dh_prev = dgx[t][:, :shared] @ w_hh[:shared] + dgh_n[t] @ w_hh[shared:]
+            dh_prev = _rounded(dgx[t][:, :shared], low) @ w_hh[:shared] + _rounded(dgh_n[t], low) @ w_hh[shared:]
         else:
-            dh_prev = dgx[t] @ w_hh
+            dh_prev = _rounded(dgx[t], low) @ w_hh
         if direct is not None:
             dh_prev = dh_prev + direct
         dh = dh_prev if keep is None else torch.where(keep, dh_prev, dh_total)

@@ -21,6 +21,7 @@ back to it; :func:`status` says which path is in use and why.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import time
@@ -34,6 +35,7 @@ from rnnkit.ops import fakes
 # fused_loops.cpp defines the library (TORCH_LIBRARY); every other file in csrc/ adds its ops to it
 # with TORCH_LIBRARY_FRAGMENT, so a kernel family is one file and one more source here.
 SOURCES = sorted(pathlib.Path(__file__).with_name("csrc").glob("*.cpp"))
+HEADERS = sorted(pathlib.Path(__file__).with_name("csrc").glob("*.h"))
 NO_BUILD_ENV = "RNNKIT_ENGINE_NO_BUILD"
 
 _state: dict = {"tried": False, "loops": None, "reason": "not built yet (builds on first use)", "path": None, "seconds": None}
@@ -107,6 +109,12 @@ class NativeLoops:
         return self._ops.linear_scan_backward(a, h, h0, grad_h, reverse, chunks)
 
 
+def _headers_flag() -> str:
+    """A define that names the headers' contents: cpp_extension rebuilds when sources or flags change, and a header is neither."""
+    digest = hashlib.sha256(b"".join(header.read_bytes() for header in HEADERS)).hexdigest()[:16]
+    return f"-DRNNKIT_HEADERS_SHA={digest}"
+
+
 def _contiguous(valid):
     return None if valid is None else valid.contiguous()
 
@@ -137,7 +145,7 @@ def _build() -> None:
             path = cpp_extension.load(
                 name="rnnkit_fused_loops",
                 sources=[str(source) for source in SOURCES],
-                extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
+                extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", _headers_flag()],
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(directory),
                 is_python_module=False,

@@ -24,6 +24,7 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
+#include "bf16_tiles.h"
 #include "inference_only.h"
 #include <omp.h>
 
@@ -32,6 +33,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <tuple>
 #include <type_traits>
@@ -274,6 +276,16 @@ struct Loop {
   // Locked output dropout (N, H_out) or null: the output is y_t = h_t ⊙ m (the state keeps h_t), and
   // backward adds dy_t ⊙ m to dh_t, so no masked copy of the output or of its gradient is made.
   const T* out_mask = nullptr;
+  // The per-step products with bf16 operands (bf16_tiles.h), on when W_hh came in bf16. Each step's
+  // operand (h_{t-1} forward, [dG_t] backward) is rounded into one of two slots by step parity: a
+  // thread writes step t's while the others may still read step t-1's.
+  struct LowOperand {
+    bool on = false, amx = false;
+    int64_t rows = 0, width = 0;  // N and the operand's columns; with AMX rounded up to 16 and 32
+    uint16_t* tiles = nullptr;    // AMX: (2, rows, width) bf16, zero padded
+    T* rounded = nullptr;         // otherwise: (2, rows, width), bf16 values held in T
+    T* product = nullptr;         // AMX backward: (rows, H_out), dG_t W_hh before it joins dh
+  } low;
 
   bool zoned() const { return zone != nullptr || zone_flags != nullptr; }
   // f(m, flags) with m row (t, n)'s zoneout weights, valid on [c0, c1), and flags a std::bool_constant: whether
@@ -310,10 +322,39 @@ struct Loop {
   int64_t after(int64_t t) const { return slot(t + 1 - reverse); }
   int64_t step_slot(int64_t t) const { return history ? t : 0; }
 
+  // Columns [c0, c1) of the (N, ld) matrix src, rounded to bf16, into slot `parity` of the low operand at column `to`.
+  void round_operand(const T* src, int64_t ld, int64_t c0, int64_t c1, int64_t to, int64_t parity) const {
+    for (int64_t n = 0; n < N; ++n) {
+      const T* from = src + n * ld + c0;
+      const int64_t offset = (parity * low.rows + n) * low.width + to;
+      if (low.amx) {
+        uint16_t* dst = low.tiles + offset;
+#pragma omp simd
+        for (int64_t c = 0; c < c1 - c0; ++c) dst[c] = rnnkit_bf16::to_bf16(from[c]);
+      } else {
+        T* dst = low.rounded + offset;
+#pragma omp simd
+        for (int64_t c = 0; c < c1 - c0; ++c) dst[c] = rnnkit_bf16::round_bf16(from[c]);
+      }
+    }
+  }
+
+  // C (low.rows, ldc) = slot `parity` of the low operand times the packed tiles (AMX; float32 only).
+  void tile_product(int64_t parity, const rnnkit_bf16::TilePanels& tiles, T* C, int64_t ldc) const {
+    if constexpr (std::is_same_v<T, float>)
+      rnnkit_bf16::tile_gemm(low.tiles + parity * low.rows * low.width, low.width, low.rows / 16, tiles, C, ldc);
+  }
+
   // ---- forward ----
-  // The thread's columns of h_{t-1} W_hh^T; `recurrent` holds them packed.
-  void forward_gemm(int64_t t, const Panels<T>& recurrent) const {
-    gemm_panels(hs + before(t) * N * Hout, Hout, recurrent, scratch, G * H, N, false);
+  // The thread's columns of h_{t-1} W_hh^T; `recurrent` (or `tiles`, AMX) holds them packed.
+  void forward_gemm(int64_t t, const Panels<T>& recurrent, const rnnkit_bf16::TilePanels& tiles) const {
+    if (low.amx) return tile_product(before(t) & 1, tiles, scratch, G * H);
+    const T* h_prev = low.on ? low.rounded + (before(t) & 1) * low.rows * low.width : hs + before(t) * N * Hout;
+    gemm_panels(h_prev, Hout, recurrent, scratch, G * H, N, false);
+  }
+  // h_t's columns [p0, p1), rounded, as the next step's operand (once the step has written them).
+  void round_state(int64_t index, int64_t p0, int64_t p1) const {
+    if (low.on) round_operand(hs + index * N * Hout, Hout, p0, p1, p0, index & 1);
   }
 
   void forward_gates(int64_t t, int64_t u0, int64_t u1) const {
@@ -426,12 +467,14 @@ struct Loop {
   // One step by one thread of the team: its units' GEMM columns and gates, its output columns of the
   // projection; the barriers publish h_t to all threads.
   void forward_step(int64_t t, int64_t u0, int64_t u1, int64_t p0, int64_t p1, const Panels<T>& recurrent,
-                    const Panels<T>& projection) const {
-    forward_gemm(t, recurrent);
+                    const Panels<T>& projection, const rnnkit_bf16::TilePanels& tiles = {}) const {
+    forward_gemm(t, recurrent, tiles);
     forward_gates(t, u0, u1);
+    if (!proj) round_state(after(t), p0, p1);
     barrier->wait();
     if (proj) {
       forward_projection(t, p0, p1, projection);
+      round_state(after(t), p0, p1);
       barrier->wait();
     }
   }
@@ -543,6 +586,16 @@ struct Loop {
   }
 
   // With projection the bypass of dh_{t-1} is padding's pass-through and zoneout's m_t dh_t: other rows restart at zero.
+  // The thread's units of [dgx_t] (GRU: δn⊙r in the n columns), rounded, as this step's backward operand.
+  void round_gate_gradients(int64_t t, int64_t u0, int64_t u1) const {
+    for (int64_t g = 0; g < G; ++g) {
+      if (kind == GRU && g == 2)
+        round_operand(dgh_n + t * N * H, H, u0, u1, 2 * H + u0, t & 1);
+      else
+        round_operand(dgx + t * N * G * H, G * H, g * H + u0, g * H + u1, g * H + u0, t & 1);
+    }
+  }
+
   void backward_projected_bypass(int64_t t, int64_t q0, int64_t q1) const {
     for (int64_t n = 0; n < N; ++n) {
       if (!ok(t, n)) continue;
@@ -558,12 +611,32 @@ struct Loop {
   // dh_{t-1}[:, q0:q1] = (bypass part, already in dh) + dG^h_t W_hh; GRU's dG^h is [δr δz] from
   // dgx (the rows of W_hh for r and z) and δn⊙r from dgh_n (the rows for n).
   // `recurrent` packs the W_hh rows that dgx multiplies (all but GRU's n rows, in `gru_n`).
-  void backward_gemm(int64_t t, int64_t q0, int64_t q1, const Panels<T>& recurrent, const Panels<T>& gru_n) const {
+  // With bf16 operands, `recurrent` (or `tiles`) packs all of W_hh, and the operand is [dgx_t], GRU's n part δn⊙r.
+  void backward_gemm(int64_t t, int64_t q0, int64_t q1, const Panels<T>& recurrent, const Panels<T>& gru_n,
+                     const rnnkit_bf16::TilePanels& tiles) const {
     if (proj) backward_projected_bypass(t, q0, q1);
+    if (low.amx) {
+      tile_product(t & 1, tiles, low.product, Hout);
+      for (int64_t n = 0; n < N; ++n)
+#pragma omp simd
+        for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] += low.product[n * Hout + q];
+      return;
+    }
+    if (low.on) return gemm_panels(low.rounded + (t & 1) * low.rows * low.width, low.width, recurrent, dh, Hout, N, true);
     gemm_panels(dgx + t * N * G * H, G * H, recurrent, dh, Hout, N, true);
     if (kind == GRU) gemm_panels(dgh_n + t * N * H, H, gru_n, dh, Hout, N, true);
   }
 };
+
+// W_hh's columns packed as AMX tiles (bf16 operands; the loop runs them in float32 only).
+template <typename T>
+rnnkit_bf16::TilePanels low_tiles(const T* base, int64_t row_stride, int64_t col_stride, int64_t K,
+                                  const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  if constexpr (std::is_same_v<T, float>)
+    return rnnkit_bf16::TilePanels(base, row_stride, col_stride, K, ranges);
+  else
+    return rnnkit_bf16::TilePanels();
+}
 
 // Splits [0, size) into `parts` ranges aligned to a vector width, so threads never share a cache line.
 inline std::pair<int64_t, int64_t> slice(int64_t size, int parts, int index) {
@@ -595,9 +668,16 @@ void drive_forward(Loop<T> loop, const at::TensorOptions& options) {
     // B(k, c) = W_hh[c, k]: the columns of W_hh^T for this thread's units, in every gate
     std::vector<std::pair<int64_t, int64_t>> columns;
     for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
-    const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, columns, options);
+    const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, loop.low.amx ? decltype(columns){} : columns, options);
     const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, 1, H, H, {{p0, p1}}, options) : Panels<T>();
-    for (int64_t s = 0; s < L; ++s) loop.forward_step(loop.reverse ? L - 1 - s : s, u0, u1, p0, p1, recurrent, projection);
+    const rnnkit_bf16::TilePanels tiles = loop.low.amx ? low_tiles(loop.w_hh, 1, Hout, Hout, columns) : rnnkit_bf16::TilePanels();
+    std::optional<rnnkit_bf16::TileScope> tile_state;
+    if (loop.low.amx) tile_state.emplace();
+    if (loop.low.on) {  // h_0, rounded, is the first step's operand
+      loop.round_state(loop.reverse ? L : 0, p0, p1);
+      barrier.wait();
+    }
+    for (int64_t s = 0; s < L; ++s) loop.forward_step(loop.reverse ? L - 1 - s : s, u0, u1, p0, p1, recurrent, projection, tiles);
   });
 }
 
@@ -644,9 +724,13 @@ void drive_backward(Loop<T> loop, const at::TensorOptions& options) {
     const auto [u0, u1] = slice(H, nt, tid);
     const auto [q0, q1] = slice(Hout, nt, tid);
     // B = W_hh (rows: gates, columns: h_out), split at GRU's n rows; B = W_hr
-    const int64_t shared_rows = loop.kind == GRU ? 2 * H : G * H;
-    const Panels<T> recurrent(loop.w_hh, Hout, 1, shared_rows, {{q0, q1}}, options);
-    const Panels<T> gru_n = loop.kind == GRU ? Panels<T>(loop.w_hh + 2 * H * Hout, Hout, 1, H, {{q0, q1}}, options) : Panels<T>();
+    // (with bf16 operands: all of W_hh at once, the operand holding GRU's δn⊙r in the n columns)
+    const int64_t shared_rows = loop.kind == GRU && !loop.low.on ? 2 * H : G * H;
+    const Panels<T> recurrent(loop.w_hh, Hout, 1, shared_rows, loop.low.amx ? std::vector<std::pair<int64_t, int64_t>>{} : std::vector<std::pair<int64_t, int64_t>>{{q0, q1}}, options);
+    const Panels<T> gru_n = loop.kind == GRU && !loop.low.on ? Panels<T>(loop.w_hh + 2 * H * Hout, Hout, 1, H, {{q0, q1}}, options) : Panels<T>();
+    const rnnkit_bf16::TilePanels tiles = loop.low.amx ? low_tiles(loop.w_hh, Hout, 1, G * H, {{q0, q1}}) : rnnkit_bf16::TilePanels();
+    std::optional<rnnkit_bf16::TileScope> tile_state;
+    if (loop.low.amx) tile_state.emplace();
     const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, H, 1, Hout, {{u0, u1}}, options) : Panels<T>();
     for (int64_t s = 0; s < L; ++s) {
       const int64_t t = loop.reverse ? s : L - 1 - s;
@@ -656,8 +740,9 @@ void drive_backward(Loop<T> loop, const at::TensorOptions& options) {
         loop.backward_projection(t, projection);
       }
       loop.backward_gates(t, u0, u1);
+      if (loop.low.on) loop.round_gate_gradients(t, u0, u1);
       loop.barrier->wait();
-      loop.backward_gemm(t, q0, q1, recurrent, gru_n);
+      loop.backward_gemm(t, q0, q1, recurrent, gru_n, tiles);
     }
   });
 }
@@ -695,6 +780,40 @@ void set_masks(Loop<T>& loop, const at::Tensor& zone, const at::Tensor& out_mask
   }
 }
 
+// W_hh in bf16 asks for the per-step products with bf16 operands (bf16_tiles.h): the loop then reads W_hh as
+// float32 (its values are bf16's, exactly) and rounds each step's operand, of `columns` columns, into `buffer`.
+struct LowPlan {
+  bool on = false, amx = false;
+  int64_t rows = 0, width = 0;
+  at::Tensor weights, buffer;
+};
+
+LowPlan low_plan(const char* op, const at::Tensor& w_hh, const at::Tensor& like, int64_t N, int64_t H, int64_t Hout, int64_t columns) {
+  LowPlan plan;
+  plan.weights = w_hh;
+  if (w_hh.scalar_type() != at::kBFloat16) return plan;
+  TORCH_CHECK(like.scalar_type() == at::kFloat, op, ": w_hh in bf16 (bf16 per-step products) needs the rest in float32, got ", like.scalar_type());
+  plan.on = true;
+  plan.amx = rnnkit_bf16::amx_enabled() && H % 16 == 0 && Hout % 16 == 0;
+  plan.rows = plan.amx ? rnnkit_bf16::round_up(N, 16) : N;
+  plan.width = plan.amx ? rnnkit_bf16::round_up(columns, 32) : columns;
+  plan.weights = w_hh.to(at::kFloat).contiguous();
+  plan.buffer = plan.amx ? at::zeros({2, plan.rows, plan.width}, like.options().dtype(at::kBFloat16)) : at::empty({2, N, columns}, like.options());
+  return plan;
+}
+
+template <typename T>
+void set_low(Loop<T>& loop, const LowPlan& plan) {
+  if (!plan.on) return;
+  if constexpr (std::is_same_v<T, float>) {
+    loop.low.on = true, loop.low.amx = plan.amx, loop.low.rows = plan.rows, loop.low.width = plan.width;
+    if (plan.amx)
+      loop.low.tiles = reinterpret_cast<uint16_t*>(plan.buffer.data_ptr<at::BFloat16>());
+    else
+      loop.low.rounded = plan.buffer.data_ptr<float>();
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_loop(
     int64_t kind, at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, std::optional<at::Tensor> b_hn,
     std::optional<at::Tensor> w_hr, std::optional<at::Tensor> valid, bool reverse, std::optional<at::Tensor> zoneout,
@@ -715,12 +834,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   if (kind == LSTM) cs.select(0, reverse ? L : 0).copy_(c0);
   at::Tensor hn = empty_like_or_none(xp, {L, N, H}, kind == GRU);
   at::Tensor hraw = empty_like_or_none(xp, {L, N, H}, proj);
-  at::Tensor scratch = at::empty({N, GH}, xp.options());
+  const LowPlan low = low_plan("forward_loop", w_hh, xp, N, H, Hout, Hout);
+  at::Tensor scratch = at::empty({low.amx ? low.rows : N, GH}, xp.options());  // AMX stores whole 16-row tiles
   at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn);
   at::Tensor zone_t = ptr_source(zoneout), mask_t = ptr_source(output_mask);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_fused_forward", [&] {
-    auto loop = forward_state<scalar_t>(kind, G, proj, reverse, valid_t, xp, y, hs, cs, hn, hraw, w_hh, b_hn_t, w_hr, scratch);
+    auto loop = forward_state<scalar_t>(kind, G, proj, reverse, valid_t, xp, y, hs, cs, hn, hraw, low.weights, b_hn_t, w_hr, scratch);
     set_masks(loop, zone_t, mask_t);
+    set_low(loop, low);
     drive_forward(loop, xp.options());
   });
   return {alias ? at::empty({0}, xp.options()) : y, hs, cs, hn, hraw};
@@ -771,6 +892,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   at::Tensor dh = dh_n.clone();
   at::Tensor dc = kind == LSTM ? dc_n.clone() : at::empty({0}, gates.options());
   at::Tensor scratch = at::empty({N, H}, gates.options());
+  const LowPlan low = low_plan("backward_loop", w_hh, dgx, N, H, Hout, GH);
+  w_hh = low.weights;
+  at::Tensor product = low.amx ? at::empty({low.rows, Hout}, dgx.options()) : at::Tensor();
   at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout), mask_t = ptr_source(output_mask);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_fused_backward", [&] {
     Loop<scalar_t> loop{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid_t),
@@ -781,6 +905,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
                         dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dproj.data_ptr<scalar_t>()};
     for (int d = 0; d < 3; ++d) loop.dy_stride[d] = dy.stride(d);
     set_masks(loop, zone_t, mask_t);
+    set_low(loop, low);
+    if (low.amx) loop.low.product = product.data_ptr<scalar_t>();
     drive_backward(loop, gates.options());
   });
   return {dgx, dgh_n, dh, dc, dproj};

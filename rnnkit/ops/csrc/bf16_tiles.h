@@ -1,0 +1,157 @@
+// The fused loop's per-step products with bf16 operands and float32 accumulation: what it runs
+// when it is handed W_hh in bf16 (rnnkit/engine/autocast.py does under bf16 autocast).
+//
+// Definition, the same on every machine:
+//   forward   h_{t-1} W_hh^T  ->  bf16(h_{t-1}) bf16(W_hh)^T
+//   backward  dG_t W_hh       ->  bf16(dG_t) bf16(W_hh)
+// with bf16() round-to-nearest-even and every product summed in float32 (a product of two bf16
+// values is exact in float32: 8 + 8 significant bits). The state, the gates and dh stay float32.
+// Two implementations, which differ only in the order of the float32 sums:
+//   * AMX-BF16 tiles (TDPBF16PS) where the compiler targets them and Linux grants this process the
+//     tile state: 16 x 32 tiles of the rounded operand times 32 x 16 tiles of W packed in pairs of k;
+//   * elsewhere (or with RNNKIT_NO_AMX=1 set): the operand rounded and held in float32, times W rounded
+//     likewise, by the float32 register-blocked kernel of fused_loops.cpp.
+
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define RNNKIT_AMX 1
+#endif
+
+namespace rnnkit_bf16 {
+
+// float32 -> bf16 bits, round to nearest even; NaN -> 0x7FC0 (c10::BFloat16's rule, so rounding here
+// gives torch's bf16 bits).
+inline __attribute__((always_inline)) uint16_t to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return (bits & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t(0x7FC0) : uint16_t(rounded);
+}
+inline __attribute__((always_inline)) float from_bf16(uint16_t b) {
+  const uint32_t bits = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline __attribute__((always_inline)) float round_bf16(float f) { return from_bf16(to_bf16(f)); }
+
+// Whether this call may use the AMX tiles: compiled for them, the kernel granted the tile state
+// (arch_prctl ARCH_REQ_XCOMP_PERM, asked once per process), and RNNKIT_NO_AMX unset (tests compare both paths).
+inline bool amx_enabled() {
+#ifdef RNNKIT_AMX
+  static const bool granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+  const char* off = std::getenv("RNNKIT_NO_AMX");
+  return granted && (off == nullptr || off[0] == '\0' || (off[0] == '0' && off[1] == '\0'));
+#else
+  return false;
+#endif
+}
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// Columns [c0, c1) (widths multiples of 16) of a K x M matrix B, element (k, c) at
+// base[k * row_stride + c * col_stride], packed as AMX B tiles: per 16-column block, per chunk of 32 k,
+// 16 rows (pairs of k) of 16 columns x 2 bf16 = 1 KB; k past K is zero.
+struct TilePanels {
+  struct Block {
+    int64_t column, offset;
+  };
+  int64_t chunks = 0;
+  std::vector<Block> blocks;
+  std::vector<uint16_t> data;
+
+  TilePanels(const float* base, int64_t row_stride, int64_t col_stride, int64_t K, const std::vector<std::pair<int64_t, int64_t>>& ranges)
+      : chunks(round_up(K, 32) / 32) {
+    for (const auto& [c0, c1] : ranges)
+      for (int64_t c = c0; c < c1; c += 16) blocks.push_back({c, static_cast<int64_t>(blocks.size()) * chunks * 512});
+    data.assign(blocks.size() * chunks * 512, 0);
+    for (const auto& block : blocks)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < 16; ++j)
+          data[block.offset + (k / 32) * 512 + ((k % 32) / 2) * 32 + 2 * j + (k % 2)] = to_bf16(base[k * row_stride + (block.column + j) * col_stride]);
+  }
+  TilePanels() = default;
+};
+
+#ifdef RNNKIT_AMX
+// Tiles 0-3 accumulate C (2 x 2 blocks of 16 x 16 float32), 4-5 hold A, 6-7 hold B; all 16 rows x 64 bytes.
+struct TileScope {
+  TileScope() {
+    alignas(64) uint8_t config[64] = {};
+    config[0] = 1;  // palette 1
+    for (int t = 0; t < 8; ++t) {
+      config[16 + 2 * t] = 64;  // bytes per row
+      config[48 + t] = 16;      // rows
+    }
+    _tile_loadconfig(config);
+  }
+  ~TileScope() { _tile_release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+template <bool kTwoRows, bool kTwoCols>
+inline void tile_block(const uint16_t* A, int64_t lda, const uint16_t* B0, const uint16_t* B1, int64_t chunks, float* C0, float* C1,
+                       int64_t ldc) {
+  const int64_t a_stride = lda * 2, c_stride = ldc * 4;
+  _tile_zero(0);
+  if constexpr (kTwoCols) _tile_zero(1);
+  if constexpr (kTwoRows) _tile_zero(2);
+  if constexpr (kTwoRows && kTwoCols) _tile_zero(3);
+  for (int64_t kc = 0; kc < chunks; ++kc) {
+    _tile_loadd(4, A + kc * 32, a_stride);
+    _tile_loadd(6, B0 + kc * 512, 64);
+    if constexpr (kTwoCols) _tile_loadd(7, B1 + kc * 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (kTwoCols) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (kTwoRows) {
+      _tile_loadd(5, A + 16 * lda + kc * 32, a_stride);
+      _tile_dpbf16ps(2, 5, 6);
+      if constexpr (kTwoCols) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, C0, c_stride);
+  if constexpr (kTwoCols) _tile_stored(1, C1, c_stride);
+  if constexpr (kTwoRows) _tile_stored(2, C0 + 16 * ldc, c_stride);
+  if constexpr (kTwoRows && kTwoCols) _tile_stored(3, C1 + 16 * ldc, c_stride);
+}
+
+// C[:16 row_tiles, block columns] = A[:16 row_tiles, :32 chunks] . B, overwriting C (ldc floats a row).
+// A is bf16 with lda elements a row, zero past K; C needs all 16 * row_tiles rows. Needs a TileScope.
+inline void tile_gemm(const uint16_t* A, int64_t lda, int64_t row_tiles, const TilePanels& B, float* C, int64_t ldc) {
+  const uint16_t* b = B.data.data();
+  const int64_t count = static_cast<int64_t>(B.blocks.size());
+  for (int64_t i = 0; i < count; i += 2) {
+    const bool two_cols = i + 1 < count;
+    const uint16_t* B0 = b + B.blocks[i].offset;
+    const uint16_t* B1 = two_cols ? b + B.blocks[i + 1].offset : nullptr;
+    for (int64_t r = 0; r < row_tiles; r += 2) {
+      const uint16_t* a = A + r * 16 * lda;
+      float* C0 = C + r * 16 * ldc + B.blocks[i].column;
+      float* C1 = two_cols ? C + r * 16 * ldc + B.blocks[i + 1].column : nullptr;
+      if (r + 1 < row_tiles && two_cols)
+        tile_block<true, true>(a, lda, B0, B1, B.chunks, C0, C1, ldc);
+      else if (r + 1 < row_tiles)
+        tile_block<true, false>(a, lda, B0, nullptr, B.chunks, C0, nullptr, ldc);
+      else if (two_cols)
+        tile_block<false, true>(a, lda, B0, B1, B.chunks, C0, C1, ldc);
+      else
+        tile_block<false, false>(a, lda, B0, nullptr, B.chunks, C0, nullptr, ldc);
+    }
+  }
+}
+#else
+struct TileScope {};
+inline void tile_gemm(const uint16_t*, int64_t, int64_t, const TilePanels&, float*, int64_t) {}
+#endif
+
+}  // namespace rnnkit_bf16

@@ -1,0 +1,168 @@
+"""The loop kernels' per-step products with bf16 operands (rnnkit/ops/csrc/bf16_tiles.h), what bf16 autocast runs.
+
+Definition: forward ``bf16(h_{t-1}) bf16(W_hh)^T``, backward ``bf16(dG_t) bf16(W_hh)``, float32 sums. Over many
+steps two correct implementations drift apart by whole bf16 steps (a float32 sum that differs in its last bit can
+round to the neighbouring bf16 value at the next step), so the kernels are checked one step at a time, where the
+only freedom left is the order of float32 sums (~1e-7): against the definition written with torch ops, and, on a
+CPU with AMX, the AMX tiles against the portable path (``RNNKIT_NO_AMX=1``).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit import ops
+from rnnkit.engine import autocast, fused, fused_loops
+from rnnkit.ops.kinds import GRU, LSTM, RNN_TANH
+
+native = ops.native_loops()
+needs_native = pytest.mark.skipif(native is None, reason=f"compiled kernels unavailable: {ops.status()}")
+GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1}
+# (N, H): one tile row and column block; odd tile counts both ways; H not a multiple of 16 (no AMX: portable)
+SHAPES = [(5, 32), (37, 48), (16, 64), (3, 20)]
+SUMS = 3e-6  # relative: float32 sums in another order
+
+
+def cpu_has_amx() -> bool:
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    return cpuinfo.exists() and "amx_bf16" in cpuinfo.read_text()
+
+
+def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def problem(kind, batch, hidden, steps=1, proj=False, padded=False, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    out = 16 if proj else hidden
+    randn = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731
+    return dict(
+        kind=kind,
+        xp=randn(steps, batch, GATES[kind] * hidden),
+        h0=randn(batch, out) * 0.5,
+        c0=randn(batch, hidden) if kind == LSTM else torch.empty(0),
+        w_hh=(randn(GATES[kind] * hidden, out) / out**0.5).bfloat16(),
+        b_hn=randn(hidden) if kind == GRU else None,
+        w_hr=randn(out, hidden) / hidden**0.5 if proj else None,
+        valid=torch.rand(steps, batch, generator=generator) > 0.3 if padded else None,
+    )
+
+
+def forward(loops, p, reverse=False, w_hh=None):
+    xp = p["xp"].clone()
+    w = p["w_hh"] if w_hh is None else w_hh
+    result = loops.forward_loop(p["kind"], xp, p["h0"], p["c0"], w, p["b_hn"], p["w_hr"], p["valid"], reverse)
+    return xp, result
+
+
+CASES = [(kind, shape, proj, padded) for kind in GATES for shape in SHAPES for proj in (False, True) for padded in (False, True) if not proj or kind == LSTM]
+
+
+@needs_native
+@pytest.mark.parametrize("kind, shape, proj, padded", CASES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_one_step_forward_is_the_product_of_rounded_operands(kind, shape, proj, padded, reverse):
+    p = problem(kind, *shape, proj=proj, padded=padded)
+    _, (_, hs, cs, _, _) = forward(native, p, reverse)
+    _, (_, want_hs, want_cs, _, _) = forward(fused_loops, p, reverse)  # the definition, in torch ops
+    after = 0 if reverse else 1
+    assert relative(hs[after], want_hs[after]) < SUMS
+    if kind == LSTM:
+        assert relative(cs[after], want_cs[after]) < SUMS
+    _, (_, unrounded, _, _, _) = forward(native, p, reverse, w_hh=p["w_hh"].float())  # float32 h: visibly different
+    assert relative(unrounded[after], hs[after]) > 1e-4
+
+
+def one_step_backward(loops, p, seed=1):
+    xp, (_, hs, cs, hn, hraw) = forward(native, p)
+    generator = torch.Generator().manual_seed(seed)
+    batch, out = p["h0"].shape
+    dy = torch.randn(1, batch, out, generator=generator)
+    dh_n = torch.randn(batch, out, generator=generator)
+    dc_n = torch.randn(p["c0"].shape, generator=generator) if p["kind"] == LSTM else torch.empty(0)
+    gates = xp if p["kind"] in (LSTM, GRU) else xp.new_empty(0)
+    grads = loops.backward_loop(p["kind"], gates, hs, cs, hn, hraw, p["w_hh"], None, None, False, dy, dh_n, dc_n)
+    return grads, gates, dh_n + dy[0]
+
+
+@needs_native
+@pytest.mark.parametrize("kind", list(GATES))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_one_step_backward_is_the_product_of_rounded_gate_gradients(kind, shape):
+    p = problem(kind, *shape)
+    (dgx, dgh_n, dh0, _, _), gates, dh = one_step_backward(native, p)
+    rounded = lambda t: t.bfloat16().float()  # noqa: E731
+    weights = p["w_hh"].float()
+    hidden = shape[1]
+    operand = torch.cat((dgx[0, :, : 2 * hidden], dgh_n[0]), dim=1) if kind == GRU else dgx[0]  # GRU: [dG_r, dG_z, δn⊙r]
+    bypass = dh * gates[0, :, hidden : 2 * hidden] if kind == GRU else 0  # the part that skips W_hh: dh ⊙ z
+    assert relative(dh0, rounded(operand) @ weights + bypass) < SUMS
+    assert relative(dh0, operand @ weights + bypass) > 1e-4  # a float32 operand: visibly different
+
+
+@needs_native
+@pytest.mark.skipif(not cpu_has_amx(), reason="this CPU has no AMX-BF16: only the portable path runs")
+@pytest.mark.parametrize("kind", list(GATES))
+def test_amx_tiles_agree_with_the_portable_path_and_really_ran(kind, monkeypatch):
+    projected, plain = problem(kind, 37, 48, proj=kind == LSTM), problem(kind, 37, 48)
+    results = {}
+    for switch in ("", "1"):
+        monkeypatch.setenv("RNNKIT_NO_AMX", switch)
+        _, forward_result = forward(native, projected)
+        backward_result = one_step_backward(native, plain)[0]
+        results[switch] = (forward_result[1][1], backward_result[2])
+    for amx, portable in zip(results[""], results["1"]):
+        assert relative(amx, portable) < SUMS
+    assert not all(torch.equal(a, b) for a, b in zip(results[""], results["1"]))  # other sums: the tiles did run
+
+
+@needs_native
+def test_a_bf16_w_hh_needs_float32_everything_else():
+    p = problem(LSTM, 4, 16)
+    with pytest.raises(RuntimeError, match="bf16.*float32"):
+        native.forward_loop(LSTM, p["xp"].double(), p["h0"].double(), p["c0"].double(), p["w_hh"], None, None, None, False)
+
+
+@pytest.mark.parametrize("family", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN])
+def test_bf16_autocast_hands_the_loops_w_hh_in_bf16_both_ways(family, monkeypatch):
+    loops = fused.loops_for(torch.empty(0))
+    seen = []
+
+    class Spy:
+        def forward_loop(self, kind, xp, h0, c0, w_hh, *rest):
+            seen.append(("forward", w_hh.dtype))
+            return loops.forward_loop(kind, xp, h0, c0, w_hh, *rest)
+
+        def backward_loop(self, kind, gates, hs, cs, hn, hraw, w_hh, *rest):
+            seen.append(("backward", w_hh.dtype))
+            return loops.backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, *rest)
+
+    monkeypatch.setattr(fused, "loops_for", lambda x: Spy())
+    monkeypatch.setattr(autocast, "_onednn_lstm_runs_in", lambda low: False)
+    layer = family(4, 8)
+    x = torch.randn(5, 2, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(x)
+    out.float().sum().backward()
+    assert seen == [("forward", torch.bfloat16), ("backward", torch.bfloat16)]
+    seen.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):  # fp16 keeps a float32 recurrence
+        layer(x)
+    assert seen == [("forward", torch.float32)]
+
+
+@needs_native
+@pytest.mark.parametrize("kind", list(GATES))
+def test_opcheck_with_a_bf16_w_hh(kind):
+    p = problem(kind, 5, 32, steps=3)
+    forward_args = (kind, p["xp"].clone(), p["h0"], p["c0"], p["w_hh"], p["b_hn"], None, None, False)
+    torch.library.opcheck(torch.ops.rnnkit_fused.forward_loop.default, forward_args)
+    xp, (_, hs, cs, hn, hraw) = forward(native, p)
+    gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)
+    dc_n = torch.randn(p["c0"].shape) if kind == LSTM else torch.empty(0)
+    backward_args = (kind, gates, hs, cs, hn, hraw, p["w_hh"], None, None, False, torch.randn(3, 5, 32), torch.randn(5, 32), dc_n)
+    torch.library.opcheck(torch.ops.rnnkit_fused.backward_loop.default, backward_args)
