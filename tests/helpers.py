@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import torch
 from torch import nn
 
@@ -11,6 +13,12 @@ TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 TORCH_LAYER = {rnnkit.RNN: nn.RNN, rnnkit.LSTM: nn.LSTM, rnnkit.GRU: nn.GRU}
 TORCH_CELL = {rnnkit.RNNCell: nn.RNNCell, rnnkit.LSTMCell: nn.LSTMCell, rnnkit.GRUCell: nn.GRUCell}
+
+
+def cpu_has(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists ``flag`` (e.g. ``amx_bf16``): which kernel paths this machine can run."""
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    return cpuinfo.exists() and flag in cpuinfo.read_text().split()
 
 
 def assert_close(actual, expected, dtype, what: str) -> None:

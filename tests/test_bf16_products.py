@@ -9,8 +9,6 @@ CPU with AMX, the AMX tiles against the portable path (``RNNKIT_NO_AMX=1``).
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 import torch
 
@@ -18,6 +16,7 @@ import rnnkit
 from rnnkit import ops
 from rnnkit.engine import autocast, fused, fused_loops
 from rnnkit.ops.kinds import GRU, LSTM, RNN_TANH
+from tests.helpers import cpu_has
 
 native = ops.native_loops()
 needs_native = pytest.mark.skipif(native is None, reason=f"compiled kernels unavailable: {ops.status()}")
@@ -25,11 +24,6 @@ GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1}
 # (N, H): one tile row and column block; odd tile counts both ways; H not a multiple of 16 (no AMX: portable)
 SHAPES = [(5, 32), (37, 48), (16, 64), (3, 20)]
 SUMS = 3e-6  # relative: float32 sums in another order
-
-
-def cpu_has_amx() -> bool:
-    cpuinfo = pathlib.Path("/proc/cpuinfo")
-    return cpuinfo.exists() and "amx_bf16" in cpuinfo.read_text()
 
 
 def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -105,7 +99,7 @@ def test_one_step_backward_is_the_product_of_rounded_gate_gradients(kind, shape)
 
 
 @needs_native
-@pytest.mark.skipif(not cpu_has_amx(), reason="this CPU has no AMX-BF16: only the portable path runs")
+@pytest.mark.skipif(not cpu_has("amx_bf16"), reason="this CPU has no AMX-BF16: only the portable path runs")
 @pytest.mark.parametrize("kind", list(GATES))
 def test_amx_tiles_agree_with_the_portable_path_and_really_ran(kind, monkeypatch):
     projected, plain = problem(kind, 37, 48, proj=kind == LSTM), problem(kind, 37, 48)

@@ -17,6 +17,7 @@ from rnnkit import ops
 from rnnkit.cli.main import main
 from rnnkit.engine import int8
 from rnnkit.models import load_model, save_model
+from tests.helpers import cpu_has
 
 pytestmark = pytest.mark.skipif(not ops.load(), reason="int8 inference needs the compiled kernels: " + ops.status())
 
@@ -170,3 +171,18 @@ def test_zoneout_is_refused_and_eval_mode_dropouts_carry_over():
     assert (int8_layer.input_dropout, int8_layer.weight_drop) == (0.3, 0.2)
     x = torch.randn(5, 2, 3)
     torch.testing.assert_close(int8_layer(x)[0], float_layer(x)[0], atol=0.05, rtol=0.05)
+
+
+@pytest.mark.skipif(not cpu_has("amx_int8"), reason="this CPU has no AMX-INT8: only the VNNI path runs")
+@pytest.mark.parametrize("family, hidden, batch", [(rnnkit.LSTM, 48, 37), (rnnkit.GRU, 64, 16), (rnnkit.RNN, 256, 20)])
+def test_amx_int8_tiles_give_the_vnni_path_s_results_bit_for_bit(family, hidden, batch, monkeypatch):
+    # integer sums are exact in any order; 37 rows: two tiles and a VNNI remainder; 48 units: an odd number of column blocks
+    quantized = rnnkit.quantize_dynamic(family(16, hidden))
+    x = torch.randn(5, batch, 16)
+    outputs = []
+    for switch in ("", "1"):
+        monkeypatch.setenv("RNNKIT_NO_AMX", switch)
+        with torch.no_grad():
+            outputs.append(quantized(x)[0])
+    assert torch.equal(outputs[0], outputs[1])
+    assert outputs[0].abs().sum() > 0

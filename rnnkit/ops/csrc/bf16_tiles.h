@@ -1,5 +1,6 @@
-// The fused loop's per-step products with bf16 operands and float32 accumulation: what it runs
-// when it is handed W_hh in bf16 (rnnkit/engine/autocast.py does under bf16 autocast).
+// AMX tiles for the loops' per-step products. Mainly the fused loop's products with bf16 operands and
+// float32 accumulation, what it runs when it is handed W_hh in bf16 (rnnkit/engine/autocast.py does under
+// bf16 autocast); tile_rows also serves lowp_loops.cpp's int8 products (TDPBUSD, exact integer sums).
 //
 // Definition, the same on every machine:
 //   forward   h_{t-1} W_hh^T  ->  bf16(h_{t-1}) bf16(W_hh)^T
@@ -99,55 +100,76 @@ struct TileScope {
   TileScope& operator=(const TileScope&) = delete;
 };
 
-template <bool kTwoRows, bool kTwoCols>
-inline void tile_block(const uint16_t* A, int64_t lda, const uint16_t* B0, const uint16_t* B1, int64_t chunks, float* C0, float* C1,
-                       int64_t ldc) {
-  const int64_t a_stride = lda * 2, c_stride = ldc * 4;
+// The products a tile block can run: TDPBF16PS (bf16 pairs into float32) or, with AMX-INT8, TDPBUSD
+// (unsigned x signed bytes, in fours, into int32; lowp_loops.cpp's int8 recurrence).
+enum class Dot { kBf16, kInt8 };
+
+// C (1-2 x 1-2 tiles of 16 x 16) = sum over `chunks` of A's 16 x 64-byte tiles times B's 1 KB tiles.
+// Strides and offsets are in bytes: A rows a_stride apart (a chunk 64 bytes on), B tiles 1 KB on per chunk.
+template <Dot kDot, bool kTwoRows, bool kTwoCols>
+inline void tile_block(const uint8_t* A, int64_t a_stride, const uint8_t* B0, const uint8_t* B1, int64_t chunks, uint8_t* C0, uint8_t* C1,
+                       int64_t c_stride) {
   _tile_zero(0);
   if constexpr (kTwoCols) _tile_zero(1);
   if constexpr (kTwoRows) _tile_zero(2);
   if constexpr (kTwoRows && kTwoCols) _tile_zero(3);
   for (int64_t kc = 0; kc < chunks; ++kc) {
-    _tile_loadd(4, A + kc * 32, a_stride);
-    _tile_loadd(6, B0 + kc * 512, 64);
-    if constexpr (kTwoCols) _tile_loadd(7, B1 + kc * 512, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    if constexpr (kTwoCols) _tile_dpbf16ps(1, 4, 7);
-    if constexpr (kTwoRows) {
-      _tile_loadd(5, A + 16 * lda + kc * 32, a_stride);
-      _tile_dpbf16ps(2, 5, 6);
-      if constexpr (kTwoCols) _tile_dpbf16ps(3, 5, 7);
+    _tile_loadd(4, A + kc * 64, a_stride);
+    _tile_loadd(6, B0 + kc * 1024, 64);
+    if constexpr (kTwoCols) _tile_loadd(7, B1 + kc * 1024, 64);
+    if constexpr (kTwoRows) _tile_loadd(5, A + 16 * a_stride + kc * 64, a_stride);
+    if constexpr (kDot == Dot::kBf16) {
+      _tile_dpbf16ps(0, 4, 6);
+      if constexpr (kTwoCols) _tile_dpbf16ps(1, 4, 7);
+      if constexpr (kTwoRows) _tile_dpbf16ps(2, 5, 6);
+      if constexpr (kTwoRows && kTwoCols) _tile_dpbf16ps(3, 5, 7);
+    } else {
+#ifdef __AMX_INT8__
+      _tile_dpbusd(0, 4, 6);
+      if constexpr (kTwoCols) _tile_dpbusd(1, 4, 7);
+      if constexpr (kTwoRows) _tile_dpbusd(2, 5, 6);
+      if constexpr (kTwoRows && kTwoCols) _tile_dpbusd(3, 5, 7);
+#endif
     }
   }
   _tile_stored(0, C0, c_stride);
   if constexpr (kTwoCols) _tile_stored(1, C1, c_stride);
-  if constexpr (kTwoRows) _tile_stored(2, C0 + 16 * ldc, c_stride);
-  if constexpr (kTwoRows && kTwoCols) _tile_stored(3, C1 + 16 * ldc, c_stride);
+  if constexpr (kTwoRows) _tile_stored(2, C0 + 16 * c_stride, c_stride);
+  if constexpr (kTwoRows && kTwoCols) _tile_stored(3, C1 + 16 * c_stride, c_stride);
+}
+
+// Every 16-row tile of A (row_tiles of them, a_stride bytes a row) times every column block of B: block i's tiles start at
+// B + block_offset(i) bytes and land at C + column(i) * 4 bytes (C rows c_stride bytes apart). Needs a TileScope.
+template <Dot kDot, typename Offset, typename Column>
+inline void tile_rows(const uint8_t* A, int64_t a_stride, int64_t row_tiles, const uint8_t* B, int64_t count, const Offset& block_offset,
+                      const Column& column, int64_t chunks, uint8_t* C, int64_t c_stride) {
+  for (int64_t i = 0; i < count; i += 2) {
+    const bool two_cols = i + 1 < count;
+    const uint8_t* B0 = B + block_offset(i);
+    const uint8_t* B1 = two_cols ? B + block_offset(i + 1) : nullptr;
+    for (int64_t r = 0; r < row_tiles; r += 2) {
+      const uint8_t* a = A + r * 16 * a_stride;
+      uint8_t* C0 = C + r * 16 * c_stride + column(i) * 4;
+      uint8_t* C1 = two_cols ? C + r * 16 * c_stride + column(i + 1) * 4 : nullptr;
+      if (r + 1 < row_tiles && two_cols)
+        tile_block<kDot, true, true>(a, a_stride, B0, B1, chunks, C0, C1, c_stride);
+      else if (r + 1 < row_tiles)
+        tile_block<kDot, true, false>(a, a_stride, B0, nullptr, chunks, C0, nullptr, c_stride);
+      else if (two_cols)
+        tile_block<kDot, false, true>(a, a_stride, B0, B1, chunks, C0, C1, c_stride);
+      else
+        tile_block<kDot, false, false>(a, a_stride, B0, nullptr, chunks, C0, nullptr, c_stride);
+    }
+  }
 }
 
 // C[:16 row_tiles, block columns] = A[:16 row_tiles, :32 chunks] . B, overwriting C (ldc floats a row).
 // A is bf16 with lda elements a row, zero past K; C needs all 16 * row_tiles rows. Needs a TileScope.
 inline void tile_gemm(const uint16_t* A, int64_t lda, int64_t row_tiles, const TilePanels& B, float* C, int64_t ldc) {
-  const uint16_t* b = B.data.data();
-  const int64_t count = static_cast<int64_t>(B.blocks.size());
-  for (int64_t i = 0; i < count; i += 2) {
-    const bool two_cols = i + 1 < count;
-    const uint16_t* B0 = b + B.blocks[i].offset;
-    const uint16_t* B1 = two_cols ? b + B.blocks[i + 1].offset : nullptr;
-    for (int64_t r = 0; r < row_tiles; r += 2) {
-      const uint16_t* a = A + r * 16 * lda;
-      float* C0 = C + r * 16 * ldc + B.blocks[i].column;
-      float* C1 = two_cols ? C + r * 16 * ldc + B.blocks[i + 1].column : nullptr;
-      if (r + 1 < row_tiles && two_cols)
-        tile_block<true, true>(a, lda, B0, B1, B.chunks, C0, C1, ldc);
-      else if (r + 1 < row_tiles)
-        tile_block<true, false>(a, lda, B0, nullptr, B.chunks, C0, nullptr, ldc);
-      else if (two_cols)
-        tile_block<false, true>(a, lda, B0, B1, B.chunks, C0, C1, ldc);
-      else
-        tile_block<false, false>(a, lda, B0, nullptr, B.chunks, C0, nullptr, ldc);
-    }
-  }
+  tile_rows<Dot::kBf16>(
+      reinterpret_cast<const uint8_t*>(A), lda * 2, row_tiles, reinterpret_cast<const uint8_t*>(B.data.data()),
+      static_cast<int64_t>(B.blocks.size()), [&](int64_t i) { return B.blocks[i].offset * 2; }, [&](int64_t i) { return B.blocks[i].column; },
+      B.chunks, reinterpret_cast<uint8_t*>(C), ldc * 4);
 }
 #else
 struct TileScope {};

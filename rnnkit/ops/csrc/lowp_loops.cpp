@@ -25,6 +25,8 @@
 #include <tuple>
 #include <vector>
 
+#include "bf16_tiles.h"
+
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
 #include <immintrin.h>
 #define RNNKIT_VNNI 1
@@ -63,6 +65,30 @@ float quantize_row(const float* h, int64_t K, int64_t K4, uint8_t* q) {
 // out[r][j] = (Σ_k (q[r][k]) W[j][k] - 128 colsum[j]) * row_scale[r] * w_scale[j], for `rows` rows.
 void int8_rows(const uint8_t* q, int64_t ldq, int64_t rows, const int8_t* W, int64_t blocks, int64_t K4, const int32_t* colsum,
                const float* w_scale, const float* row_scale, float* out, int64_t ldo) {
+#if defined(RNNKIT_AMX) && defined(__AMX_INT8__) && defined(RNNKIT_VNNI)
+  // AMX-INT8 (TDPBUSD) for whole 16-row tiles: the packing above is its B tile layout (16 groups of 4 k
+  // by 16 columns = 1 KB). Integer sums are exact, so the results are the VNNI path's, bit for bit.
+  // (below 32K multiply-adds a row, e.g. an RNN of 128 units, configuring the tiles costs more than they save)
+  if (K4 % 16 == 0 && rows >= 16 && blocks * 16 * K4 * 4 >= (int64_t(1) << 15) && rnnkit_bf16::amx_enabled()) {
+    const int64_t tiles = rows / 16, columns = blocks * 16;
+    static thread_local std::vector<int32_t> sums;
+    sums.resize(tiles * 16 * columns);
+    {
+      rnnkit_bf16::TileScope tile_state;
+      rnnkit_bf16::tile_rows<rnnkit_bf16::Dot::kInt8>(
+          q, ldq, tiles, reinterpret_cast<const uint8_t*>(W), blocks, [&](int64_t b) { return b * K4 * 64; }, [&](int64_t b) { return b * 16; },
+          K4 / 16, reinterpret_cast<uint8_t*>(sums.data()), columns * 4);
+    }
+    for (int64_t r = 0; r < tiles * 16; ++r)
+      for (int64_t j0 = 0; j0 < columns; j0 += 16) {
+        const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(colsum + j0), 7);  // as the VNNI path below
+        const __m512 value = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(sums.data() + r * columns + j0), offset));
+        const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(w_scale + j0), _mm512_set1_ps(row_scale[r]));
+        _mm512_storeu_ps(out + r * ldo + j0, _mm512_mul_ps(value, scale));
+      }
+    q += tiles * 16 * ldq, row_scale += tiles * 16, out += tiles * 16 * ldo, rows -= tiles * 16;
+  }
+#endif
 #ifdef RNNKIT_VNNI
   for (int64_t r0 = 0; r0 < rows; r0 += 4) {
     const int64_t nr = std::min<int64_t>(4, rows - r0);
