@@ -52,12 +52,16 @@ inline __attribute__((always_inline)) float logistic(float x) { return 1.0f / (1
 inline __attribute__((always_inline)) float tanh_logistic(float x) { return 2.0f * logistic(2.0f * x) - 1.0f; }
 
 // One row of h: quantized (offset by +128 into uint8, K padded to K4*4 with the zero point) and its scale.
+// Vectorised: |h| <= 127 after scaling, where adding and removing 1.5 * 2^23 rounds to nearest even exactly as
+// std::nearbyint does (a libm call per element, 8% of a B=32, H=256 LSTM's time).
 float quantize_row(const float* h, int64_t K, int64_t K4, uint8_t* q) {
   float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
   for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(h[k]));
   const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
   const float inverse = 1.0f / scale;
-  for (int64_t k = 0; k < K; ++k) q[k] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(h[k] * inverse)) + 128);
+#pragma omp simd
+  for (int64_t k = 0; k < K; ++k) q[k] = static_cast<uint8_t>(static_cast<int32_t>((h[k] * inverse + 12582912.0f) - 12582912.0f) + 128);
   for (int64_t k = K; k < 4 * K4; ++k) q[k] = 128;
   return scale;
 }
