@@ -160,3 +160,69 @@ def test_opcheck_with_a_bf16_w_hh(kind):
     dc_n = torch.randn(p["c0"].shape) if kind == LSTM else torch.empty(0)
     backward_args = (kind, gates, hs, cs, hn, hraw, p["w_hh"], None, None, False, torch.randn(3, 5, 32), torch.randn(5, 32), dc_n)
     torch.library.opcheck(torch.ops.rnnkit_fused.backward_loop.default, backward_args)
+
+
+def inference_problem(kind, batch, hidden, steps, inputs=12, seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731
+    p = problem(kind, batch, hidden, steps=steps, seed=seed)
+    p.update(x=randn(steps, batch, inputs), w_ih=(randn(GATES[kind] * hidden, inputs) / inputs**0.5).bfloat16(), bias=randn(GATES[kind] * hidden))
+    return p
+
+
+def inference(p, reverse=False):
+    return native.forward_inference(p["kind"], p["x"], p["w_ih"], p["bias"], p["h0"], p["c0"], p["w_hh"], p["b_hn"], None, None, reverse)
+
+
+@needs_native
+@pytest.mark.parametrize("kind", list(GATES))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("no_amx", ["", "1"])
+def test_inference_with_bf16_weights_rounds_the_projections_operands_too(kind, shape, reverse, no_amx, monkeypatch):
+    monkeypatch.setenv("RNNKIT_NO_AMX", no_amx)
+    p = inference_problem(kind, *shape, steps=1)
+    y, h_n, _ = inference(p, reverse)
+    rounded = lambda t: t.bfloat16().float()  # noqa: E731
+    xp = rounded(p["x"]) @ rounded(p["w_ih"]).t() + p["bias"]  # float32 sums of exact products, then the bias
+    _, (_, want_hs, _, _, _) = forward(fused_loops, dict(p, xp=xp), reverse)
+    assert relative(y[0], want_hs[0 if reverse else 1]) < SUMS
+    assert torch.equal(y[0], h_n)
+
+
+@needs_native
+@pytest.mark.parametrize("kind", list(GATES))
+def test_inference_over_many_steps_stays_within_bf16_of_the_training_loop(kind):
+    # 40 steps, 37 rows: chunks of steps whose rows are not whole tiles; the two paths round differently (the training
+    # path's projections come from a bf16 GEMM, rounded), so they agree to bf16's precision, not to float32's
+    p = inference_problem(kind, 37, 48, steps=40)
+    y, _, _ = inference(p)
+    xp = (p["x"].bfloat16().reshape(-1, 12) @ p["w_ih"].t()).float().reshape(40, 37, -1) + p["bias"]
+    _, (_, hs, _, _, _) = forward(native, dict(p, xp=xp))
+    assert relative(y, hs[1:]) < 0.02
+
+
+@needs_native
+def test_inference_refuses_mixed_weight_dtypes():
+    p = inference_problem(LSTM, 4, 16, steps=2)
+    with pytest.raises(RuntimeError, match="both be bf16"):
+        native.forward_inference(LSTM, p["x"], p["w_ih"].float(), p["bias"], p["h0"], p["c0"], p["w_hh"], None, None, None, False)
+
+
+@needs_native
+@pytest.mark.parametrize("family", [rnnkit.GRU, rnnkit.RNN])
+def test_bf16_autocast_inference_runs_every_product_in_bf16_without_history(family, monkeypatch):
+    seen = []
+    real = ops.NativeLoops.forward_inference
+
+    def spy(self, kind, x, w_ih, bias, h0, c0, w_hh, *rest):
+        seen.append((w_ih.dtype, w_hh.dtype))
+        return real(self, kind, x, w_ih, bias, h0, c0, w_hh, *rest)
+
+    monkeypatch.setattr(ops.NativeLoops, "forward_inference", spy)
+    layer = family(4, 16)
+    x = torch.randn(5, 2, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(x)
+    assert seen == [(torch.bfloat16, torch.bfloat16)]
+    assert ((out.float() - layer(x)[0]).norm() / layer(x)[0].norm()).item() < 0.02  # against float32

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from rnnkit import ops
 from rnnkit.cells.base import CellSpec, CellWeights, State
 from rnnkit.engine import fused, reference, transforms
 from rnnkit.engine.fused_loops import GRU, KINDS, LSTM
@@ -127,6 +128,12 @@ def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
             low_weights = CellWeights(*(None if t is None else t.to(low) for t in w[:5]))
             y, h_n, c_n = fused._onednn_lstm(x.to(low), h0.to(low), c0.to(low), low_weights, reverse)
             return y, (h_n, c_n)
+        native = fused.loops_for(h0)
+        if low == torch.bfloat16 and zoneout is None and isinstance(native, ops.NativeLoops):  # every product in bf16, no history
+            bias, b_hn = fused._folded_bias(kind, w.bias_ih, w.bias_hh)
+            y, h_n, c_n = native.forward_inference(kind, x.float().contiguous(), _recurrent_weight(w.weight_ih, low), bias, h0, c0,
+                                                   _recurrent_weight(w.weight_hh, low), b_hn, _contiguous(w.weight_hr), valid, reverse)  # fmt: skip
+            return y, (h_n, c_n) if kind == LSTM else (h_n,)
         xp, b_hn = _projections(kind, x, w, low)
         y, hs, cs, _, _ = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w.weight_hh, low), b_hn, _contiguous(w.weight_hr), valid, reverse,
                                                            _float32(zoneout))  # fmt: skip

@@ -687,9 +687,11 @@ void drive_forward(Loop<T> loop, const at::TensorOptions& options) {
 // the output is a full (L, N, H_out) buffer: nothing of the size of all steps' gates is
 // allocated (at B=64, T=256, H=512 that is 134 MB, and its first-touch page faults cost more
 // than the projection GEMM itself).
+// With bf16 operands on AMX (shared.low.amx), `x_tiles` holds x in bf16, rows padded to 16 and columns to x_width
+// (a multiple of 32), and each chunk's projections run on the tiles; otherwise x and w_ih hold bf16 values in T.
 template <typename T>
 void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih, const T* bias, int64_t chunk,
-                     const at::TensorOptions& options) {
+                     const at::TensorOptions& options, const uint16_t* x_tiles = nullptr, int64_t x_width = 0) {
   const int64_t L = shared.L, N = shared.N, H = shared.H, Hout = shared.Hout, G = shared.G, GH = G * H;
   StepBarrier barrier;
   run_team(thread_count(H), barrier, [&](int tid, int nt) {
@@ -699,18 +701,37 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
     const auto [p0, p1] = slice(Hout, nt, tid);
     std::vector<std::pair<int64_t, int64_t>> columns;
     for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
-    const Panels<T> input(w_ih, 1, I, I, columns, options);
-    const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, columns, options);
+    const bool amx = loop.low.amx;
+    const std::vector<std::pair<int64_t, int64_t>> packed = amx ? std::vector<std::pair<int64_t, int64_t>>{} : columns;
+    const Panels<T> input(w_ih, 1, I, I, packed, options);
+    const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, packed, options);
+    const rnnkit_bf16::TilePanels input_tiles = amx ? low_tiles(w_ih, 1, I, I, columns) : rnnkit_bf16::TilePanels();
+    const rnnkit_bf16::TilePanels tiles = amx ? low_tiles(loop.w_hh, 1, Hout, Hout, columns) : rnnkit_bf16::TilePanels();
+    std::optional<rnnkit_bf16::TileScope> tile_state;
+    if (amx) tile_state.emplace();
     const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, 1, H, H, {{p0, p1}}, options) : Panels<T>();
+    if (loop.low.on) {  // h_0, rounded, is the first step's operand
+      loop.round_state(loop.reverse ? L & 1 : 0, p0, p1);
+      barrier.wait();
+    }
     const int64_t chunks = (L + chunk - 1) / chunk;
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t c0 = (loop.reverse ? chunks - 1 - k : k) * chunk, c1 = std::min(L, c0 + chunk);
       loop.chunk_start = c0;
-      for (int64_t row = 0; row < (c1 - c0) * N; ++row)
-        for (const auto& [g0, g1] : columns)
-          for (int64_t j = g0; j < g1; ++j) loop.gates[row * GH + j] = bias ? bias[j] : T(0);
-      gemm_panels(x + c0 * N * I, I, input, loop.gates, GH, (c1 - c0) * N, true);
-      for (int64_t s = 0; s < c1 - c0; ++s) loop.forward_step(loop.reverse ? c1 - 1 - s : c0 + s, u0, u1, p0, p1, recurrent, projection);
+      if (amx) {  // whole 16-row tiles: `gates` and x_tiles have the rows to spare
+        if constexpr (std::is_same_v<T, float>)
+          rnnkit_bf16::tile_gemm(x_tiles + c0 * N * x_width, x_width, rnnkit_bf16::round_up((c1 - c0) * N, 16) / 16, input_tiles, loop.gates, GH);
+        if (bias)
+          for (int64_t row = 0; row < (c1 - c0) * N; ++row)
+            for (const auto& [g0, g1] : columns)
+              for (int64_t j = g0; j < g1; ++j) loop.gates[row * GH + j] += bias[j];
+      } else {
+        for (int64_t row = 0; row < (c1 - c0) * N; ++row)
+          for (const auto& [g0, g1] : columns)
+            for (int64_t j = g0; j < g1; ++j) loop.gates[row * GH + j] = bias ? bias[j] : T(0);
+        gemm_panels(x + c0 * N * I, I, input, loop.gates, GH, (c1 - c0) * N, true);
+      }
+      for (int64_t s = 0; s < c1 - c0; ++s) loop.forward_step(loop.reverse ? c1 - 1 - s : c0 + s, u0, u1, p0, p1, recurrent, projection, tiles);
     }
   });
 }
@@ -866,14 +887,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_inference(
   if (kind == LSTM) cs.select(0, reverse ? L & 1 : 0).copy_(c0);
   at::Tensor hn = empty_like_or_none(x, {1, N, H}, kind == GRU);
   at::Tensor hraw = empty_like_or_none(x, {1, N, H}, proj);
-  at::Tensor projected = at::empty({chunk, N, GH}, x.options());
-  at::Tensor scratch = at::empty({N, GH}, x.options());
+  // w_ih and w_hh in bf16: every product with bf16 operands (bf16_tiles.h), the projections' too
+  const LowPlan low = low_plan("forward_inference", w_hh, x, N, H, Hout, Hout);
+  TORCH_CHECK(low.on == (w_ih.scalar_type() == at::kBFloat16), "forward_inference: w_ih and w_hh must both be bf16 (bf16 products) or both of x's dtype, got ",
+              w_ih.scalar_type(), " and ", w_hh.scalar_type());
+  const at::Tensor w_ih_values = low.on ? w_ih.to(at::kFloat).contiguous() : w_ih;
+  at::Tensor x_values = low.on && !low.amx ? x.to(at::kBFloat16).to(at::kFloat) : x, x_tiles;
+  const int64_t x_width = rnnkit_bf16::round_up(I, 32);
+  if (low.amx) {
+    x_tiles = at::zeros({rnnkit_bf16::round_up(L * N, 16), x_width}, x.options().dtype(at::kBFloat16));
+    x_tiles.narrow(0, 0, L * N).narrow(1, 0, I).copy_(x.reshape({L * N, I}));
+  }
+  at::Tensor projected = at::empty({low.amx ? rnnkit_bf16::round_up(chunk * N, 16) : chunk * N, GH}, x.options());
+  at::Tensor scratch = at::empty({low.amx ? low.rows : N, GH}, x.options());
   at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn), bias_t = ptr_source(bias);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_fused_inference", [&] {
-    auto loop = forward_state<scalar_t>(kind, G, proj, reverse, valid_t, projected, y, hs, cs, hn, hraw, w_hh, b_hn_t, w_hr, scratch);
+    auto loop = forward_state<scalar_t>(kind, G, proj, reverse, valid_t, projected, y, hs, cs, hn, hraw, low.weights, b_hn_t, w_hr, scratch);
     loop.history = false;
-    drive_inference(loop, x.const_data_ptr<scalar_t>(), I, w_ih.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias_t),
-                    chunk, x.options());
+    set_low(loop, low);
+    drive_inference(loop, x_values.const_data_ptr<scalar_t>(), I, w_ih_values.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias_t),
+                    chunk, x.options(), low.amx ? reinterpret_cast<const uint16_t*>(x_tiles.const_data_ptr<at::BFloat16>()) : nullptr, x_width);
   });
   const int64_t final_slot = reverse ? 0 : L & 1;
   return {y, hs.select(0, final_slot), kind == LSTM ? cs.select(0, final_slot) : cs};
