@@ -140,7 +140,8 @@ def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
         y = transforms.output(y, hs, reverse, valid is None and w.weight_hr is None)
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
         return y, (h_n, c_n) if kind == LSTM else (h_n,)
-    y, h_n, c_n = AutocastRecurrence.apply(kind, reverse, valid, low, x, *w[:5], h0, c0 if kind == LSTM else None, _float32(zoneout))
+    y, h_n, c_n = AutocastRecurrence.apply(kind, reverse, valid, low, x, *w[:5], h0, c0 if kind == LSTM else None, _float32(zoneout),
+                                           torch.float32 if kind == GRU else low)  # y in the layer's dtype: no float32 copy  # fmt: skip
     return y, (h_n, c_n) if kind == LSTM else (h_n,)
 
 
@@ -178,20 +179,21 @@ def _float32(t: Tensor | None) -> Tensor | None:
 
 
 class AutocastRecurrence(torch.autograd.Function):
-    """One layer and direction of a plain family under autocast: ``(y, h_n, c_n)`` in float32.
+    """One layer and direction of a plain family under autocast: ``(y, h_n, c_n)``, y in ``y_dtype``, the states in float32.
 
-    Inputs ``kind, reverse, valid, low, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0`` (h0, c0 in float32;
+    Inputs ``kind, reverse, valid, low, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout, y_dtype`` (h0, c0 in float32;
     x in any floating dtype, its gradient in the same). The equations of the backward are
-    :mod:`rnnkit.engine.fused`'s; only the GEMMs that span all steps run in ``low``.
+    :mod:`rnnkit.engine.fused`'s; the GEMMs run with operands in ``low`` (the per-step ones too, for bf16).
     """
 
     @staticmethod
-    def forward(ctx, kind, reverse, valid, low, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None):
+    def forward(ctx, kind, reverse, valid, low, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None, y_dtype=torch.float32):
         weights = CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
         xp, b_hn = _projections(kind, x, weights, low)
         c0 = x.new_empty(0, dtype=torch.float32) if c0 is None else c0
         y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w_hh, low), b_hn, _contiguous(w_hr), valid, reverse, zoneout)
-        y = transforms.output(y, hs, reverse, valid is None and w_hr is None).clone()  # an output of its own, not a view of a saved tensor
+        y = transforms.output(y, hs, reverse, valid is None and w_hr is None)
+        y = y.clone() if y_dtype == y.dtype else y.to(y_dtype)  # an output of its own, not a view of a saved tensor
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
         gates = xp if kind in (LSTM, GRU) or zoneout is not None else xp.new_empty(0)  # the RNN's zoneout keeps h̃ there
         ctx.kind, ctx.reverse, ctx.low, ctx.x_dtype = kind, reverse, low, x.dtype
@@ -224,7 +226,7 @@ class AutocastRecurrence(torch.autograd.Function):
             db_ih = sums[0]
             db_hh = db_ih.clone() if kind != GRU else torch.cat([sums[0][: 2 * dgh_n.shape[2]], sums[1]])
         dw_hr = _low_matmul(dproj.view(steps, -1).t(), hraw.view(steps, -1), low) if w_hr is not None and need[5] else None
-        return None, None, None, None, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None, None
+        return None, None, None, None, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None, None, None
 
 
 def _backward_products(dgx: Tensor, recurrent: list[Tensor], x_low: Tensor, h_prev: Tensor, w_ih: Tensor, low: torch.dtype,
