@@ -71,7 +71,8 @@ def test_one_step_forward_is_the_product_of_rounded_operands(kind, shape, proj, 
     assert relative(unrounded[after], hs[after]) > 1e-4
 
 
-def one_step_backward(loops, p, seed=1):
+def one_step_backward(loops, p, seed=1, w_hh=None):
+    """A step's backward after the forward of ``p`` (bf16 products); ``w_hh`` replaces the backward's W_hh."""
     xp, (_, hs, cs, hn, hraw) = forward(native, p)
     generator = torch.Generator().manual_seed(seed)
     batch, out = p["h0"].shape
@@ -79,7 +80,7 @@ def one_step_backward(loops, p, seed=1):
     dh_n = torch.randn(batch, out, generator=generator)
     dc_n = torch.randn(p["c0"].shape, generator=generator) if p["kind"] == LSTM else torch.empty(0)
     gates = xp if p["kind"] in (LSTM, GRU) else xp.new_empty(0)
-    grads = loops.backward_loop(p["kind"], gates, hs, cs, hn, hraw, p["w_hh"], None, None, False, dy, dh_n, dc_n)
+    grads = loops.backward_loop(p["kind"], gates, hs, cs, hn, hraw, p["w_hh"] if w_hh is None else w_hh, None, None, False, dy, dh_n, dc_n)
     return grads, gates, dh_n + dy[0]
 
 
@@ -89,13 +90,16 @@ def one_step_backward(loops, p, seed=1):
 def test_one_step_backward_is_the_product_of_rounded_gate_gradients(kind, shape):
     p = problem(kind, *shape)
     (dgx, dgh_n, dh0, _, _), gates, dh = one_step_backward(native, p)
-    rounded = lambda t: t.bfloat16().float()  # noqa: E731
+    (dgx32, dgh_n32, dh0_32, _, _), _, _ = one_step_backward(native, p, w_hh=p["w_hh"].float())  # float32 products
+    assert dgx.dtype == torch.bfloat16 and torch.equal(dgx, dgx32.bfloat16())  # the rounded gate gradients, returned
     weights = p["w_hh"].float()
     hidden = shape[1]
     operand = torch.cat((dgx[0, :, : 2 * hidden], dgh_n[0]), dim=1) if kind == GRU else dgx[0]  # GRU: [dG_r, dG_z, δn⊙r]
+    if kind == GRU:
+        assert torch.equal(dgh_n, dgh_n32.bfloat16())
     bypass = dh * gates[0, :, hidden : 2 * hidden] if kind == GRU else 0  # the part that skips W_hh: dh ⊙ z
-    assert relative(dh0, rounded(operand) @ weights + bypass) < SUMS
-    assert relative(dh0, operand @ weights + bypass) > 1e-4  # a float32 operand: visibly different
+    assert relative(dh0, operand.float() @ weights + bypass) < SUMS
+    assert relative(dh0, dh0_32) > 1e-4  # float32 operands: visibly different
 
 
 @needs_native

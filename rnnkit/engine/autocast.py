@@ -235,6 +235,12 @@ def _backward_products(dgx: Tensor, recurrent: list[Tensor], x_low: Tensor, h_pr
     results, and the float32 column sums of dG and of R's other groups (the bias gradients), a block of rows at a time."""
     rows = dgx.shape[0]
     w_low = w_ih.to(low)
+    if dgx.dtype == low:  # the loop returned its rounded gate gradients (bf16): products straight from them
+        h_low = h_prev.to(low)
+        dx = torch.mm(dgx, w_low) if want_dx else None
+        dw_ih = torch.mm(dgx.t(), x_low).float() if want_dw_ih else None
+        dw_hh = torch.cat([torch.mm(part.t(), h_low).float() for part in recurrent]) if want_dw_hh else None
+        return dx, dw_ih, dw_hh, [part.sum(0, dtype=torch.float32) for part in [dgx, *recurrent[1:]]]
     blocks = _blocks(rows, dgx.shape[1], low)
     block_rows = blocks[0][1]
     dx = []

@@ -31,7 +31,8 @@ the step (the gates, or the projection), ``m_t ⊙ dh_t`` straight to ``dh_{t-1}
 ``w_hh`` in bf16 while the rest is float32 (what :mod:`rnnkit.engine.autocast` passes under bf16
 autocast): every per-step product runs with bf16 operands and float32 sums, ``bf16(h_{t-1}) W_hh^T``
 forward and ``bf16(dG_t) W_hh`` backward (GRU: ``[bf16(dgx_rz), bf16(δn⊙r)]``); states, gates and
-``dh`` stay float32. The compiled loop does this with AMX-BF16 tiles where the CPU has them (see
+``dh`` stay float32; ``backward_loop`` then returns ``dgx`` and ``dgh_n`` rounded to bf16, the
+operands its products used. The compiled loop does this with AMX-BF16 tiles where the CPU has them (see
 ``csrc/bf16_tiles.h``); the results differ from this loop's only in the order of float32 sums.
 
 ``output_mask`` (N, H_out), optional: a locked dropout mask on the output, the same at every step:
@@ -177,4 +178,6 @@ def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy,
         if direct is not None:
             dh_prev = dh_prev + direct
         dh = dh_prev if keep is None else torch.where(keep, dh_prev, dh_total)
+    if low is not None:  # the rounded gate gradients the products used, as the compiled loop returns them
+        return dgx.to(low), dgh_n.to(low), dh, dc, dproj
     return dgx, dgh_n, dh, dc, dproj

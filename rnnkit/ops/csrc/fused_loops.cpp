@@ -285,7 +285,12 @@ struct Loop {
     uint16_t* tiles = nullptr;    // AMX: (2, rows, width) bf16, zero padded
     T* rounded = nullptr;         // otherwise: (2, rows, width), bf16 values held in T
     T* product = nullptr;         // AMX backward: (rows, H_out), dG_t W_hh before it joins dh
+    // backward: the rounded gate gradients of every step, (L, N, G*H) and GRU's (L, N, H), the op's bf16 results;
+    // dgx and dgh_n then hold only two steps (slot t & 1), in T
+    uint16_t *dgx_bf16 = nullptr, *dgh_n_bf16 = nullptr;
   } low;
+  // The row of step t's gate gradients in dgx (a slot of two with bf16 results, see LowOperand).
+  int64_t grad_step(int64_t t) const { return low.dgx_bf16 != nullptr ? (t & 1) : t; }
 
   bool zoned() const { return zone != nullptr || zone_flags != nullptr; }
   // f(m, flags) with m row (t, n)'s zoneout weights, valid on [c0, c1), and flags a std::bool_constant: whether
@@ -514,11 +519,11 @@ struct Loop {
   void backward_gates(int64_t t, int64_t u0, int64_t u1) const {
     for (int64_t n = 0; n < N; ++n) {
       if (!ok(t, n)) {
-        T* dgx_row = dgx + (t * N + n) * G * H;
+        T* dgx_row = dgx + (grad_step(t) * N + n) * G * H;
         for (int64_t g = 0; g < G; ++g)
           for (int64_t u = u0; u < u1; ++u) dgx_row[g * H + u] = T(0);
         if (kind == GRU)
-          for (int64_t u = u0; u < u1; ++u) dgh_n[(t * N + n) * H + u] = T(0);
+          for (int64_t u = u0; u < u1; ++u) dgh_n[(grad_step(t) * N + n) * H + u] = T(0);
         continue;  // dh and dc pass through unchanged
       }
       if (zoned() && !proj)  // the zoneout split is in the gate loop itself: no pass of its own over the row
@@ -533,7 +538,7 @@ struct Loop {
   template <bool kZoned, bool kFlags>
   void gate_row(int64_t t, int64_t n, int64_t u0, int64_t u1, const T* m) const {
     const int64_t row = (t * N + n) * G * H;
-    T* dgx_row = dgx + row;
+    T* dgx_row = dgx + (grad_step(t) * N + n) * G * H;
     T* dh_row = dh + n * Hout;
     const T* gate = gates + row;
     if (kind == LSTM) {
@@ -558,7 +563,7 @@ struct Loop {
     } else if (kind == GRU) {
       const T* h_prev = hs + (before(t) * N + n) * Hout;
       const T* hn_row = hn + (t * N + n) * H;
-      T* dgh_n_row = dgh_n + (t * N + n) * H;
+      T* dgh_n_row = dgh_n + (grad_step(t) * N + n) * H;
 #pragma omp simd
       for (int64_t u = u0; u < u1; ++u) {
         T d = dh_row[u], b = T(0);
@@ -587,12 +592,30 @@ struct Loop {
 
   // With projection the bypass of dh_{t-1} is padding's pass-through and zoneout's m_t dh_t: other rows restart at zero.
   // The thread's units of [dgx_t] (GRU: δn⊙r in the n columns), rounded, as this step's backward operand.
+  // With bf16 results, they are also kept for every step (low.dgx_bf16, low.dgh_n_bf16).
   void round_gate_gradients(int64_t t, int64_t u0, int64_t u1) const {
+    const T* d_gates = dgx + grad_step(t) * N * G * H;
+    const T* d_n = kind == GRU ? dgh_n + grad_step(t) * N * H : nullptr;
     for (int64_t g = 0; g < G; ++g) {
       if (kind == GRU && g == 2)
-        round_operand(dgh_n + t * N * H, H, u0, u1, 2 * H + u0, t & 1);
+        round_operand(d_n, H, u0, u1, 2 * H + u0, t & 1);
       else
-        round_operand(dgx + t * N * G * H, G * H, g * H + u0, g * H + u1, g * H + u0, t & 1);
+        round_operand(d_gates, G * H, g * H + u0, g * H + u1, g * H + u0, t & 1);
+    }
+    if (low.dgx_bf16 == nullptr) return;
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t g = 0; g < G; ++g) {
+        const T* from = d_gates + n * G * H + g * H;
+        uint16_t* to = low.dgx_bf16 + (t * N + n) * G * H + g * H;
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) to[u] = rnnkit_bf16::to_bf16(from[u]);
+      }
+      if (kind == GRU) {
+        const T* from = d_n + n * H;
+        uint16_t* to = low.dgh_n_bf16 + (t * N + n) * H;
+#pragma omp simd
+        for (int64_t u = u0; u < u1; ++u) to[u] = rnnkit_bf16::to_bf16(from[u]);
+      }
     }
   }
 
@@ -919,8 +942,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const int64_t L = dy.size(0), N = dy.size(1), GH = w_hh.size(0), Hout = hs.size(2);  // RNN passes no gates
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
-  at::Tensor dgx = at::empty({L, N, GH}, gates.options());
-  at::Tensor dgh_n = empty_like_or_none(gates, {L, N, H}, kind == GRU);
+  // With bf16 products the op returns the rounded gate gradients in bf16 (what the weight gradients' bf16 GEMMs read),
+  // and keeps only two steps of them in float32.
+  const bool bf16_results = w_hh.scalar_type() == at::kBFloat16;
+  const int64_t kept = bf16_results ? std::min<int64_t>(L, 2) : L;
+  at::Tensor dgx = at::empty({kept, N, GH}, gates.options());
+  at::Tensor dgh_n = empty_like_or_none(gates, {kept, N, H}, kind == GRU);
+  at::Tensor dgx_bf16 = bf16_results ? at::empty({L, N, GH}, gates.options().dtype(at::kBFloat16)) : at::Tensor();
+  at::Tensor dgh_n_bf16 = bf16_results ? empty_like_or_none(dgx_bf16, {L, N, H}, kind == GRU) : at::Tensor();
   at::Tensor dproj = empty_like_or_none(gates, {L, N, Hout}, proj);
   at::Tensor dh = dh_n.clone();
   at::Tensor dc = kind == LSTM ? dc_n.clone() : at::empty({0}, gates.options());
@@ -940,8 +969,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     set_masks(loop, zone_t, mask_t);
     set_low(loop, low);
     if (low.amx) loop.low.product = product.data_ptr<scalar_t>();
+    if (bf16_results) {
+      loop.low.dgx_bf16 = reinterpret_cast<uint16_t*>(dgx_bf16.data_ptr<at::BFloat16>());
+      loop.low.dgh_n_bf16 = kind == GRU ? reinterpret_cast<uint16_t*>(dgh_n_bf16.data_ptr<at::BFloat16>()) : nullptr;
+    }
     drive_backward(loop, gates.options());
   });
+  if (bf16_results) return {dgx_bf16, dgh_n_bf16, dh, dc, dproj};
   return {dgx, dgh_n, dh, dc, dproj};
 }
 
