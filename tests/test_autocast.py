@@ -168,3 +168,20 @@ def test_state_carried_between_calls_mixes_dtypes_as_torch_nn_allows():
     assert relative(out, twin_out) < PLAIN
     with pytest.raises(ValueError, match="dtype"):  # outside autocast the dtypes must agree
         layer(x[3:], state)
+
+
+@pytest.mark.parametrize("no_amx", ["", "1"], ids=["tiles-where-the-cpu-has-them", "portable"])
+@pytest.mark.parametrize("options", [{"proj_size": 5}, {"proj_size": 16}, {}], ids=["proj5", "proj16", "plain"])
+def test_lstm_inference_with_padding_or_projection_under_autocast(options, no_amx, monkeypatch):
+    # the LSTMs oneDNN's primitive does not take: the fused inference loop with every product in bf16
+    monkeypatch.setenv("RNNKIT_NO_AMX", no_amx)
+    layer = rnnkit.LSTM(8, 32, **options)
+    x = torch.randn(7, 3, 8)
+    lengths = [7, 4, 2]
+    with torch.no_grad():
+        out, final = run(layer, x, lengths=lengths)
+        reference_out, reference_final = layer(x, lengths=lengths)
+    assert out.dtype == torch.bfloat16 and out.shape == reference_out.shape
+    assert out[4:, 1].abs().max() == 0 and out[2:, 2].abs().max() == 0  # padding stays zero
+    for got, want in zip((out, *final), (reference_out, *as_tuple(reference_final))):
+        assert relative(got, want) < PLAIN
