@@ -185,3 +185,24 @@ def test_lstm_inference_with_padding_or_projection_under_autocast(options, no_am
     assert out[4:, 1].abs().max() == 0 and out[2:, 2].abs().max() == 0  # padding stays zero
     for got, want in zip((out, *final), (reference_out, *as_tuple(reference_final))):
         assert relative(got, want) < PLAIN
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_products_in_blocks_of_rows_give_the_one_block_results(family, dtype, monkeypatch):
+    # large problems run the products over all steps a block of rows at a time (autocast.ROWS_PER_BLOCK);
+    # forced here on a small one, with a last block shorter than the others
+    layer = family(8, 16)
+    x = torch.randn(9, 3, 8)
+    results = {}
+    for blocked in (False, True):
+        monkeypatch.setattr(autocast, "BLOCKED_BYTES", 0 if blocked else 1 << 40)
+        monkeypatch.setattr(autocast, "ROWS_PER_BLOCK", 5)
+        layer.zero_grad(set_to_none=True)
+        inputs = x.clone().requires_grad_()
+        out, final = run(layer, inputs, dtype=dtype)
+        loss(out, final).backward()
+        results[blocked] = [out, *final, inputs.grad, *(p.grad for p in layer.parameters())]
+    for blocked, single in zip(results[True], results[False]):
+        assert relative(blocked, single) < 1e-3  # blocks sum their bf16/fp16-rounded partial weight gradients in float32
+    assert torch.equal(results[True][0], results[False][0])  # the projections themselves are the same, bit for bit

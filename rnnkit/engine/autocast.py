@@ -98,7 +98,8 @@ def _low_matmul(a: Tensor, b: Tensor, low: torch.dtype) -> Tensor:
 
 
 def _projections(kind: int, x: Tensor, weights: CellWeights, low: torch.dtype) -> tuple[Tensor, Tensor | None]:
-    """``X W_ih^T + b`` of every step (L, N, G*H) in float32 from a low-precision GEMM, and GRU's ``b_hn``."""
+    """``X W_ih^T + b`` of every step (L, N, G*H) in float32 from a low-precision GEMM, and GRU's ``b_hn``
+    (x in any floating dtype; one already in ``low`` is not copied)."""
     length, batch, features = x.shape
     bias, b_hn = fused._folded_bias(kind, weights.bias_ih, weights.bias_hh)
     rows = length * batch
@@ -189,7 +190,8 @@ class AutocastRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kind, reverse, valid, low, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None, y_dtype=torch.float32):
         weights = CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
-        xp, b_hn = _projections(kind, x, weights, low)
+        x_low = x.to(low)  # once: the projections read it, and backward's dG^T X
+        xp, b_hn = _projections(kind, x_low, weights, low)
         c0 = x.new_empty(0, dtype=torch.float32) if c0 is None else c0
         y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w_hh, low), b_hn, _contiguous(w_hr), valid, reverse, zoneout)
         y = transforms.output(y, hs, reverse, valid is None and w_hr is None)
@@ -197,7 +199,7 @@ class AutocastRecurrence(torch.autograd.Function):
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
         gates = xp if kind in (LSTM, GRU) or zoneout is not None else xp.new_empty(0)  # the RNN's zoneout keeps h̃ there
         ctx.kind, ctx.reverse, ctx.low, ctx.x_dtype = kind, reverse, low, x.dtype
-        ctx.save_for_backward(valid, x.to(low), w_ih, w_hh, b_ih, w_hr, gates, hs, cs, hn, hraw, zoneout)
+        ctx.save_for_backward(valid, x_low, w_ih, w_hh, b_ih, w_hr, gates, hs, cs, hn, hraw, zoneout)
         ctx.mark_non_differentiable(*(() if kind == LSTM else (c_n,)))
         return y, h_n, c_n
 

@@ -590,9 +590,8 @@ struct Loop {
     }
   }
 
-  // With projection the bypass of dh_{t-1} is padding's pass-through and zoneout's m_t dh_t: other rows restart at zero.
   // The thread's units of [dgx_t] (GRU: δn⊙r in the n columns), rounded, as this step's backward operand.
-  // With bf16 results, they are also kept for every step (low.dgx_bf16, low.dgh_n_bf16).
+  // They are also kept for every step in bf16 (low.dgx_bf16, low.dgh_n_bf16), the op's results.
   void round_gate_gradients(int64_t t, int64_t u0, int64_t u1) const {
     const T* d_gates = dgx + grad_step(t) * N * G * H;
     const T* d_n = kind == GRU ? dgh_n + grad_step(t) * N * H : nullptr;
@@ -602,7 +601,6 @@ struct Loop {
       else
         round_operand(d_gates, G * H, g * H + u0, g * H + u1, g * H + u0, t & 1);
     }
-    if (low.dgx_bf16 == nullptr) return;
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t g = 0; g < G; ++g) {
         const T* from = d_gates + n * G * H + g * H;
@@ -619,6 +617,7 @@ struct Loop {
     }
   }
 
+  // With projection the bypass of dh_{t-1} is padding's pass-through and zoneout's m_t dh_t: other rows restart at zero.
   void backward_projected_bypass(int64_t t, int64_t q0, int64_t q1) const {
     for (int64_t n = 0; n < N; ++n) {
       if (!ok(t, n)) continue;
@@ -944,17 +943,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
   // With bf16 products the op returns the rounded gate gradients in bf16 (what the weight gradients' bf16 GEMMs read),
   // and keeps only two steps of them in float32.
-  const bool bf16_results = w_hh.scalar_type() == at::kBFloat16;
-  const int64_t kept = bf16_results ? std::min<int64_t>(L, 2) : L;
+  const LowPlan low = low_plan("backward_loop", w_hh, gates, N, H, Hout, GH);
+  const int64_t kept = low.on ? std::min<int64_t>(L, 2) : L;
   at::Tensor dgx = at::empty({kept, N, GH}, gates.options());
   at::Tensor dgh_n = empty_like_or_none(gates, {kept, N, H}, kind == GRU);
-  at::Tensor dgx_bf16 = bf16_results ? at::empty({L, N, GH}, gates.options().dtype(at::kBFloat16)) : at::Tensor();
-  at::Tensor dgh_n_bf16 = bf16_results ? empty_like_or_none(dgx_bf16, {L, N, H}, kind == GRU) : at::Tensor();
+  at::Tensor dgx_bf16 = low.on ? at::empty({L, N, GH}, gates.options().dtype(at::kBFloat16)) : at::Tensor();
+  at::Tensor dgh_n_bf16 = low.on ? empty_like_or_none(dgx_bf16, {L, N, H}, kind == GRU) : at::Tensor();
   at::Tensor dproj = empty_like_or_none(gates, {L, N, Hout}, proj);
   at::Tensor dh = dh_n.clone();
   at::Tensor dc = kind == LSTM ? dc_n.clone() : at::empty({0}, gates.options());
   at::Tensor scratch = at::empty({N, H}, gates.options());
-  const LowPlan low = low_plan("backward_loop", w_hh, dgx, N, H, Hout, GH);
   w_hh = low.weights;
   at::Tensor product = low.amx ? at::empty({low.rows, Hout}, dgx.options()) : at::Tensor();
   at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout), mask_t = ptr_source(output_mask);
@@ -969,13 +967,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     set_masks(loop, zone_t, mask_t);
     set_low(loop, low);
     if (low.amx) loop.low.product = product.data_ptr<scalar_t>();
-    if (bf16_results) {
+    if (low.on) {
       loop.low.dgx_bf16 = reinterpret_cast<uint16_t*>(dgx_bf16.data_ptr<at::BFloat16>());
       loop.low.dgh_n_bf16 = kind == GRU ? reinterpret_cast<uint16_t*>(dgh_n_bf16.data_ptr<at::BFloat16>()) : nullptr;
     }
     drive_backward(loop, gates.options());
   });
-  if (bf16_results) return {dgx_bf16, dgh_n_bf16, dh, dc, dproj};
+  if (low.on) return {dgx_bf16, dgh_n_bf16, dh, dc, dproj};
   return {dgx, dgh_n, dh, dc, dproj};
 }
 
