@@ -207,6 +207,16 @@ def test_inference_over_many_steps_stays_within_bf16_of_the_training_loop(kind):
 
 
 @needs_native
+@pytest.mark.parametrize("kind", list(GATES))
+@pytest.mark.parametrize("weights", [torch.bfloat16, torch.float32])
+def test_opcheck_of_inference(kind, weights):
+    p = inference_problem(kind, 5, 32, steps=3)  # 3 steps: the final states come from slot 1 of two
+    w_ih, w_hh = p["w_ih"].to(weights), p["w_hh"].to(weights)
+    args = (kind, p["x"], w_ih, p["bias"], p["h0"], p["c0"], w_hh, p["b_hn"], None, None, False)
+    torch.library.opcheck(torch.ops.rnnkit_fused.forward_inference.default, args)
+
+
+@needs_native
 def test_inference_refuses_mixed_weight_dtypes():
     p = inference_problem(LSTM, 4, 16, steps=2)
     with pytest.raises(RuntimeError, match="both be bf16"):

@@ -930,8 +930,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_inference(
     drive_inference(loop, x_values.const_data_ptr<scalar_t>(), I, w_ih_values.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias_t),
                     chunk, x.options(), low.amx ? reinterpret_cast<const uint16_t*>(x_tiles.const_data_ptr<at::BFloat16>()) : nullptr, x_width);
   });
-  const int64_t final_slot = reverse ? 0 : L & 1;
-  return {y, hs.select(0, final_slot), kind == LSTM ? cs.select(0, final_slot) : cs};
+  const int64_t final_slot = reverse ? 0 : L & 1;  // tensors of their own, as the fake kernel gives (not views into a slot)
+  return {y, hs.select(0, final_slot).clone(), kind == LSTM ? cs.select(0, final_slot).clone() : cs};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_loop(
