@@ -206,3 +206,15 @@ def test_products_in_blocks_of_rows_give_the_one_block_results(family, dtype, mo
     for blocked, single in zip(results[True], results[False]):
         assert relative(blocked, single) < 1e-3  # blocks sum their bf16/fp16-rounded partial weight gradients in float32
     assert torch.equal(results[True][0], results[False][0])  # the projections themselves are the same, bit for bit
+
+
+def test_column_sums_of_a_low_precision_matrix_in_blocks(monkeypatch):
+    # the bias gradients: float32 sums of bf16 gate gradients, a block of rows at a time through one float32 buffer
+    part = torch.randn(23, 6).bfloat16()
+    monkeypatch.setattr(autocast, "BLOCKED_BYTES", 0)
+    monkeypatch.setattr(autocast, "ROWS_PER_BLOCK", 4)  # six blocks, the last of three rows
+    sums = autocast._column_sums(part)
+    assert sums.dtype == torch.float32
+    torch.testing.assert_close(sums, part.double().sum(0).float(), rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(autocast, "BLOCKED_BYTES", 1 << 40)
+    assert torch.equal(autocast._column_sums(part), part.sum(0, dtype=torch.float32))
