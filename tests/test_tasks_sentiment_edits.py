@@ -6,7 +6,7 @@ import pytest
 
 from rnnkit.tasks import sentiment
 from rnnkit.tasks.common import DataError
-from rnnkit.tasks.sentiment_edits import balanced, negator_edits, polarity_lexicon
+from rnnkit.tasks.sentiment_edits import aside_edits, balanced, negator_edits, neutral_asides, polarity_lexicon
 
 LEXICON = {"good": 1, "funny": 1, "clever": 1, "dull": 0, "predictable": 0, "bad": 0}
 
@@ -75,6 +75,38 @@ def test_the_negator_edits_join_the_training_split_balanced_by_direction():
     unbalanced = sentiment.with_counterfactuals(train, ["<pad>", "<unk>"], sentiment.DataConfig(counterfactuals=["remove_negator"], negation_copies=2, balance_negations=False),
                                                 say=lambda _: None, lexicon=LEXICON)  # fmt: skip
     assert unbalanced[4:] == [("it is funny", 1)] * 2
+
+
+def test_asides_are_the_neutral_phrases_between_two_commas():
+    pairs = [("the film , in the end , works", 1), ("it is , sadly , dull", 0), ("a , b , c", 1), ("so , for 2 hours , we sat", 0),
+             ("the plot , not the cast , fails", 0), ("it was , as far as i could tell from my seat at the back , long", 0)]
+    # "sadly" alone is one word; "not the cast" has a negator; "for 2 hours" a number; the last is nine words long
+    assert neutral_asides(pairs, LEXICON) == ["in the end"]
+    assert neutral_asides([("it is , very good indeed , fine", 1)], LEXICON) == []  # a cue word: the aside would say something
+
+
+def test_an_aside_goes_after_a_negator_that_governs_the_cues_and_keeps_the_label():
+    asides = ["in the end", "as usual"]
+    out = aside_edits([("the film is not funny", 0), ("it isn't dull at all", 1)], LEXICON, asides)
+    assert [y for _, y in out] == [0, 1]
+    assert out[0][0] in {f"the film is not , {a} , funny" for a in asides} and out[1][0] in {f"it isn't , {a} , dull at all" for a in asides}
+    assert aside_edits([("the film is funny", 1)], LEXICON, asides) == []  # no negator
+    assert aside_edits([("it is not what i expected , but it is funny", 1)], LEXICON, asides) == []  # the cue is in another clause
+    assert aside_edits([("it is not funny and not clever", 0)], LEXICON, asides) == []  # two negators
+    assert aside_edits([("the film is not funny", 0)], LEXICON, []) == []  # no asides to put in
+    assert aside_edits([("the film is not funny", 0)], LEXICON, asides) == aside_edits([("the film is not funny", 0)], LEXICON, asides)
+
+
+def test_aside_edits_join_the_training_split_from_the_task_s_own_asides():
+    train = [("the film , in the end , works", 1), ("the plot is dull", 0)]
+    data = sentiment.DataConfig(counterfactuals=["insert_negator", "aside"], negation_copies=2, balance_negations=False)
+    out = sentiment.with_counterfactuals(train, ["<pad>", "<unk>"], data, say=lambda _: None, lexicon=LEXICON)
+    negated = [text for text, y in out[2:] if "in the end" not in text]
+    with_aside = [text for text, y in out[2:] if "in the end" in text]
+    assert len(negated) == 2 and len(set(negated)) == 1 and all(y == 1 for _, y in out[2:])  # "the plot is not dull", twice
+    assert with_aside == [negated[0].replace(" dull", " , in the end , dull")] * 2  # the edit, the aside after its negator
+    others = sentiment.with_counterfactuals(train, ["<pad>", "<unk>"], data, say=lambda _: None, lexicon=LEXICON, aside_source=[("no asides", 1)])
+    assert not any("in the end" in text for text, _ in others[2:])  # the asides come from aside_source when it is given
 
 
 @pytest.mark.parametrize("option,value,message", [

