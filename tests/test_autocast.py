@@ -218,3 +218,71 @@ def test_column_sums_of_a_low_precision_matrix_in_blocks(monkeypatch):
     torch.testing.assert_close(sums, part.double().sum(0).float(), rtol=1e-6, atol=1e-6)
     monkeypatch.setattr(autocast, "BLOCKED_BYTES", 1 << 40)
     assert torch.equal(autocast._column_sums(part), part.sum(0, dtype=torch.float32))
+
+
+def twin_run(twin, x, dtype):
+    """torch.nn's layer under autocast, or a skip where this CPU's oneDNN has no LSTM in ``dtype`` and torch.nn raises."""
+    try:
+        return run(twin, x, dtype=dtype)
+    except RuntimeError:
+        if isinstance(twin, torch.nn.LSTM) and not autocast._onednn_lstm_runs_in(dtype):
+            pytest.skip(f"torch.nn.LSTM under {dtype} autocast raises on this CPU: nothing to compare with")
+        raise
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_training_on_a_transposed_input_batch_first_or_a_view(family, dtype):
+    # x in the projections' dtype is kept for backward's dG^T X, which reads it as (L·N, I): contiguous whatever x was
+    layer = family(8, 16, batch_first=True)
+    x = torch.randn(3, 9, 8)  # (N, L, I): time-major inside is a transposed view
+    out, _, grads = gradients(layer, x, autocast=True, dtype=dtype)
+    reference_out, _, reference_grads = gradients(layer, x, autocast=False)
+    assert out.shape == (3, 9, 16)
+    for got, want in zip(grads, reference_grads):
+        assert relative(got, want) < PLAIN
+    time_major = family(8, 16)
+    view = torch.randn(3, 9, 8).transpose(0, 1)
+    _, _, view_grads = gradients(time_major, view, autocast=True, dtype=dtype)
+    _, _, view_reference = gradients(time_major, view.contiguous(), autocast=False)
+    for got, want in zip(view_grads, view_reference):
+        assert relative(got, want) < PLAIN
+
+
+@pytest.mark.parametrize("family, options", [(rnnkit.LSTM, {}), (rnnkit.LSTM, {"proj_size": 5}), (rnnkit.GRU, {}), (rnnkit.RNN, {})])
+def test_bf16_parameters_under_bf16_autocast_as_torch_nn(family, options):
+    # the biases, GRU's b_hn and W_hr reach the float32 loops in float32 whatever the parameters' dtype
+    layer = family(8, 16, **options)
+    twin = torch_twin(layer)
+    layer, twin = layer.to(torch.bfloat16), twin.to(torch.bfloat16)
+    x = torch.randn(9, 3, 8)
+    with torch.no_grad():
+        out, final = run(layer, x)
+        reference_out, reference_final = twin_run(twin, x, torch.bfloat16)
+    assert [t.dtype for t in (out, *final)] == [t.dtype for t in (reference_out, *reference_final)]
+    assert relative(out, reference_out) < PLAIN
+    out, _, grads = gradients(layer, x, autocast=True)
+    twin.zero_grad(set_to_none=True)
+    twin_out, twin_final = twin_run(twin, x.clone().requires_grad_(), torch.bfloat16)
+    loss(twin_out, twin_final).backward()
+    reference_grads = [None, *(p.grad for p in twin.parameters())]
+    for got, want in zip(grads[1:], reference_grads[1:]):
+        assert got.dtype == want.dtype == torch.bfloat16 and relative(got, want) < 3 * PLAIN  # bf16 gradients both
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lstm_dtypes_with_proj_size_and_packed_input_are_torch_nn_s(dtype):
+    # torch.nn returns c_n in float32 with proj_size, and everything in float32 for a PackedSequence (lstm.data is not
+    # on CPU autocast's lower-precision list)
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    for layer, make_input in [(rnnkit.LSTM(8, 16, proj_size=5), lambda x: x), (rnnkit.LSTM(8, 16), lambda x: pack_padded_sequence(x, [9, 6, 2]))]:
+        twin = torch_twin(layer)
+        x = torch.randn(9, 3, 8)
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                out, final = run(layer, make_input(x), dtype=dtype)
+                expected_out, expected_final = twin_run(twin, make_input(x), dtype)
+            out, expected_out = getattr(out, "data", out), getattr(expected_out, "data", expected_out)
+            assert [t.dtype for t in (out, *final)] == [t.dtype for t in (expected_out, *expected_final)]
+            assert relative(out, expected_out) < PLAIN

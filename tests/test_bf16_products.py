@@ -166,6 +166,36 @@ def test_opcheck_with_a_bf16_w_hh(kind):
     torch.library.opcheck(torch.ops.rnnkit_fused.backward_loop.default, backward_args)
 
 
+@pytest.mark.parametrize("loops", [pytest.param(native, marks=needs_native, id="native"), pytest.param(fused_loops, id="python")])
+@pytest.mark.parametrize("kind", list(GATES))
+@pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float32])
+def test_backward_reads_a_bf16_dy_in_place_with_the_float32_results(loops, kind, w_dtype):
+    # under bf16 autocast the LSTM's and the RNN's output, so its gradient, is bf16: the loop widens it row by row
+    p = problem(kind, 5, 32, steps=4, padded=True)
+    w_hh = p["w_hh"].to(w_dtype)
+    xp, (_, hs, cs, hn, hraw) = forward(loops, p, w_hh=w_hh)
+    gates = xp if kind in (LSTM, GRU) else xp.new_empty(0)
+    dc_n = torch.randn(p["c0"].shape) if kind == LSTM else torch.empty(0)
+    dy = torch.randn(4, 5, 64)[:, :, ::2].bfloat16()  # strided, as a gradient may come
+    args = (kind, gates, hs, cs, hn, hraw, w_hh, None, p["valid"], False)
+    dh_n = torch.randn(5, 32)
+    got = loops.backward_loop(*args, dy, dh_n, dc_n)
+    want = loops.backward_loop(*args, dy.float(), dh_n, dc_n)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and torch.equal(a, b)  # widening bf16 is exact: the same numbers, bit for bit
+    assert got[2].dtype == torch.float32
+    with pytest.raises(RuntimeError, match="dy must be of the states' dtype"):
+        loops.backward_loop(*args, dy.half(), dh_n, dc_n)
+
+
+@needs_native
+def test_opcheck_of_backward_with_a_bf16_dy():
+    p = problem(LSTM, 5, 32, steps=3)
+    xp, (_, hs, cs, hn, hraw) = forward(native, p)
+    args = (LSTM, xp, hs, cs, hn, hraw, p["w_hh"], None, None, False, torch.randn(3, 5, 32).bfloat16(), torch.randn(5, 32), torch.randn(5, 32))
+    torch.library.opcheck(torch.ops.rnnkit_fused.backward_loop.default, args)
+
+
 def inference_problem(kind, batch, hidden, steps, inputs=12, seed=3):
     generator = torch.Generator().manual_seed(seed)
     randn = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731

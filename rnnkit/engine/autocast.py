@@ -24,7 +24,8 @@ same rounded products run in float32, so the function is the same on every machi
 Returned dtypes are torch.nn's under the same autocast: the LSTM and the Elman RNN
 return output and states in the autocast dtype, the GRU in float32 (ATen's autocast
 lists ``lstm`` and ``rnn_tanh``/``rnn_relu`` for lower precision and not ``gru``);
-the LayerNorm variants follow their family. LSTM inference without padding or
+the LayerNorm variants follow their family. Like torch.nn, an LSTM with ``proj_size`` returns ``c_n``
+in float32, and a packed LSTM (the layer's business) returns float32 throughout. LSTM inference without padding or
 ``proj_size`` runs oneDNN's LSTM primitive in the autocast dtype, which is what
 torch.nn.LSTM runs there; it keeps ``c`` in float32 and rounds ``h`` per step.
 
@@ -75,6 +76,8 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
             y, final = _layer_norm(spec, x, state32, weights, valid, reverse, low, zoneout)
         else:
             raise NotImplementedError(f"rnnkit's fused engine has no autocast path for the cell {spec.name!r}")
+    if weights.weight_hr is not None:  # torch.nn.LSTM with proj_size returns c_n in float32 under autocast
+        return y.to(out), (final[0].to(out), final[1].float())
     return y.to(out), tuple(s.to(out) for s in final)
 
 
@@ -102,6 +105,7 @@ def _projections(kind: int, x: Tensor, weights: CellWeights, low: torch.dtype) -
     (x in any floating dtype; one already in ``low`` is not copied)."""
     length, batch, features = x.shape
     bias, b_hn = fused._folded_bias(kind, weights.bias_ih, weights.bias_hh)
+    b_hn = _float32(b_hn)  # the loop reads it in float32, whatever the parameters' dtype
     rows = length * batch
     x_low, w_low = x.reshape(rows, features).to(low), weights.weight_ih.to(low).t()
     blocks = _blocks(rows, w_low.shape[1], low)
@@ -131,12 +135,12 @@ def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
             return y, (h_n, c_n)
         native = fused.loops_for(h0)
         if low == torch.bfloat16 and zoneout is None and isinstance(native, ops.NativeLoops):  # every product in bf16, no history
-            bias, b_hn = fused._folded_bias(kind, w.bias_ih, w.bias_hh)
+            bias, b_hn = (_float32(b) for b in fused._folded_bias(kind, w.bias_ih, w.bias_hh))  # bf16 parameters too
             y, h_n, c_n = native.forward_inference(kind, x.float().contiguous(), _recurrent_weight(w.weight_ih, low), bias, h0, c0,
-                                                   _recurrent_weight(w.weight_hh, low), b_hn, _contiguous(w.weight_hr), valid, reverse)  # fmt: skip
+                                                   _recurrent_weight(w.weight_hh, low), b_hn, _float32(w.weight_hr), valid, reverse)  # fmt: skip
             return y, (h_n, c_n) if kind == LSTM else (h_n,)
         xp, b_hn = _projections(kind, x, w, low)
-        y, hs, cs, _, _ = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w.weight_hh, low), b_hn, _contiguous(w.weight_hr), valid, reverse,
+        y, hs, cs, _, _ = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w.weight_hh, low), b_hn, _float32(w.weight_hr), valid, reverse,
                                                            _float32(zoneout))  # fmt: skip
         y = transforms.output(y, hs, reverse, valid is None and w.weight_hr is None)
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
@@ -171,10 +175,6 @@ def _recurrent_weight(w_hh: Tensor, low: torch.dtype) -> Tensor:
     return w_hh.to(torch.bfloat16).contiguous() if low == torch.bfloat16 else w_hh.contiguous()
 
 
-def _contiguous(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.contiguous()
-
-
 def _float32(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float().contiguous()
 
@@ -190,10 +190,10 @@ class AutocastRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kind, reverse, valid, low, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, zoneout=None, y_dtype=torch.float32):
         weights = CellWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
-        x_low = x.to(low)  # once: the projections read it, and backward's dG^T X
+        x_low = x.to(low, memory_format=torch.contiguous_format)  # once: the projections read it, and backward's dG^T X (a view)
         xp, b_hn = _projections(kind, x_low, weights, low)
         c0 = x.new_empty(0, dtype=torch.float32) if c0 is None else c0
-        y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w_hh, low), b_hn, _contiguous(w_hr), valid, reverse, zoneout)
+        y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w_hh, low), b_hn, _float32(w_hr), valid, reverse, zoneout)
         y = transforms.output(y, hs, reverse, valid is None and w_hr is None)
         y = y.clone() if y_dtype == y.dtype else y.to(y_dtype)  # an output of its own, not a view of a saved tensor
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
@@ -209,11 +209,12 @@ class AutocastRecurrence(torch.autograd.Function):
         valid, x_low, w_ih, w_hh, b_ih, w_hr, gates, hs, cs, hn, hraw, zoneout = ctx.saved_tensors
         kind, reverse, low = ctx.kind, ctx.reverse, ctx.low
         length, batch, features = x_low.shape
-        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_y is None else d_y.float()
+        # a bf16 dy goes to the loop as it is (read in place); fp16 is widened here
+        dy = hs.new_zeros(length, batch, hs.shape[2]) if d_y is None else d_y if d_y.dtype == torch.bfloat16 else d_y.float()
         dh_n = hs.new_zeros(hs.shape[1:]) if d_hn is None else d_hn.float().contiguous()
         dc_n = hs.new_empty(0) if kind != LSTM else (cs.new_zeros(cs.shape[1:]) if d_cn is None else d_cn.float().contiguous())
         dgx, dgh_n, dh0, dc0, dproj = fused.loops_for(hs).backward_loop(
-            kind, gates, hs, cs, hn, hraw, _recurrent_weight(w_hh, low), _contiguous(w_hr), valid, reverse, dy, dh_n, dc_n, zoneout
+            kind, gates, hs, cs, hn, hraw, _recurrent_weight(w_hh, low), _float32(w_hr), valid, reverse, dy, dh_n, dc_n, zoneout
         )
         steps = length * batch
         dgx2d = dgx.view(steps, dgx.shape[2])

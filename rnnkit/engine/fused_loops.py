@@ -124,6 +124,10 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
 
 
 def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None, output_mask=None):
+    if dy.dtype == torch.bfloat16 and hs.dtype == torch.float32:  # the output's gradient under bf16 autocast
+        dy = dy.float()
+    if dy.dtype != hs.dtype:
+        raise RuntimeError(f"backward_loop: dy must be of the states' dtype (or bf16 with float32 states), got {dy.dtype} with {hs.dtype} states")
     length, batch, _ = dy.shape
     gate_size = w_hh.shape[0]
     low, w_hh = _low_operands(w_hh, dy.dtype)

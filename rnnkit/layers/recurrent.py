@@ -248,6 +248,9 @@ class RecurrentLayer(nn.Module):
             x, finals = cudnn.run_layers(self, x, states, layout.lengths if valid is not None else None)
         else:
             x, finals = self._run_layers(x, states, valid, self.run_direction)
+        if layout.packed is not None and self.spec.state_count == 2 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # torch.nn's packed LSTM (ATen's lstm.data) is not on CPU autocast's lower-precision list: float32 out
+            x, finals = x.float(), [tuple(s.float() for s in final) for final in finals]
         return layout.output(x), streaming.final_state(finals, layout.unbatched)
 
     def _inference_step(self, input, hx):

@@ -54,12 +54,14 @@ def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy,
     length, batch, _ = dy.shape
     gate_size = w_hh.shape[0]
     hidden = gate_size // {LSTM: 4, GRU: 3}.get(kind, 1)
-    grads = torch.bfloat16 if w_hh.dtype == torch.bfloat16 else dy.dtype  # bf16 products return their rounded operands
-    dgx = dy.new_empty(length, batch, gate_size, dtype=grads)
-    dgh_n = dy.new_empty(length, batch, hidden, dtype=grads) if kind == GRU else dy.new_empty(0, dtype=grads)
-    dc = dy.new_empty(dc_n.shape) if kind == LSTM else dy.new_empty(0)
-    dproj = dy.new_empty(length, batch, hs.shape[2]) if w_hr is not None else dy.new_empty(0)
-    return dgx, dgh_n, dy.new_empty(dh_n.shape), dc, dproj
+    if dy.dtype != hs.dtype and not (dy.dtype == torch.bfloat16 and hs.dtype == torch.float32):
+        raise RuntimeError(f"backward_loop: dy must be of the states' dtype (or bf16 with float32 states), got {dy.dtype} with {hs.dtype} states")
+    grads = torch.bfloat16 if w_hh.dtype == torch.bfloat16 else hs.dtype  # bf16 products return their rounded operands
+    dgx = hs.new_empty(length, batch, gate_size, dtype=grads)
+    dgh_n = hs.new_empty(length, batch, hidden, dtype=grads) if kind == GRU else hs.new_empty(0, dtype=grads)
+    dc = hs.new_empty(dc_n.shape) if kind == LSTM else hs.new_empty(0)
+    dproj = hs.new_empty(length, batch, hs.shape[2]) if w_hr is not None else hs.new_empty(0)
+    return dgx, dgh_n, hs.new_empty(dh_n.shape), dc, dproj
 
 
 def forward_inference(kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, valid, reverse):

@@ -266,6 +266,8 @@ struct Loop {
   const T* dy;  // any strides (an expanded gradient of a sum is not copied): see dy_stride
   T *dgx, *dgh_n, *dh, *dc, *dproj;  // dgh_n: GRU's recurrent-side n gradient δn⊙r (L, N, H)
   int64_t dy_stride[3] = {0, 0, 0};  // (t, n, q)
+  // dy in bf16 (the output's gradient under bf16 autocast), read in place of `dy`: no float32 copy of it is made
+  const uint16_t* dy_bf16 = nullptr;
   StepBarrier* barrier = nullptr;  // shared by the team running the loop
   // Zoneout (L, N, H_out) or null: keep-previous weights m_t. A valid step's h_t becomes
   // h̃_t + m_t (h_{t-1} - h̃_t); backward sends (1 - m_t) dh_t into the step, m_t dh_t to dh_{t-1}.
@@ -490,12 +492,20 @@ struct Loop {
     for (int64_t n = 0; n < N; ++n) {
       const bool keep = ok(t, n);
       T* dh_row = dh + n * Hout;
-      const T* dy_row = dy + t * dy_stride[0] + n * dy_stride[1];
+      const T* dy_row = dy_bf16 ? nullptr : dy + t * dy_stride[0] + n * dy_stride[1];
+      int64_t dq = dy_stride[2];
+      if (dy_bf16 != nullptr && keep) {  // this row's columns widened into a float row of the thread's own
+        static thread_local std::vector<T> widened;
+        if (static_cast<int64_t>(widened.size()) < Hout) widened.resize(Hout);
+        const uint16_t* from = dy_bf16 + t * dy_stride[0] + n * dy_stride[1];
+        for (int64_t q = q0; q < q1; ++q) widened[q] = T(rnnkit_bf16::from_bf16(from[q * dq]));
+        dy_row = widened.data(), dq = 1;
+      }
       if (keep && out_mask != nullptr) {  // the output dropout's backward: dy_t ⊙ m, as autograd's product would give it
         const T* m = out_mask + n * Hout;
-        for (int64_t q = q0; q < q1; ++q) dh_row[q] += dy_row[q * dy_stride[2]] * m[q];
+        for (int64_t q = q0; q < q1; ++q) dh_row[q] += dy_row[q * dq] * m[q];
       } else if (keep) {
-        for (int64_t q = q0; q < q1; ++q) dh_row[q] += dy_row[q * dy_stride[2]];
+        for (int64_t q = q0; q < q1; ++q) dh_row[q] += dy_row[q * dq];
       }
       if (proj) {
         T* dproj_row = dproj + (t * N + n) * Hout;
@@ -917,7 +927,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_inference(
   at::Tensor x_values = low.on && !low.amx ? x.to(at::kBFloat16).to(at::kFloat) : x, x_tiles;
   const int64_t x_width = rnnkit_bf16::round_up(I, 32);
   if (low.amx) {
-    x_tiles = at::zeros({rnnkit_bf16::round_up(L * N, 16), x_width}, x.options().dtype(at::kBFloat16));
+    // the last chunk's tiles start at row c0 * N and may run 15 rows past L * N: zero rows to spare
+    x_tiles = at::zeros({rnnkit_bf16::round_up(L * N, 16) + 16, x_width}, x.options().dtype(at::kBFloat16));
     x_tiles.narrow(0, 0, L * N).narrow(1, 0, I).copy_(x.reshape({L * N, I}));
   }
   at::Tensor projected = at::empty({low.amx ? rnnkit_bf16::round_up(chunk * N, 16) : chunk * N, GH}, x.options());
@@ -956,14 +967,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   w_hh = low.weights;
   at::Tensor product = low.amx ? at::empty({low.rows, Hout}, dgx.options()) : at::Tensor();
   at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout), mask_t = ptr_source(output_mask);
+  const bool dy_low = dy.scalar_type() == at::kBFloat16 && hs.scalar_type() == at::kFloat;
+  TORCH_CHECK(dy_low || dy.scalar_type() == hs.scalar_type(), "backward_loop: dy must be of the states' dtype (or bf16 with float32 states), got ",
+              dy.scalar_type(), " with ", hs.scalar_type(), " states");
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_fused_backward", [&] {
     Loop<scalar_t> loop{kind, L, N, H, Hout, G, reverse, proj, data_or_null<bool>(valid_t),
                         gates.data_ptr<scalar_t>(), nullptr, hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
                         hn.data_ptr<scalar_t>(), hraw.data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(), nullptr,
                         proj ? w_hr->const_data_ptr<scalar_t>() : nullptr, scratch.data_ptr<scalar_t>(),
-                        dy.const_data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh_n.data_ptr<scalar_t>(),
+                        dy_low ? nullptr : dy.const_data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh_n.data_ptr<scalar_t>(),
                         dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dproj.data_ptr<scalar_t>()};
     for (int d = 0; d < 3; ++d) loop.dy_stride[d] = dy.stride(d);
+    if (dy_low) loop.dy_bf16 = reinterpret_cast<const uint16_t*>(dy.const_data_ptr<at::BFloat16>());
     set_masks(loop, zone_t, mask_t);
     set_low(loop, low);
     if (low.amx) loop.low.product = product.data_ptr<scalar_t>();
