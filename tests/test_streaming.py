@@ -188,3 +188,22 @@ def test_vmap_of_a_streaming_call_takes_the_general_path():
         out = torch.func.vmap(lambda step: layer(step)[0])(x)
         expected = torch.stack([reference(step)[0] for step in x])
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN])
+def test_a_layer_pickles_and_copies_after_single_steps(family):
+    # the single-step path caches a plan holding the compiled op, which cannot be pickled: pickle, torch.save and
+    # deepcopy leave the cache out
+    import copy
+    import io
+    import pickle
+
+    layer = family(4, 5)
+    x = torch.randn(1, 3, 4)
+    with torch.no_grad():
+        expected = layer(x)[0]
+    for restored in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        with torch.no_grad():
+            assert torch.equal(restored(x)[0], expected)  # the copy steps as the original, its plan rebuilt
+    torch.save(layer, io.BytesIO())  # a whole module, as users checkpoint one (rnnkit's own checkpoints are safetensors)
+    assert "_step_plan" in layer.__dict__ and "_step_plan" not in pickle.loads(pickle.dumps(layer)).__dict__

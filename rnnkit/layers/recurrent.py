@@ -218,6 +218,12 @@ class RecurrentLayer(nn.Module):
         self.flatten_parameters()  # as torch.nn.RNNBase after a move: the new tensors are not flat
         return moved
 
+    def __getstate__(self):
+        """For pickle and copy: without the single-step path's cached plan, which holds the compiled op (rebuilt on use)."""
+        state = super().__getstate__()
+        state.pop("_step_plan", None)
+        return state
+
     # -- forward ------------------------------------------------------------
 
     def forward(self, input: Tensor | PackedSequence, hx=None, lengths=None):
