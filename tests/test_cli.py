@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +44,10 @@ def test_train_help_lists_the_tasks(capsys):
     ("model.rnn.hidden_size=big", "model.rnn.hidden_size: expected int, got 'big'"),
     ("model.rnn.cell=transformer", "model.rnn.cell: expected one of ['lstm', 'gru', 'rnn', 'mingru', 'minlstm', 'rglru'], got 'transformer'"),
     ("epochs", "override: expected KEY=VALUE"),
+    ("optim.lr=-1", "optim.lr: expected a positive, finite learning rate, got -1.0"),
+    ("optim.lr=nan", "optim.lr: expected a positive, finite learning rate, got nan"),
+    ("optim.weight_decay=-1", "optim.weight_decay: expected a finite number of at least 0, got -1.0"),
+    ("model.rnn.dropout=2", "rnn.dropout: expected a float in [0, 1) (0 turns it off), got 2.0"),
 ])  # fmt: skip
 def test_a_bad_override_exits_2_with_a_message(override, message, capsys, tmp_path):
     assert main(["train", "sentiment", override, "--out", str(tmp_path / "run")]) == 2
@@ -128,6 +133,53 @@ def test_predict_file_reads_the_model_once_for_a_task_without_batches(runs, caps
     (tmp_path / "bad.txt").write_text(rows[0] + "\n1 2 x\n")
     assert main(["predict", str(runs["co2"]), "--file", str(tmp_path / "bad.txt")]) == 1
     assert "line 2: text: expected numbers separated by spaces or commas" in capsys.readouterr().err
+
+
+def test_predict_file_has_one_prediction_per_line_whatever_else_the_line_holds(runs, capsys, tmp_path):
+    # lines end at \n (or \r\n) only: \v, \x1c and U+2028 inside a line do not split it
+    (tmp_path / "odd.txt").write_text("the film \v is great .\r\nthe plot \x1c is dull \u2028 and slow .\n", encoding="utf-8")
+    assert main(["predict", str(runs["sentiment"]), "--file", str(tmp_path / "odd.txt")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_export_never_replaces_a_run_s_own_files(runs, capsys, tmp_path):
+    run = tmp_path / "co2"
+    shutil.copytree(runs["co2"], run)
+    model = (run / "model.safetensors").read_bytes()
+    for target in ("model.safetensors", "config.json"):
+        assert main(["export", str(run), "--format", "onnx", "--out", str(run / target)]) == 2
+        assert "export would replace it" in capsys.readouterr().err
+    assert main(["export", str(run), "--quantize", "int8", "--out", str(run)]) == 2  # a folder
+    assert "got an existing folder" in capsys.readouterr().err
+    assert (run / "model.safetensors").read_bytes() == model and main(["eval", str(run)]) == 0
+    capsys.readouterr()
+
+
+def test_a_checkpoint_without_the_trainer_s_position_or_a_model_of_another_task_is_refused(runs, capsys, tmp_path):
+    run = tmp_path / "co2"
+    shutil.copytree(runs["co2"], run)
+    shutil.copy(run / "model.safetensors", run / "checkpoint.safetensors")  # a model file where the checkpoint goes
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "expected" in (err := capsys.readouterr().err) and "to be a training checkpoint" in err and "Traceback" not in err
+    sentiment = tmp_path / "sentiment"
+    shutil.copytree(runs["sentiment"], sentiment)
+    shutil.copy(runs["co2"] / "model.safetensors", sentiment / "model.safetensors")  # another task's model, no vocabulary
+    for command in (["predict", str(sentiment), "a good film"], ["eval", str(sentiment)], ["explain", str(sentiment), "a good film"]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"rnnkit {command[0]}: error: checkpoint ") and "expected 'vocabulary' in its extra data" in err
+
+
+def test_a_run_that_failed_before_saving_anything_does_not_block_its_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "sentiment", "--data", str(tmp_path / "missing.csv"), "--out", str(out)]) == 1
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # what a failed start leaves: a corrected command takes the folder
+    write_reviews(tmp_path / "reviews.csv")
+    assert main(["train", "sentiment", "--data", str(tmp_path / "reviews.csv"), "--size", "fast", "--out", str(out), "trainer.max_epochs=1"]) == 0
+    assert "saved nothing" in capsys.readouterr().out
+    assert main(["train", "co2", "--threads", "0", "--out", str(tmp_path / "t")]) == 2
+    assert "--threads: expected a positive number of threads, got 0" in capsys.readouterr().err
 
 
 def test_generate_samples_from_a_language_model(runs, capsys):
@@ -280,3 +332,9 @@ def test_diagnose_stops_cleanly_on_ctrl_c(experiment, tmp_path):
         _, stderr = process.communicate(timeout=60)
     command = " ".join(["diagnose", *experiment])
     assert process.returncode == 130 and stderr == f"rnnkit {command}: interrupted by SIGINT; stopped\n"
+
+
+def test_serve_refuses_a_port_out_of_range(runs, capsys):
+    pytest.importorskip("uvicorn")
+    assert main(["serve", str(runs["sentiment"]), "--port", "99999"]) == 2
+    assert "--port: expected a port from 1 to 65535, got 99999" in capsys.readouterr().err

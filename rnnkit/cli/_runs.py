@@ -34,7 +34,13 @@ def holds_run(folder: Path) -> bool:
 def checkpoint_step(run: Path) -> int | None:
     """The step of ``run/checkpoint.safetensors``, or None if it has none."""
     path = run / "checkpoint.safetensors"
-    return load_checkpoint(path)[1]["position"]["step"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    position = load_checkpoint(path)[1].get("position")
+    if not isinstance(position, dict) or not isinstance(position.get("step"), int):
+        raise UsageError(f"--resume {run}: expected {path} to be a training checkpoint (with the trainer's position), "
+                         f"got a checkpoint without one (a model file?)")  # fmt: skip
+    return position["step"]
 
 
 # -- a new run, or a replaced one ---------------------------------------------------------
@@ -95,6 +101,9 @@ def prepare_new_run(folder: Path, overwrite: bool, say) -> ReplacedRun | None:
         return None
     if not folder.is_dir():
         raise UsageError(f"--out {folder}: expected a folder for the run, got a file")
+    if sorted(p.name for p in folder.iterdir()) == ["config.json"]:  # a run that failed before it saved anything
+        (folder / "config.json").unlink()
+        say(f"removed {folder / 'config.json'}: the run it began saved nothing (it stopped before its first checkpoint)")
     if holds_run(folder):
         if overwrite:
             return ReplacedRun(folder)

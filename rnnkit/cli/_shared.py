@@ -38,8 +38,12 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
 
 
 def set_threads(args) -> None:
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError(f"--threads: expected a positive number of threads, got {threads}")
+    torch.set_num_threads(threads)
 
 
 def open_run(args, capability: str | None = None, expected: str = "", hint: str = ""):

@@ -39,6 +39,8 @@ def handle(args) -> int:
     if (args.format is None) == (args.quantize is None):
         raise _shared.UsageError("expected exactly one of --format onnx|pt2 and --quantize int8 (an int8 model exports as a checkpoint only)")
     task, config, _ = _shared.open_run(args)
+    if args.out:
+        check_out(Path(args.out))
     if args.quantize is not None:
         out = Path(args.out) if args.out else Path(args.run) / f"model.{args.quantize}.safetensors"
         print(f"wrote {export.quantized(Path(args.run), args.quantize, out)}")
@@ -47,3 +49,13 @@ def handle(args) -> int:
     path = export.export(task.name, config, Path(args.run), args.format, out)
     print(f"wrote {path}")
     return 0
+
+
+EXPORTS = (".onnx", ".pt2", ".int8.safetensors")  # what export writes: an earlier export may be replaced, nothing else
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that would destroy something other than an earlier export (the run's model or config, a folder)."""
+    if out.is_dir() or (out.exists() and not out.name.endswith(EXPORTS)):
+        raise _shared.UsageError(f"--out {out}: expected a new file or an earlier export (a name ending in {', '.join(EXPORTS)}), "
+                                 f"got an existing {'folder' if out.is_dir() else 'file'}; export would replace it")  # fmt: skip

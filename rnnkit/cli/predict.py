@@ -61,7 +61,11 @@ def predict_file(args) -> int:
 
     _shared.check_file_size("--file", args.file)
     text = common.decode_text(common.read_bytes(args.file), args.file, "one input per line")
-    lines = text.splitlines()
+    # lines end at "\n" (or "\r\n") only: str.splitlines() also splits at \v, \f, \x1c-\x1e, \x85 and U+2028/2029,
+    # which would give more predictions than the file has lines
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
     for number, line in enumerate(lines, 1):
         if not line.strip():
             raise common.DataError(f"--file {args.file}, line {number}: expected an input, got a blank line")

@@ -27,6 +27,8 @@ def handle(args) -> int:
         import rnnkit.serve as serving
     except ImportError as error:
         raise ValueError(f"serve: expected the serve extra (pip install 'rnnkit[serve]'), got an import error: {error}") from None
+    if not 0 < args.port < 65536:
+        raise _shared.UsageError(f"--port: expected a port from 1 to 65535, got {args.port}")
     _shared.set_threads(args)
     app = serving.create_app(args.runs)
     print(f"rnnkit serve: {len(args.runs)} run(s) at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)

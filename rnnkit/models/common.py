@@ -47,7 +47,7 @@ class RecurrentConfig:
     zoneout: float = 0.0  # keep each unit's previous hidden state with this probability
 
     def __post_init__(self) -> None:
-        for name in regularisers.NAMES:
+        for name in (*regularisers.NAMES, "dropout"):  # dropout too: with one layer it is not used, but never nonsense
             setattr(self, name, regularisers.check_rate(f"rnn.{name}", getattr(self, name)))
 
 
@@ -197,6 +197,9 @@ def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
     if name not in MODEL_REGISTRY:
         raise CheckpointError(f"checkpoint {str(path)!r}: expected a model class among {sorted(MODEL_REGISTRY)}, got {name!r}")
     cls = MODEL_REGISTRY[name]
+    if not isinstance(metadata.get("model_config"), dict) or not isinstance(metadata.get("extra", {}), dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected a model_config and extra data as mappings in its metadata, "
+                              f"got {type(metadata.get('model_config')).__name__} and {type(metadata.get('extra')).__name__}")  # fmt: skip
     config = configs.from_dict(cls.config_class, metadata["model_config"])
     model = cls(config)
     if "quantized" in metadata:
@@ -208,6 +211,19 @@ def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
             if weights[name].dtype != tensor.dtype:
                 raise CheckpointError(f"checkpoint {str(path)!r}: expected {name} of dtype {tensor.dtype} (an int8 model), got {weights[name].dtype}")
     model.load_state_dict(weights)
-    return model.to(device), metadata.get("extra", {})
+    return model.to(device), SavedExtra(metadata.get("extra", {}), path)
+
+
+class SavedExtra(dict):
+    """A checkpoint's extra data (vocabularies, labels, scalers): a key the reader needs and the checkpoint lacks, as
+    in a model of another task copied into a run, is a CheckpointError naming both, not a KeyError."""
+
+    def __init__(self, data: dict, path) -> None:
+        super().__init__(data)
+        self.path = path
+
+    def __missing__(self, key):
+        raise CheckpointError(f"checkpoint {str(self.path)!r}: expected {key!r} in its extra data (written by the task that "
+                              f"trained it), got {sorted(self) or 'none'}; is it a model of another task?")  # fmt: skip
 
 

@@ -154,6 +154,12 @@ class OptimConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
 
+    def __post_init__(self) -> None:  # before any data is read: torch.optim.Adam would refuse these only then
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise configs.ConfigError(f"optim.lr: expected a positive, finite learning rate, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise configs.ConfigError(f"optim.weight_decay: expected a finite number of at least 0, got {self.weight_decay}")
+
 
 QUANTIZATIONS = ("int8",)  # what ``rnnkit eval --quantize`` and ``rnnkit export --quantize`` accept
 
