@@ -338,3 +338,16 @@ def test_serve_refuses_a_port_out_of_range(runs, capsys):
     pytest.importorskip("uvicorn")
     assert main(["serve", str(runs["sentiment"]), "--port", "99999"]) == 2
     assert "--port: expected a port from 1 to 65535, got 99999" in capsys.readouterr().err
+
+
+def test_a_run_dir_override_and_unknown_keys_in_config_json_are_refused(runs, capsys, tmp_path):
+    write_series(tmp_path / "series.csv")
+    args = ["train", "co2", "--data", str(tmp_path / "series.csv"), "--size", "fast", "--out", str(tmp_path / "run"), "trainer.run_dir=/elsewhere"]
+    assert main(args) == 2
+    assert "trainer.run_dir: expected None (a task's run folder is --out), got '/elsewhere'" in capsys.readouterr().err
+    run = tmp_path / "co2"
+    shutil.copytree(runs["co2"], run)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "notes": "mine"}))
+    assert main(["eval", str(run)]) == 1
+    assert "expected the keys 'task' and 'config', found also ['notes']" in capsys.readouterr().err

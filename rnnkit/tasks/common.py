@@ -221,6 +221,8 @@ def fit(model: torch.nn.Module, train, val, trainer: TrainerConfig, optim: Optim
     it continues from ``run_dir/checkpoint.safetensors`` where there is one
     (a model that had finished trains no further), else it starts afresh.
     """
+    if trainer.run_dir is not None and Path(trainer.run_dir) != Path(run_dir):
+        raise configs.ConfigError(f"trainer.run_dir: expected None (a task's run folder is --out), got {trainer.run_dir!r}")
     config = dataclasses.replace(trainer, run_dir=str(run_dir))
     optimizer = torch.optim.Adam(param_groups or model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     options = _fit_options.get()
@@ -350,8 +352,13 @@ def load_config(run_dir: Path) -> tuple[str, dict]:
         raise DataError(f"{run_dir}: expected a run folder with config.json (written by `rnnkit train`), found none")
     try:
         data = json.loads(path.read_text())
+        unknown = sorted(set(data) - {"task", "config"})
+        if unknown:
+            raise DataError(f"{path}: expected the keys 'task' and 'config', found also {unknown}")
         return data["task"], data["config"]
-    except (ValueError, KeyError, TypeError) as error:
+    except DataError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise DataError(f"{path}: expected JSON with 'task' and 'config', found {type(error).__name__}: {error}") from None
 
 
