@@ -52,6 +52,7 @@ from rnnkit.data.synthetic import adding_problem
 from rnnkit.models.long_range import AddingModel
 from rnnkit.training.diagnostics import GradientFlowRecorder, decay_ratio, measure_gradient_flow
 from rnnkit.training.experiments.common import COLORS, pyplot, torch_threads
+from rnnkit.training.checkpoint import save_figure
 
 CELLS = ("rnn", "lstm", "gru")
 
@@ -352,7 +353,7 @@ def plot_gradient_flow(cells: list[CellResult], config: DiagnoseConfig, png: Pat
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     fig.suptitle(f"Gradient flow back through time, adding problem T={config.seq_len}")
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)
     plt.close(fig)
 
 
@@ -371,7 +372,7 @@ def plot_training_curves(cells: list[CellResult], png: Path) -> None:
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)
     plt.close(fig)
 
 
@@ -391,5 +392,5 @@ def plot_exploding(explosions: list[ExplodeResult], config: DiagnoseConfig, png:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle(f"Exploding gradients: Elman RNN, W_hh scaled to spectral radius {config.spectral_radius:g}, SGD lr {config.explode_lr:g}")
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)
     plt.close(fig)

@@ -73,6 +73,7 @@ from rnnkit.models import ImageCaptioner, ImageCaptionerConfig, RecurrentConfig,
 from rnnkit.tasks import common
 from rnnkit.tasks.common import DataError, OptimConfig, Report
 from rnnkit.training import TrainerConfig, seed_everything
+from rnnkit.training.checkpoint import save_figure
 
 # -- config --------------------------------------------------------------------------
 
@@ -372,7 +373,7 @@ def plot_captions(path: Path, strips: Strips, hypotheses, references, shown: int
     fig.suptitle(f"Held-out test strips and their greedy captions: the first {len(picked) - len(wrong)}, then the first "
                  f"{len(wrong)} wrong ones (red)", fontsize=9)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -79,6 +79,7 @@ from rnnkit.models import InputConfig, ManyToOneConfig, RecurrentConfig, Sequenc
 from rnnkit.tasks import common
 from rnnkit.tasks.common import DataError, OptimConfig, Report
 from rnnkit.training import TrainerConfig, seed_everything
+from rnnkit.training.checkpoint import save_figure
 
 # -- config --------------------------------------------------------------------------
 
@@ -378,7 +379,7 @@ def plot_forecasts(path: Path, y, observed, origins, targets, forecasts: dict[st
     bottom.set_title("the last part of the test, multi-step forecasts")
     bottom.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

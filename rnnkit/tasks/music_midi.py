@@ -8,6 +8,7 @@ from typing import BinaryIO
 import numpy as np
 
 from rnnkit.tasks.music_score import NAMES
+from rnnkit.training.checkpoint import save_figure
 
 
 WRAP = 16  # note events per line of output
@@ -73,5 +74,5 @@ def plot_piano_roll(path: Path, events: list[tuple[int | None, int]], grid: int,
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    save_figure(fig, path, dpi=dpi)
     plt.close(fig)

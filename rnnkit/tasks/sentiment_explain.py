@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from rnnkit.tasks.common import DataError
 from rnnkit.tasks.sentiment import probabilities, tokenize
+from rnnkit.training.checkpoint import save_figure
 
 
 class Contribution(NamedTuple):
@@ -55,5 +56,5 @@ def plot_contributions(path: Path, probability: float, contributions: list[Contr
     ax.set_yticks([])
     ax.set_title(title or f"P(positive) = {probability:.3f}; each word: the change when it is removed (* out of vocabulary)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)

@@ -61,6 +61,7 @@ from rnnkit.models import RecurrentConfig, Seq2Seq, Seq2SeqConfig, load_model, s
 from rnnkit.tasks import common
 from rnnkit.tasks.common import DataError, OptimConfig, Report
 from rnnkit.training import TrainerConfig, seed_everything
+from rnnkit.training.checkpoint import save_figure
 
 # -- config --------------------------------------------------------------------------
 
@@ -404,7 +405,7 @@ def plot_attention(model: Seq2Seq, sentence: str, vocabularies, path: Path) -> N
     ax.set_yticks(range(len(words)), words)
     ax.set_title("attention (darker: more weight)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

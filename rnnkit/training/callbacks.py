@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
+from rnnkit.training.checkpoint import save_figure
 
 
 class Callback:
@@ -130,7 +131,7 @@ def plot_loss_curves(rows: list[dict], png_path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=120)
+    save_figure(fig, png_path, dpi=120)
     plt.close(fig)
 
 

@@ -135,6 +135,23 @@ def _replace_with(path: Path, payload: bytes) -> None:
         os.close(directory)
 
 
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Atomically replace a file with ``payload``: a reader sees the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, payload)
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_options) -> None:
+    """A matplotlib figure written atomically, in the format its file name says (``.png`` by default)."""
+    import io
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", **savefig_options)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically replace a small text file (config, report, CSV snapshot)."""
     path = Path(path)

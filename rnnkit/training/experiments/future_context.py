@@ -28,6 +28,7 @@ from rnnkit.data.synthetic import future_token_task
 from rnnkit.models import InputConfig, RecurrentConfig, SequenceTagger, TaggerConfig
 from rnnkit.training.experiments.common import (COLORS, Budget, check_budget_fields, check_choices, parameter_count, pyplot,
                                                 train_and_evaluate, write_rows)  # fmt: skip
+from rnnkit.training.checkpoint import save_figure
 
 CELLS = ("rnn", "lstm", "gru")
 
@@ -130,7 +131,7 @@ def plot(result: FutureContextResult, png: Path) -> None:
     ax.set_xticks(list(config.offsets))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the curves fill the axes
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)
     plt.close(fig)
 
 

@@ -34,6 +34,7 @@ from rnnkit.models.long_range import open_carry_gate
 from rnnkit.training.diagnostics import decay_ratio, measure_gradient_flow
 from rnnkit.training.experiments.common import (COLORS, Budget, check_budget_fields, check_choices, parameter_count, pyplot,
                                                 train_and_evaluate, write_rows)  # fmt: skip
+from rnnkit.training.checkpoint import save_figure
 
 CELLS = ("rnn", "lstm", "gru")
 
@@ -150,7 +151,7 @@ def plot(result: LongRangeResult, png: Path) -> None:
         ax.legend(fontsize=8)
     bias = "torch.nn's init" if config.carry_bias is None else f"carry gates' bias {config.carry_bias:g}"
     fig.suptitle(f"Long-range memory: country ... {{gap - 1 fillers}} ... speak -> language (H={config.hidden_size}, {bias})")
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)
     plt.close(fig)
 
 

@@ -26,6 +26,7 @@ from rnnkit import errors
 from rnnkit.data.synthetic import marker_order_task
 from rnnkit.models import BagOfFeaturesConfig, BagOfFeaturesMLP, InputConfig, ManyToOneConfig, RecurrentConfig, SequenceClassifier
 from rnnkit.training.experiments.common import COLORS, Budget, check_budget_fields, check_choices, pyplot, train_each, write_rows
+from rnnkit.training.checkpoint import save_figure
 
 MODELS = ("mlp", "rnn", "lstm", "gru")
 
@@ -103,7 +104,7 @@ def plot(result: OrderResult, png: Path) -> None:
            title=f"Order only: does marker A come before B? (T={c.seq_len}, mirror pairs)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)
     plt.close(fig)
 
 

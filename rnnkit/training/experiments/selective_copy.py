@@ -22,6 +22,7 @@ from rnnkit import errors
 from rnnkit.data.synthetic import selective_copy_task
 from rnnkit.models import InputConfig, RecurrentConfig, SequenceTagger, TaggerConfig
 from rnnkit.training.experiments.common import COLORS, Budget, check_budget_fields, check_choices, pyplot, train_each, write_rows
+from rnnkit.training.checkpoint import save_figure
 
 MODELS = ("mingru", "minlstm", "rglru", "lstm", "gru")
 TITLES = {"mingru": "minGRU", "minlstm": "minLSTM", "rglru": "RG-LRU", "lstm": "LSTM", "gru": "GRU"}
@@ -102,7 +103,7 @@ def plot(result: SelectiveCopyResult, png: Path) -> None:
            title=f"Selective copying: {c.num_tokens} colours among {c.region_len} steps, {c.num_layers} layers")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)
     plt.close(fig)
 
 
