@@ -345,6 +345,8 @@ def test_a_run_dir_override_and_unknown_keys_in_config_json_are_refused(runs, ca
     args = ["train", "co2", "--data", str(tmp_path / "series.csv"), "--size", "fast", "--out", str(tmp_path / "run"), "trainer.run_dir=/elsewhere"]
     assert main(args) == 2
     assert "trainer.run_dir: expected None (a task's run folder is --out), got '/elsewhere'" in capsys.readouterr().err
+    assert main(["train", "co2", "data.horizon=0", "--out", str(tmp_path / "h")]) == 2  # refused before any data is read
+    assert "data.horizon: expected a positive number of steps, got 0" in capsys.readouterr().err and not (tmp_path / "h").exists()
     run = tmp_path / "co2"
     shutil.copytree(runs["co2"], run)
     saved = json.loads((run / "config.json").read_text())

@@ -96,6 +96,12 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
 
+    def __post_init__(self) -> None:  # before the data is read: a zero horizon would end in a NaN loss
+        for name in ("season", "window", "horizon"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise common.DataError(f"data.{name}: expected a positive number of steps, got {value!r}")
+
 
 @dataclass
 class ModelConfig:
