@@ -241,6 +241,19 @@ def test_train_refuses_a_folder_of_other_files_even_with_overwrite(tmp_path, ref
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+def test_overwrite_refuses_a_run_folder_that_also_holds_files_of_yours(tmp_path, reference, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference.run, run)
+    (run / "notes.txt").write_text("mine")
+    (run / "data").mkdir()
+    (run / "data" / "series.csv").write_text("1\n2\n")
+    before = snapshot(run)
+    assert main([str(a) for a in reference.train(run, "--overwrite")]) == 2
+    err = capsys.readouterr().err
+    assert "got other files too (data, notes.txt); --overwrite would delete them: move them out first" in err
+    assert snapshot(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 # -- faults while writing, and NaN ------------------------------------------------------------
 
 

@@ -27,6 +27,18 @@ SAFE_KEYS = ("trainer.max_steps", "trainer.max_epochs", "trainer.checkpoint_ever
 RUN_FILES = ("config.json", "checkpoint.safetensors", "model.safetensors")
 
 
+# What a run folder holds that rnnkit wrote: the run files, the trainer's records, the report and its plots, exports,
+# and sub-runs (a baseline, a language model) or TensorBoard logs. --overwrite deletes a folder only if that is all.
+RUN_OUTPUTS = {*RUN_FILES, "best.safetensors", "metrics.csv", "REPORT.md", "results.json", "model.onnx", "model.pt2", "tensorboard"}
+
+
+def _is_run_output(path: Path) -> bool:
+    name = path.name
+    if path.is_dir():
+        return name in RUN_OUTPUTS or any((path / run_file).exists() for run_file in (*RUN_FILES, "metrics.csv"))
+    return name in RUN_OUTPUTS or name.endswith((".png", ".mid")) or (name.startswith("model.") and name.endswith(".safetensors"))
+
+
 def holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_FILES)
 
@@ -106,6 +118,11 @@ def prepare_new_run(folder: Path, overwrite: bool, say) -> ReplacedRun | None:
         say(f"removed {folder / 'config.json'}: the run it began saved nothing (it stopped before its first checkpoint)")
     if holds_run(folder):
         if overwrite:
+            foreign = sorted(p.name for p in folder.iterdir() if not _is_run_output(p))
+            if foreign:
+                raise UsageError(f"--out {folder}: expected a folder that holds only a run to replace, got other files too "
+                                 f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); --overwrite would delete them: "
+                                 f"move them out first")  # fmt: skip
             return ReplacedRun(folder)
         raise UsageError(f"--out {folder}: expected a new folder, got one that holds a run; "
                          f"continue it with `rnnkit train --resume {folder}`, or replace it with --overwrite")  # fmt: skip
