@@ -336,3 +336,15 @@ def test_diagnose_help_and_bad_keys(capsys):
         main(["diagnose", "--quick", "--set", "lrr=0.1"])
     with pytest.raises(SystemExit, match="rnnkit diagnose: steps: expected a positive int, got -3"):
         main(["diagnose", "--quick", "--steps", "-3"])
+
+
+def test_diagnose_refuses_to_write_into_a_training_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="expected a folder for the diagnosis, got one that holds a training run"):
+        main(["diagnose", "--quick", "--out", str(run)])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="expected a folder for the diagnosis, got a file"):
+        main(["diagnose", "--quick", "--out", str(tmp_path / "file")])
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]

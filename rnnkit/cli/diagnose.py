@@ -133,8 +133,15 @@ def run(args) -> int:
     except (ConfigError, ValueError) as error:
         raise SystemExit(f"rnnkit diagnose: {error}") from None
 
+    out = Path(args.out or "runs/diagnose")
+    if out.is_dir() and any((out / name).exists() for name in ("config.json", "checkpoint.safetensors", "model.safetensors")):
+        raise SystemExit(f"rnnkit diagnose: --out {out}: expected a folder for the diagnosis, got one that holds a training run "
+                         "(its files could be overwritten); choose another")  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"rnnkit diagnose: --out {out}: expected a folder for the diagnosis, got a file")
+
     def body(_guard) -> int:
-        diagnose(config, Path(args.out or "runs/diagnose"))
+        diagnose(config, out)
         return 0
 
     return _signals.run_guarded("diagnose", body)
