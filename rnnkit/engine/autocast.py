@@ -104,8 +104,7 @@ def _projections(kind: int, x: Tensor, weights: CellWeights, low: torch.dtype) -
     """``X W_ih^T + b`` of every step (L, N, G*H) in float32 from a low-precision GEMM, and GRU's ``b_hn``
     (x in any floating dtype; one already in ``low`` is not copied)."""
     length, batch, features = x.shape
-    bias, b_hn = fused._folded_bias(kind, weights.bias_ih, weights.bias_hh)
-    b_hn = _float32(b_hn)  # the loop reads it in float32, whatever the parameters' dtype
+    bias, b_hn = _float32_biases(kind, weights)
     rows = length * batch
     x_low, w_low = x.reshape(rows, features).to(low), weights.weight_ih.to(low).t()
     blocks = _blocks(rows, w_low.shape[1], low)
@@ -135,7 +134,7 @@ def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
             return y, (h_n, c_n)
         native = fused.loops_for(h0)
         if low == torch.bfloat16 and zoneout is None and isinstance(native, ops.NativeLoops):  # every product in bf16, no history
-            bias, b_hn = (_float32(b) for b in fused._folded_bias(kind, w.bias_ih, w.bias_hh))  # bf16 parameters too
+            bias, b_hn = _float32_biases(kind, w)
             y, h_n, c_n = native.forward_inference(kind, x.float().contiguous(), _recurrent_weight(w.weight_ih, low), bias, h0, c0,
                                                    _recurrent_weight(w.weight_hh, low), b_hn, _float32(w.weight_hr), valid, reverse)  # fmt: skip
             return y, (h_n, c_n) if kind == LSTM else (h_n,)
@@ -177,6 +176,11 @@ def _recurrent_weight(w_hh: Tensor, low: torch.dtype) -> Tensor:
 
 def _float32(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float().contiguous()
+
+
+def _float32_biases(kind: int, weights: CellWeights) -> tuple[Tensor | None, Tensor | None]:
+    """The folded bias and GRU's ``b_hn`` in float32, as the loops read them, whatever the parameters' dtype."""
+    return tuple(_float32(b) for b in fused._folded_bias(kind, weights.bias_ih, weights.bias_hh))
 
 
 class AutocastRecurrence(torch.autograd.Function):
