@@ -108,6 +108,11 @@ class CTCMixin:
         """Label ids per row: greedy when ``beam_size`` is None, else prefix beam search (see ``decoding``)."""
         self.eval()
         outputs, _ = self(inputs)
+        return self.decode(outputs, beam_size, prune)
+
+    @staticmethod
+    def decode(outputs: CTCOutput, beam_size: int | None = None, prune: float | None = None) -> list[list[int]]:
+        """Label ids per row of given outputs (the model's, or posteriors combined from several passes); as ``transcribe``."""
         if beam_size is None:
             return decoding.ctc_greedy(outputs.log_probs, outputs.lengths, BLANK)
         return [decoding.ctc_prefix_beam_search(row[:n], beam_size, BLANK, prune)[0][0]

@@ -158,9 +158,8 @@ class Speech(ServedRun):
         if len(audio) < rate // 10:
             raise DataError(f"wav_base64: expected at least 0.1 s of audio, got {len(audio)} samples at {rate} Hz")
         audio, rate = self.module.read_recording(raw, "wav_base64")  # the same again, the silence around the speech trimmed
-        features = self.module.featurize(audio, rate, self.config.features)
         with torch.no_grad():
-            words = self.module.recognise(self.model, [features], self.config.decode, beam=True)[0]
+            words = self.module.hear(self.model, audio, rate, self.config)
         return {"transcript": " ".join(words), "words": words, "seconds": len(audio) / rate}
 
 

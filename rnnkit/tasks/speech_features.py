@@ -147,5 +147,10 @@ def normalize(features: torch.Tensor, mode: str) -> torch.Tensor:
     return features / features.std(0).clamp(min=1e-3) if mode == "mean_variance" else features
 
 
+def raw_cepstra(audio: np.ndarray, rate: int, f: FeatureConfig, warp: float = 1.0) -> torch.Tensor:
+    """(T, num_cepstra) cepstra of audio at any rate, not yet normalised: what a TIDIGITS file holds."""
+    return mfcc(resample(audio, rate, f.sample_rate), f.sample_rate, f, warp)
+
+
 def featurize(audio: np.ndarray, rate: int, f: FeatureConfig, warp: float = 1.0) -> torch.Tensor:
-    return normalize(mfcc(resample(audio, rate, f.sample_rate), f.sample_rate, f, warp), f.normalize)
+    return normalize(raw_cepstra(audio, rate, f, warp), f.normalize)

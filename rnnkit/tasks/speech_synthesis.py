@@ -78,7 +78,7 @@ class DataConfig:
     silence: list[float] = field(default_factory=lambda: [0.05, 0.4])  # seconds before and after
     snr_db: list[float] = field(default_factory=lambda: [15.0, 50.0])
     tilt: float = 0.5  # first-order channel: x_n + b x_{n-1}, b uniform in [-tilt, tilt]
-    warp: float = 0.1  # training utterances' frequencies scaled by a factor uniform in [1 - warp, 1 + warp]
+    warp: float = 0.2  # training utterances' frequencies scaled by a factor uniform in [1 - warp, 1 + warp]
     seed: int = 0
     tidigits_dir: str | None = None  # None: look in the data cache, then /usr/share/pocketsphinx
 
