@@ -110,7 +110,7 @@ from rnnkit.tasks.speech_features import (  # noqa: F401 (re-exported: the front
     FeatureConfig, dct_matrix, featurize, fft_points, hz_to_mel, log_mel, mel_filterbank, mel_to_hz, mfcc, normalize, raw_cepstra, resample)
 from rnnkit.tasks.speech_synthesis import (  # noqa: F401 (re-exported)
     ACCENTS, FESTIVAL, FLITE, TRAIN_VARIANTS, WORDS, DataConfig, Espeak, Festival, Flite, Utterance, Voice, channel, plan)
-from rnnkit.tasks.speech_warp import check_warps, warp_search
+from rnnkit.tasks.speech_warp import check_warps, searched_warps, warp_search
 from rnnkit.tasks.speech_tidigits import RAW_RECORDING, RAW_WORDS, TIDIGITS_PATH, find_tidigits, load_tidigits, read_mfc, read_transcripts  # noqa: F401
 from rnnkit.training import TrainerConfig, seed_everything
 
@@ -217,20 +217,12 @@ def word_error_rate(references: list[list[str]], hypotheses: list[list[str]]) ->
 def recognise(model, cepstra: list[torch.Tensor], config: Config, batch_size: int = 64) -> dict[str, list[list[str]]]:
     """Greedy and beam transcripts of raw cepstra (normalised here, after each warp of the search in ``config.decode``)."""
     d, out = config.decode, {"greedy": [], "beam": []}
-    warps, top = searched_warps(config)
+    warps, top = searched_warps(d, config.features)
     for start in range(0, len(cepstra), batch_size):
         outputs = warp_search(model, cepstra[start : start + batch_size], config.features, warps, top)
         for decoder, beam_size in (("greedy", None), ("beam", d.beam_size)):
             out[decoder] += [[WORDS[i - 1] for i in row] for row in model.decode(outputs, beam_size, d.prune)]
     return out
-
-
-def searched_warps(config: Config) -> tuple[list[float], int]:
-    """The warps the decoder hears each utterance at and how many of them it keeps, checked against the front end."""
-    if not config.decode.warp_search:
-        return [1.0], 1
-    check_warps(config.decode.warps, config.decode.warp_top, config.features.transform)
-    return config.decode.warps, config.decode.warp_top
 
 
 def hear(model, audio: np.ndarray, rate: int, config: Config) -> list[str]:
@@ -281,7 +273,7 @@ def make_split(config: Config, split: str, count: int, say=None, normalised: boo
 def train(config: Config, run_dir: Path, say=print) -> Report:
     if config.augment.freq_masks and config.features.transform != "dct":
         raise ValueError(f"augment.freq_masks: expected features.transform='dct' (bands are masked through its inverse), got {config.features.transform!r}")
-    searched_warps(config)  # the decoder's settings fail here, not after the training
+    searched_warps(config.decode, config.features)  # the decoder's settings fail here, not after the training
     d = config.data
     say(f"voices: {len(d.accents)} accents x {len(d.train_variants)} training variants, flite's {d.flite_voices} for {d.flite_fraction:.0%}, "
         f"festival's {d.festival_voices} for {d.festival_fraction:.0%} of training; "

@@ -77,6 +77,14 @@ def check_warps(warps: list[float], top: int, transform: str | None = None) -> N
                          f"got {transform!r}; set decode.warp_search=false to decode without one")  # fmt: skip
 
 
+def searched_warps(decode, f: FeatureConfig) -> tuple[list[float], int]:
+    """The warps a decoder (the speech task's ``DecodeConfig``) hears each utterance at, and how many it keeps; checked against ``f``."""
+    if not decode.warp_search:
+        return [1.0], 1
+    check_warps(decode.warps, decode.warp_top, f.transform)
+    return decode.warps, decode.warp_top
+
+
 def warp_matrix(f: FeatureConfig, warp: float) -> torch.Tensor:
     """(C, C): raw cepstra c (a row vector per frame) to those of the spectrum read at ``warp`` times each filter's centre: ``c @ M.T``."""
     if f.transform != "dct":
