@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
 
 from rnnkit.cli.main import main
@@ -19,7 +27,8 @@ def test_serve_listens_on_loopback_unless_told_otherwise(tiny_runs, monkeypatch,
     import rnnkit.serve
 
     calls = []
-    monkeypatch.setattr(rnnkit.serve, "serve", lambda app, host, port: calls.append((app, host, port)))
+    monkeypatch.setattr(rnnkit.serve, "listen", lambda host, port: FakeListener(host, port))
+    monkeypatch.setattr(rnnkit.serve, "serve", lambda app, listener: calls.append((app, *listener.getsockname())))
     assert main(["serve", str(tiny_runs["sentiment"]), str(tiny_runs["charlm"])]) == 0
     app, host, port = calls[-1]
     assert (host, port) == ("127.0.0.1", 8000) and "http://127.0.0.1:8000/" in capsys.readouterr().out
@@ -28,6 +37,52 @@ def test_serve_listens_on_loopback_unless_told_otherwise(tiny_runs, monkeypatch,
     assert calls[-1][1:] == ("0.0.0.0", 8123)
     assert main(["serve", str(tiny_runs["sentiment"]), str(tiny_runs["sentiment"])]) == 1
     assert "expected run folders with different names" in capsys.readouterr().err
+
+
+class FakeListener:
+    def __init__(self, host, port):
+        self.address = (host, port)
+
+    def getsockname(self):
+        return self.address
+
+
+def test_serve_says_in_one_line_that_its_port_is_taken_or_its_host_not_here(tiny_runs, capsys):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'rnnkit[serve]')")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tiny_runs["sentiment"]), "--port", str(port)]) == 1
+    out, err = capsys.readouterr()  # nothing said of serving first, and no uvicorn log
+    assert out == "" and err == f"rnnkit serve: error: port: expected a port free on 127.0.0.1, got {port} (Address already in use)\n"
+    assert main(["serve", str(tiny_runs["sentiment"]), "--host", "192.0.2.1"]) == 1  # TEST-NET-1: no machine's own address
+    assert capsys.readouterr().err == ("rnnkit serve: error: host: expected an address of this machine, got '192.0.2.1' "
+                                       "(Cannot assign requested address)\n")  # fmt: skip
+
+
+def test_serve_answers_on_its_port_and_stops_at_ctrl_c_without_a_traceback(tiny_runs):
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install 'rnnkit[serve]')")
+    with socket.socket() as probe:  # a port free a moment ago: the server binds it again at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "rnnkit", "serve", str(tiny_runs["sentiment"]), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert server.stdout.readline() == f"rnnkit serve: 1 run(s) at http://127.0.0.1:{port}/ (Ctrl-C stops)\n"
+        deadline, answer = time.monotonic() + 60, None
+        while answer is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs", timeout=5) as response:
+                    answer = json.load(response)
+            except OSError:
+                time.sleep(0.2)
+        assert answer is not None and tiny_runs["sentiment"].name in json.dumps(answer)
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == 130 and "Traceback" not in err and err.endswith("rnnkit serve: interrupted by SIGINT; stopped\n")
 
 
 def test_explain_prints_each_words_contribution_and_draws_a_strip(tiny_runs, tmp_path, capsys):

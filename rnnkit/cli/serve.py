@@ -31,6 +31,7 @@ def handle(args) -> int:
         raise _shared.UsageError(f"--port: expected a port from 1 to 65535, got {args.port}")
     _shared.set_threads(args)
     app = serving.create_app(args.runs)
-    print(f"rnnkit serve: {len(args.runs)} run(s) at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
-    serving.serve(app, args.host, args.port)
+    listener = serving.listen(args.host, args.port)
+    print(f"rnnkit serve: {len(args.runs)} run(s) at http://{args.host}:{listener.getsockname()[1]}/ (Ctrl-C stops)", flush=True)
+    serving.serve(app, listener)
     return 0
