@@ -6,6 +6,7 @@ import dataclasses
 import os
 import pickle
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,22 @@ def test_a_checkpoint_from_before_monitor_resumes_with_its_best_val_loss(tmp_pat
     resumed, _ = build(str(tmp_path))
     resumed.resume(tmp_path / "old.safetensors")
     assert resumed.position.best_val == best and not hasattr(resumed.position, "best_val_loss")
+
+
+def test_atomic_writes_give_a_file_the_mode_open_would(tmp_path):
+    from rnnkit.training.checkpoint import atomic_write_text
+
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    shared, private = tmp_path / "REPORT.md", tmp_path / "config.json"
+    before = os.umask(0o022)
+    try:
+        atomic_write_text(shared, "a report")  # readable by others, as run folders are meant to be shared and served
+        assert mode(shared) == 0o644
+        os.umask(0o077)
+        atomic_write_text(private, "{}")
+        assert mode(private) == 0o600
+        shared.chmod(0o640)
+        atomic_write_text(shared, "a new report")  # a file written again keeps the mode its owner gave it
+        assert mode(shared) == 0o640 and shared.read_text() == "a new report"
+    finally:
+        os.umask(before)
