@@ -74,5 +74,8 @@ class DistributedContext:
         return values.cpu()
 
     def close(self) -> None:
+        """Leave the group once every process has reached here: a process that tore its connections down while
+        another was still at work (rank 0 saving the weights) could abort that one (gloo: std::terminate)."""
         if self.world_size > 1 and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
