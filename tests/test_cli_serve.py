@@ -94,3 +94,8 @@ def test_explain_prints_each_words_contribution_and_draws_a_strip(tiny_runs, tmp
     assert float(lines[4].split()[1]) < 0 and png.stat().st_size > 1000  # "not" counts against positive
     assert main(["explain", str(tiny_runs["charlm"]), "text"]) == 1
     assert "expected a sentiment run, got charlm" in capsys.readouterr().err
+    (tmp_path / "a.png").mkdir()
+    for bad, why in ((tmp_path / "strip.txt", ""), (tmp_path, " (a folder)"), (tmp_path / "a.png", " (a folder)")):
+        assert main(["explain", str(tiny_runs["sentiment"]), "good", "--png", str(bad)]) == 2
+        out, err = capsys.readouterr()  # refused before the model is read: nothing explained
+        assert out == "" and err == f"rnnkit explain: error: --png: expected the path of a .png file, got {str(bad)!r}{why}\n"

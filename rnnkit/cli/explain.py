@@ -22,13 +22,16 @@ def register(subparsers) -> None:
 def handle(args) -> int:
     from rnnkit.models import load_model
 
+    png = Path(args.png) if args.png else Path(args.run) / "explain.png"
+    if args.png is not None and (png.suffix.lower() != ".png" or png.is_dir()):  # checked before the work, not after it
+        raise _shared.UsageError(f"--png: expected the path of a .png file, got {args.png!r}"
+                                 f"{' (a folder)' if png.is_dir() else ''}")  # fmt: skip
     task, config, module = _shared.open_run(args, "explain", "a sentiment run", "explanations are for sentiment classifiers")
     model, extra = load_model(Path(args.run) / "model.safetensors")
     p, words = module.explain(model.eval(), args.text, extra["vocabulary"], config.data.max_length)
     print(f"{module.LABELS[p > 0.5]} (P(positive) = {p:.3f}); each word: P(positive) minus P(positive) without it")
     for w in words:
         print(f"  {w.word:20} {w.contribution:+.3f}{'' if w.known else '  (not in the vocabulary: read as <unk>)'}")
-    png = Path(args.png) if args.png else Path(args.run) / "explain.png"
     module.plot_contributions(png, p, words)
     print(f"heat strip: {png}")
     return 0
