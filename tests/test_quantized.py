@@ -8,6 +8,8 @@ at these sizes). Against the written-out int8 math: float32 rounding only.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -101,6 +103,26 @@ def test_cells_compute_exactly_the_int8_math(kind, family):
         torch.testing.assert_close(out[1], expected_c, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind, family", [("lstm", rnnkit.LSTM), ("gru", rnnkit.GRU), ("rnn", rnnkit.RNN)])
+def test_layers_compute_exactly_the_int8_math_step_after_step(kind, family):
+    """int8_layer projects each step's inputs inside the loop, per batch row: the same math as the cells, over time,
+    in both directions, with batch rows split between threads (rows 0-8) and input and hidden sizes off the padding."""
+    layer = rnnkit.quantize_dynamic(family(6, 11, bidirectional=True))
+    x = torch.randn(5, 9, 6)
+    with torch.no_grad():
+        out, _ = layer(x)
+    for direction, suffix in enumerate(("_l0", "_l0_reverse")):
+        weights = SimpleNamespace(**{name: getattr(layer, name + suffix) for name in
+                                     ("weight_ih", "weight_hh", "bias_ih", "bias_hh")},  # fmt: skip
+                                  weight_ih_scale=getattr(layer, "weight_ih" + suffix + "_scale"), weight_hh_scale=getattr(layer, "weight_hh" + suffix + "_scale"))
+        mine = out[:, :, direction * 11 : (direction + 1) * 11]
+        h, c = torch.zeros(9, 11), torch.zeros(9, 11)
+        for t in range(5) if direction == 0 else reversed(range(5)):
+            expected_h, c = written_out_step(kind, weights, x[t], h, c)
+            torch.testing.assert_close(mine[t], expected_h, atol=2e-5, rtol=1e-4)
+            h = mine[t]  # the kernel's own h_t next: a last-bit difference could round h to another 8-bit value
+
+
 def test_linear_heads_only_when_asked_and_other_modules_alone():
     model = nn.Sequential(nn.Embedding(10, 5), rnnkit.GRU(5, 8, batch_first=True), nn.LayerNorm(8))
     head = nn.Linear(8, 3)
@@ -136,11 +158,12 @@ def test_fake_kernels_match_the_int8_kernels():
     matrix = int8.pack(q, scale)
     x = torch.randn(7, 5)
     torch.library.opcheck(torch.ops.rnnkit_fused.int8_linear, (x, *matrix[:3], torch.randn(12), 12), test_utils=("test_schema", "test_faketensor"))
-    xp, h0, c0 = torch.randn(4, 3, 12), torch.randn(3, 3), torch.randn(3, 3)
+    x, h0, c0 = torch.randn(4, 3, 5), torch.randn(3, 3), torch.randn(3, 3)
     valid = torch.arange(4).unsqueeze(1) < torch.tensor([4, 2, 1])
     rq, rscale = int8.quantize_weight(torch.randn(12, 3))
     recurrent = int8.pack(rq, rscale)
-    torch.library.opcheck(torch.ops.rnnkit_fused.int8_recurrence, (2, xp, h0, c0, *recurrent[:3], None, valid, True), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.rnnkit_fused.int8_layer, (2, x, *matrix[:3], torch.randn(12), h0, c0, *recurrent[:3], None, valid, True),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_checkpoint_round_trip_and_cli(tiny_runs, tmp_path, capsys):

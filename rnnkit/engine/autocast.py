@@ -18,8 +18,10 @@ the GEMM reads it, while the state the next step adds to stays float32, so the
 rounding does not compound the way a bf16 state (torch.nn's oneDNN LSTM) does. At
 B=32, T=100, H=256 the output's relative error against float32 is 0.003 for each
 family, at or below torch.nn's under the same autocast. Where the CPU has AMX-BF16
-the loop runs these products on its tiles (``csrc/bf16_tiles.h``); elsewhere the
-same rounded products run in float32, so the function is the same on every machine.
+the loop runs these products on its tiles, else where it has AVX512-BF16 with its
+``VDPBF16PS`` dot products (``csrc/bf16_tiles.h``); elsewhere the same rounded
+products run in float32, so the function is the same on every machine up to the
+order of float32 sums.
 
 Returned dtypes are torch.nn's under the same autocast: the LSTM and the Elman RNN
 return output and states in the autocast dtype, the GRU in float32 (ATen's autocast

@@ -32,8 +32,9 @@ the step (the gates, or the projection), ``m_t ⊙ dh_t`` straight to ``dh_{t-1}
 autocast): every per-step product runs with bf16 operands and float32 sums, ``bf16(h_{t-1}) W_hh^T``
 forward and ``bf16(dG_t) W_hh`` backward (GRU: ``[bf16(dgx_rz), bf16(δn⊙r)]``); states, gates and
 ``dh`` stay float32; ``backward_loop`` then returns ``dgx`` and ``dgh_n`` rounded to bf16, the
-operands its products used. The compiled loop does this with AMX-BF16 tiles where the CPU has them (see
-``csrc/bf16_tiles.h``); the results differ from this loop's only in the order of float32 sums.
+operands its products used. The compiled loop does this with AMX-BF16 tiles where the CPU has them, else with
+AVX512-BF16's dot products (see ``csrc/bf16_tiles.h``); the results differ from this loop's only in the order of
+float32 sums.
 
 ``output_mask`` (N, H_out), optional: a locked dropout mask on the output, the same at every step:
 ``y_t = h_t ⊙ m`` (the states keep ``h_t``), and backward adds ``dy_t ⊙ m`` to ``dh_t``. It is what

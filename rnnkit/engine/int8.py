@@ -1,10 +1,10 @@
 r"""int8 inference for the plain families: per-output-channel int8 weights, activations quantized on the fly.
 
 For one layer and direction (legend as :mod:`rnnkit.engine.fused`), both products by the
-compiled kernels of ``csrc/lowp_loops.cpp`` (ops ``int8_linear`` and ``int8_recurrence``)::
+compiled kernel of ``csrc/lowp_loops.cpp`` (op ``int8_layer``; ``int8_linear`` is its projection alone)::
 
-    XP  = int8_linear(X, W8_ih) + b                 all steps at once, rows in parallel
-    per step:
+    per step, each thread for its own batch rows:
+        XP_t = int8(x_t) W8_ih^T * s_n * σ_j + b                       x_t quantized per row, as h below
         s_n = max|h_{t-1,n}| / 127,  q = round(h_{t-1} / s)           each batch row its own scale
         R   = (q W8_hh^T) * s_n * σ_j                                int8 x int8 -> int32 (AVX-512 VNNI), dequantized
         gates, c_t, h_t from XP_t + R in float32                     the state is float32 throughout
@@ -100,11 +100,9 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: Int8Directio
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise errors.fail("input", "a float32 CPU tensor for an int8 layer (rnnkit.quantize_dynamic)", f"{x.dtype} on {x.device}")
     kind = KINDS[spec.name]
-    xp = linear(x, weights.input_side, weights.bias)
     h0 = state[0].contiguous()
     c0 = state[1].contiguous() if kind == LSTM else x.new_empty(0)
-    recurrent = weights.recurrent
-    y, h_n, c_n = _native().int8_recurrence(
-        kind, xp, h0, c0, recurrent.packed, recurrent.scale, recurrent.sums, weights.b_hn, None if valid is None else valid.contiguous(), reverse
-    )
+    inputs, recurrent = weights.input_side, weights.recurrent
+    y, h_n, c_n = _native().int8_layer(kind, x.contiguous(), inputs.packed, inputs.scale, inputs.sums, weights.bias, h0, c0, recurrent.packed,
+                                       recurrent.scale, recurrent.sums, weights.b_hn, None if valid is None else valid.contiguous(), reverse)  # fmt: skip
     return y, (h_n, c_n) if kind == LSTM else (h_n,)

@@ -17,7 +17,7 @@ fragments in the other ``csrc/*.cpp``, built on first use by :mod:`rnnkit.ops.bu
 ``scan_coefficients``          those families' (a_t, b_t) from their projected input, all steps at once
 ``scan_coefficients_backward`` and their backward
 ``int8_linear``                ``x W^T + b`` with int8 W, rows of x quantized on the fly (``csrc/lowp_loops.cpp``)
-``int8_recurrence``            a direction's int8 recurrence, inference only (``csrc/lowp_loops.cpp``)
+``int8_layer``                 a direction of an int8 layer, its projections per step, inference only (``csrc/lowp_loops.cpp``)
 =============================  ==========================================================
 
 Each op has a schema (C++ ``TORCH_LIBRARY``), a CPU kernel, a fake kernel for shape

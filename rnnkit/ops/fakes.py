@@ -124,12 +124,12 @@ def scan_coefficients_backward(kind, projected, decay_logit, grad_a, grad_b):
     return projected.new_empty(projected.shape), projected.new_empty(hidden if kind == RGLRU else 0)
 
 
-def int8_recurrence(kind, xp, h0, c0, w_packed, w_scale, colsum, b_hn, valid, reverse):
-    _check_time_major("xp", xp)
-    length, batch, _ = xp.shape
+def int8_layer(kind, x, wi_packed, wi_scale, wi_colsum, bias, h0, c0, w_packed, w_scale, colsum, b_hn, valid, reverse):
+    _check_time_major("x", x)
+    length, batch, _ = x.shape
     hidden = h0.shape[1]
-    c_n = xp.new_empty(batch, hidden) if kind == LSTM else xp.new_empty(0)
-    return xp.new_empty(length, batch, hidden), xp.new_empty(batch, hidden), c_n
+    c_n = x.new_empty(batch, hidden) if kind == LSTM else x.new_empty(0)
+    return x.new_empty(length, batch, hidden), x.new_empty(batch, hidden), c_n
 
 
 def int8_linear(x, w_packed, w_scale, colsum, bias, out_features):
@@ -138,7 +138,7 @@ def int8_linear(x, w_packed, w_scale, colsum, bias, out_features):
 
 
 KERNELS = (forward_loop, backward_loop, forward_inference, cell_step, stacked_step, random_mask, layer_norm_lstm_forward, layer_norm_lstm_backward,
-           linear_scan, linear_scan_backward, scan_coefficients, scan_coefficients_backward, int8_recurrence, int8_linear)
+           linear_scan, linear_scan_backward, scan_coefficients, scan_coefficients_backward, int8_layer, int8_linear)
 
 
 def register_fakes() -> None:

@@ -7,11 +7,17 @@
 //   backward  dG_t W_hh       ->  bf16(dG_t) bf16(W_hh)
 // with bf16() round-to-nearest-even and every product summed in float32 (a product of two bf16
 // values is exact in float32: 8 + 8 significant bits). The state, the gates and dh stay float32.
-// Two implementations, which differ only in the order of the float32 sums:
+// Three implementations, which differ only in the order of the float32 sums:
 //   * AMX-BF16 tiles (TDPBF16PS) where the compiler targets them and Linux grants this process the
 //     tile state: 16 x 32 tiles of the rounded operand times 32 x 16 tiles of W packed in pairs of k;
-//   * elsewhere (or with RNNKIT_NO_AMX=1 set): the operand rounded and held in float32, times W rounded
-//     likewise, by the float32 register-blocked kernel of fused_loops.cpp.
+//   * else AVX512-BF16's VDPBF16PS (AMD Zen 4 and later, Intel Cooper Lake) over the same packed W: per
+//     pair of k, a broadcast pair of the operand's bf16 values times 16 columns' pairs, into float32
+//     registers (dot_gemm below). It runs twice the FLOPs of an FMA per instruction;
+//   * elsewhere (or with RNNKIT_NO_AMX=1 set, which turns off both of the above): the operand rounded
+//     and held in float32, times W rounded likewise, by the float32 register-blocked kernel of
+//     fused_loops.cpp.
+// (VDPBF16PS and TDPBF16PS treat bf16 subnormals as zero; so does nothing else here, and that is the
+// only difference beyond the order of sums. A bf16 subnormal is below 1.2e-38.)
 
 #pragma once
 
@@ -25,6 +31,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #define RNNKIT_AMX 1
+#endif
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+#define RNNKIT_AVX512_BF16 1
 #endif
 
 namespace rnnkit_bf16 {
@@ -47,14 +57,26 @@ inline __attribute__((always_inline)) float round_bf16(float f) { return from_bf
 
 // Whether this call may use the AMX tiles: compiled for them, the kernel granted the tile state
 // (arch_prctl ARCH_REQ_XCOMP_PERM, asked once per process), and RNNKIT_NO_AMX unset (tests compare both paths).
+// RNNKIT_NO_AMX set (to anything but "" or "0"): the portable float32 path, for the tests that compare the paths.
+inline bool hardware_switched_off() {
+  const char* off = std::getenv("RNNKIT_NO_AMX");
+  return !(off == nullptr || off[0] == '\0' || (off[0] == '0' && off[1] == '\0'));
+}
 inline bool amx_enabled() {
 #ifdef RNNKIT_AMX
   static const bool granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
-  const char* off = std::getenv("RNNKIT_NO_AMX");
-  return granted && (off == nullptr || off[0] == '\0' || (off[0] == '0' && off[1] == '\0'));
+  return granted && !hardware_switched_off();
 #else
   return false;
 #endif
+}
+// Whether the per-step bf16 products run on hardware bf16 dot products over TilePanels: AMX tiles where
+// amx_enabled(), else AVX512-BF16 where the compiler targets it (the build is -march=native).
+inline bool bf16_dot_enabled() {
+#ifdef RNNKIT_AVX512_BF16
+  if (!hardware_switched_off()) return true;
+#endif
+  return amx_enabled();
 }
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -85,8 +107,11 @@ struct TilePanels {
 
 #ifdef RNNKIT_AMX
 // Tiles 0-3 accumulate C (2 x 2 blocks of 16 x 16 float32), 4-5 hold A, 6-7 hold B; all 16 rows x 64 bytes.
+// A no-op where the tiles are not in use (the AVX512-BF16 path runs under one too).
 struct TileScope {
+  const bool active = amx_enabled();
   TileScope() {
+    if (!active) return;
     alignas(64) uint8_t config[64] = {};
     config[0] = 1;  // palette 1
     for (int t = 0; t < 8; ++t) {
@@ -95,7 +120,9 @@ struct TileScope {
     }
     _tile_loadconfig(config);
   }
-  ~TileScope() { _tile_release(); }
+  ~TileScope() {
+    if (active) _tile_release();
+  }
   TileScope(const TileScope&) = delete;
   TileScope& operator=(const TileScope&) = delete;
 };
@@ -163,17 +190,83 @@ inline void tile_rows(const uint8_t* A, int64_t a_stride, int64_t row_tiles, con
   }
 }
 
-// C[:16 row_tiles, block columns] = A[:16 row_tiles, :32 chunks] . B, overwriting C (ldc floats a row).
-// A is bf16 with lda elements a row, zero past K; C needs all 16 * row_tiles rows. Needs a TileScope.
-inline void tile_gemm(const uint16_t* A, int64_t lda, int64_t row_tiles, const TilePanels& B, float* C, int64_t ldc) {
+inline void amx_gemm(const uint16_t* A, int64_t lda, int64_t rows, const TilePanels& B, float* C, int64_t ldc) {
   tile_rows<Dot::kBf16>(
-      reinterpret_cast<const uint8_t*>(A), lda * 2, row_tiles, reinterpret_cast<const uint8_t*>(B.data.data()),
+      reinterpret_cast<const uint8_t*>(A), lda * 2, round_up(rows, 16) / 16, reinterpret_cast<const uint8_t*>(B.data.data()),
       static_cast<int64_t>(B.blocks.size()), [&](int64_t i) { return B.blocks[i].offset * 2; }, [&](int64_t i) { return B.blocks[i].column; },
       B.chunks, reinterpret_cast<uint8_t*>(C), ldc * 4);
 }
 #else
 struct TileScope {};
-inline void tile_gemm(const uint16_t*, int64_t, int64_t, const TilePanels&, float*, int64_t) {}
 #endif
+
+#ifdef RNNKIT_AVX512_BF16
+// C[r0 : r0 + kRows, the columns of kBlocks blocks] = A's rows . B's blocks, in float32 registers: per pair of k,
+// one load of each block's 16 column pairs and one broadcast of each row's pair (A's values k and k+1).
+template <int kRows, int kBlocks>
+inline void dot_block(const uint16_t* A, int64_t lda, const uint16_t* const* B, int64_t pairs, float* const* C, int64_t ldc) {
+  __m512 acc[kRows][kBlocks];
+  for (int r = 0; r < kRows; ++r)
+    for (int b = 0; b < kBlocks; ++b) acc[r][b] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512i w[kBlocks];
+    for (int b = 0; b < kBlocks; ++b) w[b] = _mm512_loadu_si512(B[b] + p * 32);
+    for (int r = 0; r < kRows; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, A + r * lda + 2 * p, sizeof pair);
+      const __m512i a = _mm512_set1_epi32(pair);
+      for (int b = 0; b < kBlocks; ++b) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], (__m512bh)a, (__m512bh)w[b]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int b = 0; b < kBlocks; ++b) _mm512_storeu_ps(C[b] + r * ldc, acc[r][b]);
+}
+
+template <int kBlocks>
+inline void dot_rows(const uint16_t* A, int64_t lda, int64_t rows, const uint16_t* const* B, int64_t pairs, float* const* C, int64_t ldc) {
+  float* c[kBlocks];
+  int64_t r = 0;
+  const auto at = [&](int64_t row) {
+    for (int b = 0; b < kBlocks; ++b) c[b] = C[b] + row * ldc;
+    return A + row * lda;
+  };
+  for (; r + 8 <= rows; r += 8) dot_block<8, kBlocks>(at(r), lda, B, pairs, c, ldc);
+  for (; r + 4 <= rows; r += 4) dot_block<4, kBlocks>(at(r), lda, B, pairs, c, ldc);
+  for (; r < rows; ++r) dot_block<1, kBlocks>(at(r), lda, B, pairs, c, ldc);
+}
+
+template <int kBlocks>
+inline void dot_blocks(const uint16_t* A, int64_t lda, int64_t rows, const TilePanels& B, int64_t i, float* C, int64_t ldc) {
+  const uint16_t* b[kBlocks];
+  float* c[kBlocks];
+  for (int j = 0; j < kBlocks; ++j) b[j] = B.data.data() + B.blocks[i + j].offset, c[j] = C + B.blocks[i + j].column;
+  dot_rows<kBlocks>(A, lda, rows, b, B.chunks * 16, c, ldc);
+}
+
+// C[:rows, block columns] = A[:rows, :32 chunks] . B with VDPBF16PS: two column blocks at a time (8 x 2 accumulators),
+// or, below 4 rows, eight or four (a batch of one has too few rows to keep the dot products' latency covered).
+inline void avx512_bf16_gemm(const uint16_t* A, int64_t lda, int64_t rows, const TilePanels& B, float* C, int64_t ldc) {
+  const int64_t count = static_cast<int64_t>(B.blocks.size());
+  int64_t i = 0;
+  if (rows < 4) {
+    for (; i + 8 <= count; i += 8) dot_blocks<8>(A, lda, rows, B, i, C, ldc);
+    for (; i + 4 <= count; i += 4) dot_blocks<4>(A, lda, rows, B, i, C, ldc);
+  }
+  for (; i + 2 <= count; i += 2) dot_blocks<2>(A, lda, rows, B, i, C, ldc);
+  for (; i < count; ++i) dot_blocks<1>(A, lda, rows, B, i, C, ldc);
+}
+#endif
+
+// C[:rows, block columns] = A[:rows, :32 chunks] . B, overwriting C (ldc floats a row), on AMX tiles (`amx`, which
+// the caller took from amx_enabled() once) or with AVX512-BF16. A is bf16 with lda elements a row, zero past K. On
+// AMX, A and C need their rows up to a multiple of 16 (zero in A), and a TileScope must be open.
+inline void tile_gemm(const uint16_t* A, int64_t lda, int64_t rows, const TilePanels& B, float* C, int64_t ldc, bool amx) {
+#ifdef RNNKIT_AMX
+  if (amx) return amx_gemm(A, lda, rows, B, C, ldc);
+#endif
+#ifdef RNNKIT_AVX512_BF16
+  avx512_bf16_gemm(A, lda, rows, B, C, ldc);
+#endif
+}
 
 }  // namespace rnnkit_bf16

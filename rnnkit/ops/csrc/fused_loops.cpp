@@ -282,11 +282,12 @@ struct Loop {
   // operand (h_{t-1} forward, [dG_t] backward) is rounded into one of two slots by step parity: a
   // thread writes step t's while the others may still read step t-1's.
   struct LowOperand {
-    bool on = false, amx = false;
-    int64_t rows = 0, width = 0;  // N and the operand's columns; with AMX rounded up to 16 and 32
-    uint16_t* tiles = nullptr;    // AMX: (2, rows, width) bf16, zero padded
+    bool on = false, dot = false, amx = false;  // amx: the dot products on AMX tiles, else AVX512-BF16
+    // dot: hardware bf16 dot products (bf16_tiles.h: AMX tiles, or AVX512-BF16), over W_hh packed as TilePanels
+    int64_t rows = 0, width = 0;  // N and the operand's columns; with dot rounded up to 16 and 32
+    uint16_t* tiles = nullptr;    // dot: (2, rows, width) bf16, zero padded
     T* rounded = nullptr;         // otherwise: (2, rows, width), bf16 values held in T
-    T* product = nullptr;         // AMX backward: (rows, H_out), dG_t W_hh before it joins dh
+    T* product = nullptr;         // dot backward: (rows, H_out), dG_t W_hh before it joins dh
     // backward: the rounded gate gradients of every step, (L, N, G*H) and GRU's (L, N, H), the op's bf16 results;
     // dgx and dgh_n then hold only two steps (slot t & 1), in T
     uint16_t *dgx_bf16 = nullptr, *dgh_n_bf16 = nullptr;
@@ -334,7 +335,7 @@ struct Loop {
     for (int64_t n = 0; n < N; ++n) {
       const T* from = src + n * ld + c0;
       const int64_t offset = (parity * low.rows + n) * low.width + to;
-      if (low.amx) {
+      if (low.dot) {
         uint16_t* dst = low.tiles + offset;
 #pragma omp simd
         for (int64_t c = 0; c < c1 - c0; ++c) dst[c] = rnnkit_bf16::to_bf16(from[c]);
@@ -346,16 +347,16 @@ struct Loop {
     }
   }
 
-  // C (low.rows, ldc) = slot `parity` of the low operand times the packed tiles (AMX; float32 only).
+  // C (low.rows, ldc) = slot `parity` of the low operand times the packed tiles (dot; float32 only).
   void tile_product(int64_t parity, const rnnkit_bf16::TilePanels& tiles, T* C, int64_t ldc) const {
     if constexpr (std::is_same_v<T, float>)
-      rnnkit_bf16::tile_gemm(low.tiles + parity * low.rows * low.width, low.width, low.rows / 16, tiles, C, ldc);
+      rnnkit_bf16::tile_gemm(low.tiles + parity * low.rows * low.width, low.width, N, tiles, C, ldc, low.amx);
   }
 
   // ---- forward ----
-  // The thread's columns of h_{t-1} W_hh^T; `recurrent` (or `tiles`, AMX) holds them packed.
+  // The thread's columns of h_{t-1} W_hh^T; `recurrent` (or `tiles`, dot) holds them packed.
   void forward_gemm(int64_t t, const Panels<T>& recurrent, const rnnkit_bf16::TilePanels& tiles) const {
-    if (low.amx) return tile_product(before(t) & 1, tiles, scratch, G * H);
+    if (low.dot) return tile_product(before(t) & 1, tiles, scratch, G * H);
     const T* h_prev = low.on ? low.rounded + (before(t) & 1) * low.rows * low.width : hs + before(t) * N * Hout;
     gemm_panels(h_prev, Hout, recurrent, scratch, G * H, N, false);
   }
@@ -647,7 +648,7 @@ struct Loop {
   void backward_gemm(int64_t t, int64_t q0, int64_t q1, const Panels<T>& recurrent, const Panels<T>& gru_n,
                      const rnnkit_bf16::TilePanels& tiles) const {
     if (proj) backward_projected_bypass(t, q0, q1);
-    if (low.amx) {
+    if (low.dot) {
       tile_product(t & 1, tiles, low.product, Hout);
       for (int64_t n = 0; n < N; ++n)
 #pragma omp simd
@@ -660,7 +661,7 @@ struct Loop {
   }
 };
 
-// W_hh's columns packed as AMX tiles (bf16 operands; the loop runs them in float32 only).
+// W_hh's columns packed as bf16 tiles for the dot products (bf16 operands; the loop runs them in float32 only).
 template <typename T>
 rnnkit_bf16::TilePanels low_tiles(const T* base, int64_t row_stride, int64_t col_stride, int64_t K,
                                   const std::vector<std::pair<int64_t, int64_t>>& ranges) {
@@ -700,11 +701,11 @@ void drive_forward(Loop<T> loop, const at::TensorOptions& options) {
     // B(k, c) = W_hh[c, k]: the columns of W_hh^T for this thread's units, in every gate
     std::vector<std::pair<int64_t, int64_t>> columns;
     for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
-    const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, loop.low.amx ? decltype(columns){} : columns, options);
+    const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, loop.low.dot ? decltype(columns){} : columns, options);
     const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, 1, H, H, {{p0, p1}}, options) : Panels<T>();
-    const rnnkit_bf16::TilePanels tiles = loop.low.amx ? low_tiles(loop.w_hh, 1, Hout, Hout, columns) : rnnkit_bf16::TilePanels();
+    const rnnkit_bf16::TilePanels tiles = loop.low.dot ? low_tiles(loop.w_hh, 1, Hout, Hout, columns) : rnnkit_bf16::TilePanels();
     std::optional<rnnkit_bf16::TileScope> tile_state;
-    if (loop.low.amx) tile_state.emplace();
+    if (loop.low.dot) tile_state.emplace();
     if (loop.low.on) {  // h_0, rounded, is the first step's operand
       loop.round_state(loop.reverse ? L : 0, p0, p1);
       barrier.wait();
@@ -719,7 +720,7 @@ void drive_forward(Loop<T> loop, const at::TensorOptions& options) {
 // the output is a full (L, N, H_out) buffer: nothing of the size of all steps' gates is
 // allocated (at B=64, T=256, H=512 that is 134 MB, and its first-touch page faults cost more
 // than the projection GEMM itself).
-// With bf16 operands on AMX (shared.low.amx), `x_tiles` holds x in bf16, rows padded to 16 and columns to x_width
+// With hardware bf16 dot products (shared.low.dot), `x_tiles` holds x in bf16, rows padded to 16 and columns to x_width
 // (a multiple of 32), and each chunk's projections run on the tiles; otherwise x and w_ih hold bf16 values in T.
 template <typename T>
 void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih, const T* bias, int64_t chunk,
@@ -733,14 +734,14 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
     const auto [p0, p1] = slice(Hout, nt, tid);
     std::vector<std::pair<int64_t, int64_t>> columns;
     for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
-    const bool amx = loop.low.amx;
-    const std::vector<std::pair<int64_t, int64_t>> packed = amx ? std::vector<std::pair<int64_t, int64_t>>{} : columns;
+    const bool dot = loop.low.dot;
+    const std::vector<std::pair<int64_t, int64_t>> packed = dot ? std::vector<std::pair<int64_t, int64_t>>{} : columns;
     const Panels<T> input(w_ih, 1, I, I, packed, options);
     const Panels<T> recurrent(loop.w_hh, 1, Hout, Hout, packed, options);
-    const rnnkit_bf16::TilePanels input_tiles = amx ? low_tiles(w_ih, 1, I, I, columns) : rnnkit_bf16::TilePanels();
-    const rnnkit_bf16::TilePanels tiles = amx ? low_tiles(loop.w_hh, 1, Hout, Hout, columns) : rnnkit_bf16::TilePanels();
+    const rnnkit_bf16::TilePanels input_tiles = dot ? low_tiles(w_ih, 1, I, I, columns) : rnnkit_bf16::TilePanels();
+    const rnnkit_bf16::TilePanels tiles = dot ? low_tiles(loop.w_hh, 1, Hout, Hout, columns) : rnnkit_bf16::TilePanels();
     std::optional<rnnkit_bf16::TileScope> tile_state;
-    if (amx) tile_state.emplace();
+    if (dot) tile_state.emplace();
     const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, 1, H, H, {{p0, p1}}, options) : Panels<T>();
     if (loop.low.on) {  // h_0, rounded, is the first step's operand
       loop.round_state(loop.reverse ? L & 1 : 0, p0, p1);
@@ -750,9 +751,9 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t c0 = (loop.reverse ? chunks - 1 - k : k) * chunk, c1 = std::min(L, c0 + chunk);
       loop.chunk_start = c0;
-      if (amx) {  // whole 16-row tiles: `gates` and x_tiles have the rows to spare
+      if (dot) {  // AMX runs whole 16-row tiles: `gates` and x_tiles have the rows to spare
         if constexpr (std::is_same_v<T, float>)
-          rnnkit_bf16::tile_gemm(x_tiles + c0 * N * x_width, x_width, rnnkit_bf16::round_up((c1 - c0) * N, 16) / 16, input_tiles, loop.gates, GH);
+          rnnkit_bf16::tile_gemm(x_tiles + c0 * N * x_width, x_width, (c1 - c0) * N, input_tiles, loop.gates, GH, loop.low.amx);
         if (bias)
           for (int64_t row = 0; row < (c1 - c0) * N; ++row)
             for (const auto& [g0, g1] : columns)
@@ -779,11 +780,11 @@ void drive_backward(Loop<T> loop, const at::TensorOptions& options) {
     // B = W_hh (rows: gates, columns: h_out), split at GRU's n rows; B = W_hr
     // (with bf16 operands: all of W_hh at once, the operand holding GRU's δn⊙r in the n columns)
     const int64_t shared_rows = loop.kind == GRU && !loop.low.on ? 2 * H : G * H;
-    const Panels<T> recurrent(loop.w_hh, Hout, 1, shared_rows, loop.low.amx ? std::vector<std::pair<int64_t, int64_t>>{} : std::vector<std::pair<int64_t, int64_t>>{{q0, q1}}, options);
+    const Panels<T> recurrent(loop.w_hh, Hout, 1, shared_rows, loop.low.dot ? std::vector<std::pair<int64_t, int64_t>>{} : std::vector<std::pair<int64_t, int64_t>>{{q0, q1}}, options);
     const Panels<T> gru_n = loop.kind == GRU && !loop.low.on ? Panels<T>(loop.w_hh + 2 * H * Hout, Hout, 1, H, {{q0, q1}}, options) : Panels<T>();
-    const rnnkit_bf16::TilePanels tiles = loop.low.amx ? low_tiles(loop.w_hh, Hout, 1, G * H, {{q0, q1}}) : rnnkit_bf16::TilePanels();
+    const rnnkit_bf16::TilePanels tiles = loop.low.dot ? low_tiles(loop.w_hh, Hout, 1, G * H, {{q0, q1}}) : rnnkit_bf16::TilePanels();
     std::optional<rnnkit_bf16::TileScope> tile_state;
-    if (loop.low.amx) tile_state.emplace();
+    if (loop.low.dot) tile_state.emplace();
     const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, H, 1, Hout, {{u0, u1}}, options) : Panels<T>();
     for (int64_t s = 0; s < L; ++s) {
       const int64_t t = loop.reverse ? s : L - 1 - s;
@@ -836,7 +837,7 @@ void set_masks(Loop<T>& loop, const at::Tensor& zone, const at::Tensor& out_mask
 // W_hh in bf16 asks for the per-step products with bf16 operands (bf16_tiles.h): the loop then reads W_hh as
 // float32 (its values are bf16's, exactly) and rounds each step's operand, of `columns` columns, into `buffer`.
 struct LowPlan {
-  bool on = false, amx = false;
+  bool on = false, dot = false, amx = false;
   int64_t rows = 0, width = 0;
   at::Tensor weights, buffer;
 };
@@ -847,11 +848,12 @@ LowPlan low_plan(const char* op, const at::Tensor& w_hh, const at::Tensor& like,
   if (w_hh.scalar_type() != at::kBFloat16) return plan;
   TORCH_CHECK(like.scalar_type() == at::kFloat, op, ": w_hh in bf16 (bf16 per-step products) needs the rest in float32, got ", like.scalar_type());
   plan.on = true;
-  plan.amx = rnnkit_bf16::amx_enabled() && H % 16 == 0 && Hout % 16 == 0;
-  plan.rows = plan.amx ? rnnkit_bf16::round_up(N, 16) : N;
-  plan.width = plan.amx ? rnnkit_bf16::round_up(columns, 32) : columns;
+  plan.dot = rnnkit_bf16::bf16_dot_enabled() && H % 16 == 0 && Hout % 16 == 0;
+  plan.amx = plan.dot && rnnkit_bf16::amx_enabled();
+  plan.rows = plan.dot ? rnnkit_bf16::round_up(N, 16) : N;
+  plan.width = plan.dot ? rnnkit_bf16::round_up(columns, 32) : columns;
   plan.weights = w_hh.to(at::kFloat).contiguous();
-  plan.buffer = plan.amx ? at::zeros({2, plan.rows, plan.width}, like.options().dtype(at::kBFloat16)) : at::empty({2, N, columns}, like.options());
+  plan.buffer = plan.dot ? at::zeros({2, plan.rows, plan.width}, like.options().dtype(at::kBFloat16)) : at::empty({2, N, columns}, like.options());
   return plan;
 }
 
@@ -859,8 +861,8 @@ template <typename T>
 void set_low(Loop<T>& loop, const LowPlan& plan) {
   if (!plan.on) return;
   if constexpr (std::is_same_v<T, float>) {
-    loop.low.on = true, loop.low.amx = plan.amx, loop.low.rows = plan.rows, loop.low.width = plan.width;
-    if (plan.amx)
+    loop.low.on = true, loop.low.dot = plan.dot, loop.low.amx = plan.amx, loop.low.rows = plan.rows, loop.low.width = plan.width;
+    if (plan.dot)
       loop.low.tiles = reinterpret_cast<uint16_t*>(plan.buffer.data_ptr<at::BFloat16>());
     else
       loop.low.rounded = plan.buffer.data_ptr<float>();
@@ -888,7 +890,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   at::Tensor hn = empty_like_or_none(xp, {L, N, H}, kind == GRU);
   at::Tensor hraw = empty_like_or_none(xp, {L, N, H}, proj);
   const LowPlan low = low_plan("forward_loop", w_hh, xp, N, H, Hout, Hout);
-  at::Tensor scratch = at::empty({low.amx ? low.rows : N, GH}, xp.options());  // AMX stores whole 16-row tiles
+  at::Tensor scratch = at::empty({low.dot ? low.rows : N, GH}, xp.options());  // AMX stores whole 16-row tiles (dot: rows >= N)
   at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn);
   at::Tensor zone_t = ptr_source(zoneout), mask_t = ptr_source(output_mask);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_fused_forward", [&] {
@@ -924,22 +926,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_inference(
   TORCH_CHECK(low.on == (w_ih.scalar_type() == at::kBFloat16), "forward_inference: w_ih and w_hh must both be bf16 (bf16 products) or both of x's dtype, got ",
               w_ih.scalar_type(), " and ", w_hh.scalar_type());
   const at::Tensor w_ih_values = low.on ? w_ih.to(at::kFloat).contiguous() : w_ih;
-  at::Tensor x_values = low.on && !low.amx ? x.to(at::kBFloat16).to(at::kFloat) : x, x_tiles;
+  at::Tensor x_values = low.on && !low.dot ? x.to(at::kBFloat16).to(at::kFloat) : x, x_tiles;
   const int64_t x_width = rnnkit_bf16::round_up(I, 32);
-  if (low.amx) {
+  if (low.dot) {
     // the last chunk's tiles start at row c0 * N and may run 15 rows past L * N: zero rows to spare
     x_tiles = at::zeros({rnnkit_bf16::round_up(L * N, 16) + 16, x_width}, x.options().dtype(at::kBFloat16));
     x_tiles.narrow(0, 0, L * N).narrow(1, 0, I).copy_(x.reshape({L * N, I}));
   }
-  at::Tensor projected = at::empty({low.amx ? rnnkit_bf16::round_up(chunk * N, 16) : chunk * N, GH}, x.options());
-  at::Tensor scratch = at::empty({low.amx ? low.rows : N, GH}, x.options());
+  at::Tensor projected = at::empty({low.dot ? rnnkit_bf16::round_up(chunk * N, 16) : chunk * N, GH}, x.options());
+  at::Tensor scratch = at::empty({low.dot ? low.rows : N, GH}, x.options());
   at::Tensor valid_t = ptr_source(valid), b_hn_t = ptr_source(b_hn), bias_t = ptr_source(bias);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_fused_inference", [&] {
     auto loop = forward_state<scalar_t>(kind, G, proj, reverse, valid_t, projected, y, hs, cs, hn, hraw, low.weights, b_hn_t, w_hr, scratch);
     loop.history = false;
     set_low(loop, low);
     drive_inference(loop, x_values.const_data_ptr<scalar_t>(), I, w_ih_values.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias_t),
-                    chunk, x.options(), low.amx ? reinterpret_cast<const uint16_t*>(x_tiles.const_data_ptr<at::BFloat16>()) : nullptr, x_width);
+                    chunk, x.options(), low.dot ? reinterpret_cast<const uint16_t*>(x_tiles.const_data_ptr<at::BFloat16>()) : nullptr, x_width);
   });
   const int64_t final_slot = reverse ? 0 : L & 1;  // tensors of their own, as the fake kernel gives (not views into a slot)
   return {y, hs.select(0, final_slot).clone(), kind == LSTM ? cs.select(0, final_slot).clone() : cs};
@@ -965,7 +967,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   at::Tensor dc = kind == LSTM ? dc_n.clone() : at::empty({0}, gates.options());
   at::Tensor scratch = at::empty({N, H}, gates.options());
   w_hh = low.weights;
-  at::Tensor product = low.amx ? at::empty({low.rows, Hout}, dgx.options()) : at::Tensor();
+  at::Tensor product = low.dot ? at::empty({low.rows, Hout}, dgx.options()) : at::Tensor();
   at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout), mask_t = ptr_source(output_mask);
   const bool dy_low = dy.scalar_type() == at::kBFloat16 && hs.scalar_type() == at::kFloat;
   TORCH_CHECK(dy_low || dy.scalar_type() == hs.scalar_type(), "backward_loop: dy must be of the states' dtype (or bf16 with float32 states), got ",
@@ -981,7 +983,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     if (dy_low) loop.dy_bf16 = reinterpret_cast<const uint16_t*>(dy.const_data_ptr<at::BFloat16>());
     set_masks(loop, zone_t, mask_t);
     set_low(loop, low);
-    if (low.amx) loop.low.product = product.data_ptr<scalar_t>();
+    if (low.dot) loop.low.product = product.data_ptr<scalar_t>();
     if (low.on) {
       loop.low.dgx_bf16 = reinterpret_cast<uint16_t*>(dgx_bf16.data_ptr<at::BFloat16>());
       loop.low.dgh_n_bf16 = kind == GRU ? reinterpret_cast<uint16_t*>(dgh_n_bf16.data_ptr<at::BFloat16>()) : nullptr;

@@ -1,14 +1,15 @@
 // The int8 recurrence of rnnkit's quantized layers (rnnkit/engine/int8.py): inference only.
 //
-// int8_linear computes the input projections of every step (or any x W^T + b) with the same
-// per-row quantization and GEMM; int8_recurrence runs the loop over time. Per step and batch row:
+// int8_layer runs one direction of a layer over time; int8_linear computes any x W^T + b with the
+// same per-row quantization and GEMM. Per step and batch row, int8_layer:
+//   0. projects x_t the same way (x_t W_ih^T + b), in a buffer of the thread's rows;
 //   1. h_{t-1} is quantized on the fly, symmetric per row: s = max|h| / 127, q = round(h / s);
 //   2. the recurrent product h W_hh^T runs in int8 with int32 accumulation (AVX-512 VNNI's
 //      vpdpbusd, unsigned x signed: q is offset by +128 and 128 * colsum(W) taken off again),
 //      then is dequantized with the row scale and W's per-output-channel scales;
 //   3. the gate math and the state stay in float32.
 // Batch rows are independent through the whole sequence, so each thread owns a range of rows for
-// every step: no barrier, no per-step fork. W_hh comes packed (see engine/int8.py: pack_recurrent)
+// every step: no barrier, no per-step fork. W_ih and W_hh come packed (see engine/int8.py: pack_recurrent)
 // as (GHp/16, K4, 16, 4) int8: 16 output channels by 4 consecutive inputs, one 64-byte register.
 
 #include <ATen/core/Tensor.h>
@@ -163,41 +164,63 @@ inline void gates_row(int64_t kind, int64_t H, const float* xp, const float* rec
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(int64_t kind, const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0,
-                                                               const at::Tensor& w_packed, const at::Tensor& w_scale, const at::Tensor& colsum,
-                                                               const std::optional<at::Tensor>& b_hn, const std::optional<at::Tensor>& valid, bool reverse) {
-  TORCH_CHECK(xp.dim() == 3 && xp.scalar_type() == at::kFloat && xp.is_contiguous(), "int8_recurrence: xp must be a contiguous float32 (L, N, G*H)");
-  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.dim() == 3 && w_packed.size(2) == 64, "int8_recurrence: w_packed must be int8 (GHp/16, K4, 64)");
-  TORCH_CHECK(h0.scalar_type() == at::kFloat && h0.is_contiguous() && w_scale.is_contiguous() && colsum.scalar_type() == at::kInt, "int8_recurrence: bad operand types");
-  const int64_t L = xp.size(0), N = xp.size(1), GH = xp.size(2), H = h0.size(1);
-  const int64_t blocks = w_packed.size(0), K4 = w_packed.size(1);
-  TORCH_CHECK(blocks * 16 >= GH && w_scale.numel() == blocks * 16 && colsum.numel() == blocks * 16 && K4 * 4 >= H, "int8_recurrence: W_hh packing does not fit the shapes");
+// One direction of an int8 layer: y, h_n, c_n from x (L, N, I). Each thread owns a range of batch rows and, per step,
+// projects its rows of x_t (quantized per row, as int8_linear does) into a buffer that stays in cache, then runs the
+// recurrent product and the gate math: no (L, N, G*H) projection of all steps is ever written (at B=64, T=256, H=512
+// that is 134 MB, whose first-touch page faults cost more than its GEMM).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_layer(int64_t kind, const at::Tensor& x, const at::Tensor& wi_packed, const at::Tensor& wi_scale,
+                                                          const at::Tensor& wi_colsum, const std::optional<at::Tensor>& bias, const at::Tensor& h0,
+                                                          const at::Tensor& c0, const at::Tensor& w_packed, const at::Tensor& w_scale, const at::Tensor& colsum,
+                                                          const std::optional<at::Tensor>& b_hn, const std::optional<at::Tensor>& valid, bool reverse) {
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.is_contiguous(), "int8_layer: x must be a contiguous float32 (L, N, I)");
+  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.dim() == 3 && w_packed.size(2) == 64 && wi_packed.scalar_type() == at::kChar &&
+                  wi_packed.dim() == 3 && wi_packed.size(2) == 64,
+              "int8_layer: w_packed and wi_packed must be int8 (GHp/16, K4, 64)");
+  TORCH_CHECK(h0.scalar_type() == at::kFloat && h0.is_contiguous() && w_scale.is_contiguous() && colsum.scalar_type() == at::kInt &&
+                  wi_scale.is_contiguous() && wi_colsum.scalar_type() == at::kInt,
+              "int8_layer: bad operand types");
+  const int64_t L = x.size(0), N = x.size(1), I = x.size(2), H = h0.size(1);
+  const int64_t blocks = w_packed.size(0), K4 = w_packed.size(1), KI4 = wi_packed.size(1), GHp = blocks * 16;
+  const int64_t GH = (kind == LSTM ? 4 : kind == GRU ? 3 : 1) * H;
+  TORCH_CHECK(GHp >= GH && w_scale.numel() == GHp && colsum.numel() == GHp && K4 * 4 >= H, "int8_layer: W_hh packing does not fit the shapes");
+  TORCH_CHECK(wi_packed.size(0) == blocks && wi_scale.numel() == GHp && wi_colsum.numel() == GHp && KI4 * 4 >= I,
+              "int8_layer: W_ih packing does not fit the shapes");
+  TORCH_CHECK(!bias.has_value() || (bias->numel() == GH && bias->is_contiguous()), "int8_layer: bias must be a contiguous (G*H,)");
   const bool lstm = kind == LSTM;
-  auto options = xp.options();
+  auto options = x.options();
   at::Tensor y = at::empty({L, N, H}, options), h_n = h0.clone(), c_n = lstm ? c0.clone() : at::empty({0}, options);
-  const float* xp_p = xp.data_ptr<float>();
-  const int8_t* W = w_packed.data_ptr<int8_t>();
-  const int32_t* cs = colsum.data_ptr<int32_t>();
-  const float* ws = w_scale.data_ptr<float>();
+  const float* x_p = x.data_ptr<float>();
+  const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   const float* bhn = b_hn.has_value() ? b_hn->data_ptr<float>() : nullptr;
   const bool* mask = valid.has_value() ? valid->data_ptr<bool>() : nullptr;
   float* y_p = y.data_ptr<float>();
   float* h_p = h_n.data_ptr<float>();
   float* c_p = lstm ? c_n.data_ptr<float>() : nullptr;
-  const int64_t GHp = blocks * 16;
   at::parallel_for(0, N, 4, [&](int64_t begin, int64_t end) {
     const int64_t rows = end - begin;
-    std::vector<uint8_t> q(rows * 4 * K4);
-    std::vector<float> scales(rows), rec(rows * GHp), h_new(rows * H), c_new(lstm ? rows * H : 0);
+    std::vector<uint8_t> q(rows * 4 * std::max(K4, KI4));
+    std::vector<float> scales(rows), xp(rows * GHp), rec(rows * GHp), h_new(rows * H), c_new(lstm ? rows * H : 0);
     for (int64_t s = 0; s < L; ++s) {
       const int64_t t = reverse ? L - 1 - s : s;
+      // x_t W_ih^T + b for this thread's rows
+      for (int64_t r = 0; r < rows; ++r) scales[r] = quantize_row(x_p + (t * N + begin + r) * I, I, KI4, q.data() + r * 4 * KI4);
+      int8_rows(q.data(), 4 * KI4, rows, wi_packed.data_ptr<int8_t>(), blocks, KI4, wi_colsum.data_ptr<int32_t>(), wi_scale.data_ptr<float>(),
+                scales.data(), xp.data(), GHp);
+      if (b)
+        for (int64_t r = 0; r < rows; ++r) {
+          float* row = xp.data() + r * GHp;
+#pragma omp simd
+          for (int64_t j = 0; j < GH; ++j) row[j] += b[j];
+        }
+      // h_{t-1} W_hh^T
       for (int64_t r = 0; r < rows; ++r) scales[r] = quantize_row(h_p + (begin + r) * H, H, K4, q.data() + r * 4 * K4);
-      int8_rows(q.data(), 4 * K4, rows, W, blocks, K4, cs, ws, scales.data(), rec.data(), GHp);
+      int8_rows(q.data(), 4 * K4, rows, w_packed.data_ptr<int8_t>(), blocks, K4, colsum.data_ptr<int32_t>(), w_scale.data_ptr<float>(), scales.data(),
+                rec.data(), GHp);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n = begin + r;
         float* h = h_p + n * H;
         float* c = lstm ? c_p + n * H : nullptr;
-        gates_row(kind, H, xp_p + (t * N + n) * GH, rec.data() + r * GHp, bhn, h, c, h_new.data() + r * H, lstm ? c_new.data() + r * H : nullptr);
+        gates_row(kind, H, xp.data() + r * GHp, rec.data() + r * GHp, bhn, h, c, h_new.data() + r * H, lstm ? c_new.data() + r * H : nullptr);
         float* out = y_p + (t * N + n) * H;
         if (mask && !mask[t * N + n]) {  // padding: the state passes through, the output is zero
           std::fill(out, out + H, 0.0f);
@@ -212,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(int64_t kind, con
   return {y, h_n, c_n};
 }
 
-// x W^T + b for x (M, K) float32, each row quantized on the fly; W packed as for int8_recurrence.
+// x W^T + b for x (M, K) float32, each row quantized on the fly; W packed as for int8_layer.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale, const at::Tensor& colsum,
                        const std::optional<at::Tensor>& bias, int64_t out_features) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "int8_linear: x must be a contiguous float32 (M, K)");
@@ -243,15 +266,17 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_packed, const at
 }
 
 // Autograd kernel: the op is inference only (int8 weights have no gradient); refuse a call autograd would record.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence_autograd(int64_t kind, const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0,
-                                                                        const at::Tensor& w_packed, const at::Tensor& w_scale, const at::Tensor& colsum,
-                                                                        const std::optional<at::Tensor>& b_hn, const std::optional<at::Tensor>& valid, bool reverse) {
-  TORCH_CHECK(!at::GradMode::is_enabled() || !(xp.requires_grad() || h0.requires_grad() || (c0.defined() && c0.requires_grad())),
-              "rnnkit_fused::int8_recurrence is inference only (int8 weights have no gradient), but an input requires grad; "
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_layer_autograd(int64_t kind, const at::Tensor& x, const at::Tensor& wi_packed,
+                                                                   const at::Tensor& wi_scale, const at::Tensor& wi_colsum,
+                                                                   const std::optional<at::Tensor>& bias, const at::Tensor& h0, const at::Tensor& c0,
+                                                                   const at::Tensor& w_packed, const at::Tensor& w_scale, const at::Tensor& colsum,
+                                                                   const std::optional<at::Tensor>& b_hn, const std::optional<at::Tensor>& valid, bool reverse) {
+  TORCH_CHECK(!at::GradMode::is_enabled() || !(x.requires_grad() || h0.requires_grad() || (c0.defined() && c0.requires_grad())),
+              "rnnkit_fused::int8_layer is inference only (int8 weights have no gradient), but an input requires grad; "
               "call it under torch.no_grad(), or train the float32 model");
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("rnnkit_fused::int8_recurrence", "").typed<decltype(int8_recurrence)>();
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("rnnkit_fused::int8_layer", "").typed<decltype(int8_layer)>();
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(kind, xp, h0, c0, w_packed, w_scale, colsum, b_hn, valid, reverse);
+  return op.call(kind, x, wi_packed, wi_scale, wi_colsum, bias, h0, c0, w_packed, w_scale, colsum, b_hn, valid, reverse);
 }
 
 at::Tensor int8_linear_autograd(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale, const at::Tensor& colsum,
@@ -267,16 +292,17 @@ at::Tensor int8_linear_autograd(const at::Tensor& x, const at::Tensor& w_packed,
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnkit_fused, m) {
-  m.def("int8_recurrence(int kind, Tensor xp, Tensor h0, Tensor c0, Tensor w_packed, Tensor w_scale, Tensor colsum, Tensor? b_hn, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)");
+  m.def("int8_layer(int kind, Tensor x, Tensor wi_packed, Tensor wi_scale, Tensor wi_colsum, Tensor? bias, Tensor h0, Tensor c0, Tensor w_packed, "
+        "Tensor w_scale, Tensor colsum, Tensor? b_hn, Tensor? valid, bool reverse) -> (Tensor, Tensor, Tensor)");
   m.def("int8_linear(Tensor x, Tensor w_packed, Tensor w_scale, Tensor colsum, Tensor? bias, int out_features) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_fused, CPU, m) {
-  m.impl("int8_recurrence", &int8_recurrence);
+  m.impl("int8_layer", &int8_layer);
   m.impl("int8_linear", &int8_linear);
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_fused, Autograd, m) {
-  m.impl("int8_recurrence", &int8_recurrence_autograd);
+  m.impl("int8_layer", &int8_layer_autograd);
   m.impl("int8_linear", &int8_linear_autograd);
 }
