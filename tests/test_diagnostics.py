@@ -332,19 +332,21 @@ def test_diagnose_help_and_bad_keys(capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["diagnose", "--help"])
     assert exit_info.value.code == 0 and "--quick" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="rnnkit diagnose: lrr: unknown key for DiagnoseConfig"):
-        main(["diagnose", "--quick", "--set", "lrr=0.1"])
-    with pytest.raises(SystemExit, match="rnnkit diagnose: steps: expected a positive int, got -3"):
-        main(["diagnose", "--quick", "--steps", "-3"])
+    # one `error:` line and exit 2, as every other command's usage errors
+    assert main(["diagnose", "--quick", "--set", "lrr=0.1"]) == 2
+    assert capsys.readouterr().err.startswith("rnnkit diagnose: error: lrr: unknown key for DiagnoseConfig")
+    assert main(["diagnose", "--quick", "--steps", "-3"]) == 2
+    assert capsys.readouterr().err == "rnnkit diagnose: error: steps: expected a positive int, got -3\n"
 
 
-def test_diagnose_refuses_to_write_into_a_training_run(tmp_path):
+@pytest.mark.parametrize("experiment", [[], ["order"]], ids=["gradients", "order"])
+def test_diagnose_refuses_to_write_into_a_training_run(tmp_path, capsys, experiment):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")
-    with pytest.raises(SystemExit, match="expected a folder for the diagnosis, got one that holds a training run"):
-        main(["diagnose", "--quick", "--out", str(run)])
+    assert main(["diagnose", *experiment, "--quick", "--out", str(run)]) == 2
+    assert "error: --out " in (err := capsys.readouterr().err) and "expected a folder for the diagnosis, got one that holds a training run" in err
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SystemExit, match="expected a folder for the diagnosis, got a file"):
-        main(["diagnose", "--quick", "--out", str(tmp_path / "file")])
-    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+    assert main(["diagnose", *experiment, "--quick", "--out", str(tmp_path / "file")]) == 2
+    assert "expected a folder for the diagnosis, got a file" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"] and (tmp_path / "file").read_text() == "x"

@@ -177,10 +177,10 @@ def test_each_experiment_is_a_subcommand(tmp_path):
     assert re.findall(r"^## (.*)$", report, flags=re.M) == ["Order needs recurrence"] and "| bag-of-words MLP |" in report
 
 
-def test_diagnose_subcommand_errors():
-    with pytest.raises(SystemExit, match=r"rnnkit diagnose order: --steps: expected after the experiment name"):
-        main(["diagnose", "--steps", "5", "order"])
-    with pytest.raises(SystemExit, match="rnnkit diagnose all: long_range.gap: unknown key for LongRangeConfig"):
-        main(["diagnose", "all", "--set", "long_range.gap=3"])
-    with pytest.raises(SystemExit, match=r"rnnkit diagnose all: experiments: expected a non-empty list of distinct values"):
-        main(["diagnose", "all", "--set", 'experiments=["gradient"]'])
+def test_diagnose_subcommand_errors(capsys):
+    assert main(["diagnose", "--steps", "5", "order"]) == 2
+    assert capsys.readouterr().err.startswith("rnnkit diagnose order: error: --steps: expected after the experiment name")
+    assert main(["diagnose", "all", "--set", "long_range.gap=3"]) == 2
+    assert capsys.readouterr().err.startswith("rnnkit diagnose all: error: long_range.gap: unknown key for LongRangeConfig")
+    assert main(["diagnose", "all", "--set", 'experiments=["gradient"]']) == 2
+    assert capsys.readouterr().err.startswith("rnnkit diagnose all: error: experiments: expected a non-empty list of distinct values")

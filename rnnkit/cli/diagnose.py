@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from rnnkit import errors
-from rnnkit.cli import _signals
+from rnnkit.cli import _shared
 from rnnkit.config import ConfigError, apply_overrides
 from rnnkit.data import TensorBatches
 from rnnkit.training import Callback, CSVLogger, NonFiniteLossError, Trainer, TrainerConfig
@@ -127,24 +127,25 @@ def config_from_args(args) -> DiagnoseConfig:
     return dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
 
 
+@_shared.reports_errors("diagnose")
 def run(args) -> int:
     try:
         config = config_from_args(args)
-    except (ConfigError, ValueError) as error:
-        raise SystemExit(f"rnnkit diagnose: {error}") from None
-
+    except ValueError as error:  # a dataclass's own check of a value: a usage error like an unknown key
+        raise ConfigError(str(error)) from None
     out = Path(args.out or "runs/diagnose")
+    check_out(out)
+    diagnose(config, out)
+    return 0
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a folder that holds a training run (its files could be overwritten)."""
     if out.is_dir() and any((out / name).exists() for name in ("config.json", "checkpoint.safetensors", "model.safetensors")):
-        raise SystemExit(f"rnnkit diagnose: --out {out}: expected a folder for the diagnosis, got one that holds a training run "
-                         "(its files could be overwritten); choose another")  # fmt: skip
+        raise _shared.UsageError(f"--out {out}: expected a folder for the diagnosis, got one that holds a training run "
+                                 "(its files could be overwritten); choose another")  # fmt: skip
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"rnnkit diagnose: --out {out}: expected a folder for the diagnosis, got a file")
-
-    def body(_guard) -> int:
-        diagnose(config, out)
-        return 0
-
-    return _signals.run_guarded("diagnose", body)
+        raise _shared.UsageError(f"--out {out}: expected a folder for the diagnosis, got a file")
 
 
 @dataclass

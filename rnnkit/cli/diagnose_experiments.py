@@ -29,7 +29,7 @@ from types import ModuleType
 
 import torch
 
-from rnnkit.cli import _signals
+from rnnkit.cli import _shared
 from rnnkit.cli import diagnose as plain_diagnose
 from rnnkit.config import ConfigError, apply_overrides
 from rnnkit.training.experiments import future_context, long_range, order, selective_copy
@@ -124,13 +124,19 @@ def _refuse_gradient_options(args) -> None:
 
 
 def run(args) -> int:
+    return _shared.reports_errors(f"diagnose {args.experiment}")(_run)(args)
+
+
+def _run(args) -> int:
     name = args.experiment
+    _refuse_gradient_options(args)
     try:
-        _refuse_gradient_options(args)
         config = config_from_args(args)
-    except (ConfigError, ValueError) as error:
-        raise SystemExit(f"rnnkit diagnose {name}: {error}") from None
-    return _signals.run_guarded(f"diagnose {name}", lambda _guard: _run_sections(name, config, Path(args.experiment_out)))
+    except ValueError as error:  # a dataclass's own check of a value: a usage error like an unknown key
+        raise ConfigError(str(error)) from None
+    out = Path(args.experiment_out)
+    plain_diagnose.check_out(out)
+    return _run_sections(name, config, out)
 
 
 def _run_sections(name: str, config, out: Path) -> int:
