@@ -99,3 +99,23 @@ def test_explain_prints_each_words_contribution_and_draws_a_strip(tiny_runs, tmp
         assert main(["explain", str(tiny_runs["sentiment"]), "good", "--png", str(bad)]) == 2
         out, err = capsys.readouterr()  # refused before the model is read: nothing explained
         assert out == "" and err == f"rnnkit explain: error: --png: expected the path of a .png file, got {str(bad)!r}{why}\n"
+
+
+@pytest.mark.parametrize("command", [["predict", "{run}", "a fine film"], ["eval", "{run}"], ["explain", "{run}", "a fine film"], ["serve", "{run}"]])
+def test_a_model_copied_in_from_another_task_is_refused_by_name(tiny_runs, tmp_path, capsys, command):
+    """A sentiment run whose model.safetensors is charlm's: one error line naming both classes (it was an
+    AttributeError traceback from deep in the task), before any work, and nothing is written into the run."""
+    import shutil
+
+    run = tmp_path / "sentiment"
+    shutil.copytree(tiny_runs["sentiment"], run)
+    shutil.copy(tiny_runs["charlm"] / "model.safetensors", run / "model.safetensors")
+    before = sorted(p.name for p in run.iterdir())
+    assert main([part.format(run=run) for part in command]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err
+    assert "expected the sentiment task's model, a SequenceClassifier" in err and "got a LanguageModel" in err
+    assert sorted(p.name for p in run.iterdir()) == before
+    (run / "model.safetensors").write_bytes(b"\xff" * 16)  # not even a header: refused as unreadable, not as a class
+    assert main([part.format(run=run) for part in command]) == 1
+    assert "unreadable header" in capsys.readouterr().err

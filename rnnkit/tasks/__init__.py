@@ -30,6 +30,7 @@ from pathlib import Path
 
 from rnnkit import config as configs
 from rnnkit.tasks.common import DataError, Report, load_config, save_config
+from rnnkit.training.checkpoint import read_metadata
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Task:
     name: str
     module: str
     summary: str
+    model: str  # the class of the model in a run's model.safetensors (rnnkit.models)
     preset: str | None = None  # a key of the module's PRESETS
 
     def load(self):
@@ -83,15 +85,15 @@ def data_overrides(data_config, data: str | list[str]) -> list[str]:
 TASKS = {
     task.name: task
     for task in [
-        Task("sentiment", "rnnkit.tasks.sentiment", "sentence sentiment, many-to-one (Pang & Lee's Rotten Tomatoes sentences)"),
-        Task("co2", "rnnkit.tasks.forecasting", "weekly CO2 forecasting, one and many steps ahead (Mauna Loa, statsmodels)", "co2"),
-        Task("stocks", "rnnkit.tasks.forecasting", "daily stock-price forecasting (Microsoft, pmdarima)", "msft"),
-        Task("lm", "rnnkit.tasks.lm", "word-level language model on plain text, truncated BPTT (Pang & Lee's movie reviews)"),
-        Task("charlm", "rnnkit.tasks.charlm", "character-level text generation, truncated BPTT (Shakespeare)"),
-        Task("translation", "rnnkit.tasks.translation", "English to French translation, encoder-decoder with attention (Bible verses)"),
-        Task("captioning", "rnnkit.tasks.captioning", "captions for strips of handwritten digits, one-to-many (scikit-learn's digits)"),
-        Task("music", "rnnkit.tasks.music", "melody generation over note events (Bach chorales, music21's corpus)"),
-        Task("speech", "rnnkit.tasks.speech", "spoken digit strings to text, BiLSTM + CTC (espeak-ng voices, TIDIGITS)"),
+        Task("sentiment", "rnnkit.tasks.sentiment", "sentence sentiment, many-to-one (Pang & Lee's Rotten Tomatoes sentences)", "SequenceClassifier"),
+        Task("co2", "rnnkit.tasks.forecasting", "weekly CO2 forecasting, one and many steps ahead (Mauna Loa, statsmodels)", "SequenceRegressor", "co2"),
+        Task("stocks", "rnnkit.tasks.forecasting", "daily stock-price forecasting (Microsoft, pmdarima)", "SequenceRegressor", "msft"),
+        Task("lm", "rnnkit.tasks.lm", "word-level language model on plain text, truncated BPTT (Pang & Lee's movie reviews)", "LanguageModel"),
+        Task("charlm", "rnnkit.tasks.charlm", "character-level text generation, truncated BPTT (Shakespeare)", "LanguageModel"),
+        Task("translation", "rnnkit.tasks.translation", "English to French translation, encoder-decoder with attention (Bible verses)", "Seq2Seq"),
+        Task("captioning", "rnnkit.tasks.captioning", "captions for strips of handwritten digits, one-to-many (scikit-learn's digits)", "ImageCaptioner"),
+        Task("music", "rnnkit.tasks.music", "melody generation over note events (Bach chorales, music21's corpus)", "LanguageModel"),
+        Task("speech", "rnnkit.tasks.speech", "spoken digit strings to text, BiLSTM + CTC (espeak-ng voices, TIDIGITS)", "CTCRecognizer"),
     ]
 }
 
@@ -105,9 +107,16 @@ def get(name: str) -> Task:
 
 
 def load_run(run_dir: str | Path):
-    """``(task, config)`` of a run folder written by ``rnnkit train``."""
+    """``(task, config)`` of a run folder written by ``rnnkit train``; a model.safetensors of another task's model
+    class (copied in from another run, say) is refused here, by name, not later as a missing method."""
     name, data = load_config(Path(run_dir))
     task = get(name)
+    model_file = Path(run_dir) / "model.safetensors"
+    if model_file.is_file():
+        found = read_metadata(model_file).get("model_class")
+        if found != task.model:
+            raise DataError(f"{model_file}: expected the {task.name} task's model, a {task.model} (config.json says {task.name}), "
+                            f"got a {found}; was it copied in from another run?")  # fmt: skip
     return task, configs.from_dict(task.load().Config, data)
 
 

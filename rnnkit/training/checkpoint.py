@@ -83,6 +83,21 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, header["metadata"]
 
 
+def read_metadata(path: str | os.PathLike) -> dict:
+    """A checkpoint's metadata from its header alone (no tensor is read or checked); :func:`load_checkpoint`
+    checks the whole file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+            if not 0 < length <= 100 << 20:
+                raise ValueError(f"a header length of {length} bytes")
+            return _read_header(length.to_bytes(8, "little") + file.read(length))["metadata"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected a safetensors file written by rnnkit, got an unreadable header "
+                              f"({type(error).__name__}: {error}); it may be truncated, corrupted or of another format") from None
+
+
 def check_state_dict(expected: dict[str, torch.Tensor], stored: dict[str, torch.Tensor], what: str) -> None:
     """Require ``stored`` to have exactly the names and shapes of ``expected``, naming any difference."""
     missing = sorted(set(expected) - set(stored))
