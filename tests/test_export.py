@@ -88,3 +88,26 @@ def test_bad_run_and_unsupported_task_get_one_line_errors(tiny_runs, tmp_path):
     assert not (tmp_path / "t.onnx").exists()
     bad_format = run_cli(tiny_runs["sentiment"], "--format", "tflite")
     assert bad_format.returncode == 2 and "invalid choice: 'tflite'" in bad_format.stderr
+
+
+def test_charlm_one_step_pt2_program_generates_the_same_characters(tiny_runs, tmp_path):
+    """The pt2 program of charlm's step (it failed inside torch.export: the input projection's GEMM rule compared
+    the symbolic batch with a FLOP threshold, a guard that torch.export could not print)."""
+    run = tiny_runs["charlm"]
+    out = tmp_path / "step.pt2"
+    result = run_cli(run, "--format", "pt2", "--out", out)
+    assert result.returncode == 0, result.stderr
+    model, extra = load_model(run / "model.safetensors")
+    prime = charlm.encode("the ", extra["vocabulary"])
+    expected = model.generate(prime.unsqueeze(0), 20, greedy=True)[0].tolist()
+    step = torch.export.load(out).module()
+    rnn = model.rnn
+    state = [torch.zeros(rnn.num_layers * rnn.num_directions, 1, rnn.hidden_size) for _ in range(rnn.spec.state_count)]
+    with torch.no_grad():
+        for token in prime.tolist():  # batch 1, where the program was exported at batch 2
+            logits, *state = step(torch.tensor([token]), *state)
+        generated = []
+        for _ in range(20):
+            generated.append(int(logits[0].argmax()))
+            logits, *state = step(torch.tensor([generated[-1]]), *state)
+    assert generated == expected

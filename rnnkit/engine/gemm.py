@@ -52,14 +52,17 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
     oneDNN takes float32 only, and its op has no autograd formula (gradients would silently
     stop there), so a product that autograd records always goes to torch.addmm. Under
-    torch.compile the product is addmm too: inductor chooses its own GEMM for it, and its
+    torch.compile and torch.export the product is addmm too: inductor chooses its own GEMM for it, and its
     lowering of this oneDNN op expects prepacked weights.
     """
-    rows, inner = x.shape
-    if onednn_picked(rows, inner, weight.shape[0]) and not recorded_by_autograd(x, weight, bias) and x.device.type == "cpu" and x.dtype == torch.float32 and _eager_mkldnn():
-        return mkldnn_linear(x, weight, bias)
+    # The shape rule last: under torch.export the shapes are symbolic, and comparing them would add a guard on the batch
+    # (`rows * inner * outputs >= 2^25`) that export then fails to print (an AssertionError out of torch).
+    if _eager_mkldnn() and x.device.type == "cpu" and x.dtype == torch.float32 and not recorded_by_autograd(x, weight, bias):
+        rows, inner = x.shape
+        if onednn_picked(rows, inner, weight.shape[0]):
+            return mkldnn_linear(x, weight, bias)
     return addmm_linear(x, weight, bias)
 
 
 def _eager_mkldnn() -> bool:
-    return torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling()
+    return torch.backends.mkldnn.is_available() and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
