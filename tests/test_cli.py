@@ -164,10 +164,16 @@ def test_a_checkpoint_without_the_trainer_s_position_or_a_model_of_another_task_
     sentiment = tmp_path / "sentiment"
     shutil.copytree(runs["sentiment"], sentiment)
     shutil.copy(runs["co2"] / "model.safetensors", sentiment / "model.safetensors")  # another task's model, no vocabulary
+    before = sorted(p.name for p in sentiment.iterdir())
     for command in (["predict", str(sentiment), "a good film"], ["eval", str(sentiment)], ["explain", str(sentiment), "a good film"]):
         assert main(command) == 1
-        err = capsys.readouterr().err
-        assert err.startswith(f"rnnkit {command[0]}: error: checkpoint ") and "expected 'vocabulary' in its extra data" in err
+        err = capsys.readouterr().err  # one line, naming both classes, before any work (it was a missing-key error, or a traceback)
+        assert err.startswith(f"rnnkit {command[0]}: error: {sentiment / 'model.safetensors'}: expected the sentiment task's model, "
+                              "a SequenceClassifier") and "got a SequenceRegressor" in err and err.count("\n") == 1
+    assert sorted(p.name for p in sentiment.iterdir()) == before
+    (sentiment / "model.safetensors").write_bytes(b"\xff" * 16)  # not even a header: refused as unreadable
+    assert main(["predict", str(sentiment), "a good film"]) == 1
+    assert "unreadable header" in capsys.readouterr().err
 
 
 def test_a_run_that_failed_before_saving_anything_does_not_block_its_folder(tmp_path, capsys):
