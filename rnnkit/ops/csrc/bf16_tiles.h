@@ -12,12 +12,12 @@
 //     tile state: 16 x 32 tiles of the rounded operand times 32 x 16 tiles of W packed in pairs of k;
 //   * else AVX512-BF16's VDPBF16PS (AMD Zen 4 and later, Intel Cooper Lake) over the same packed W: per
 //     pair of k, a broadcast pair of the operand's bf16 values times 16 columns' pairs, into float32
-//     registers (dot_gemm below). It runs twice the FLOPs of an FMA per instruction;
+//     registers (avx512_bf16_gemm below), twice the FLOPs of an FMA per instruction;
 //   * elsewhere (or with RNNKIT_NO_AMX=1 set, which turns off both of the above): the operand rounded
 //     and held in float32, times W rounded likewise, by the float32 register-blocked kernel of
 //     fused_loops.cpp.
-// (VDPBF16PS and TDPBF16PS treat bf16 subnormals as zero; so does nothing else here, and that is the
-// only difference beyond the order of sums. A bf16 subnormal is below 1.2e-38.)
+// (VDPBF16PS and TDPBF16PS also read subnormal bf16 inputs as zero, which the portable path does not: the
+// paths can differ there too, for values below 1.2e-38.)
 
 #pragma once
 
@@ -55,13 +55,13 @@ inline __attribute__((always_inline)) float from_bf16(uint16_t b) {
 }
 inline __attribute__((always_inline)) float round_bf16(float f) { return from_bf16(to_bf16(f)); }
 
-// Whether this call may use the AMX tiles: compiled for them, the kernel granted the tile state
-// (arch_prctl ARCH_REQ_XCOMP_PERM, asked once per process), and RNNKIT_NO_AMX unset (tests compare both paths).
 // RNNKIT_NO_AMX set (to anything but "" or "0"): the portable float32 path, for the tests that compare the paths.
 inline bool hardware_switched_off() {
   const char* off = std::getenv("RNNKIT_NO_AMX");
   return !(off == nullptr || off[0] == '\0' || (off[0] == '0' && off[1] == '\0'));
 }
+// Whether this call may use the AMX tiles: compiled for them, the kernel granted the tile state
+// (arch_prctl ARCH_REQ_XCOMP_PERM, asked once per process), and RNNKIT_NO_AMX unset.
 inline bool amx_enabled() {
 #ifdef RNNKIT_AMX
   static const bool granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
@@ -259,7 +259,8 @@ inline void avx512_bf16_gemm(const uint16_t* A, int64_t lda, int64_t rows, const
 
 // C[:rows, block columns] = A[:rows, :32 chunks] . B, overwriting C (ldc floats a row), on AMX tiles (`amx`, which
 // the caller took from amx_enabled() once) or with AVX512-BF16. A is bf16 with lda elements a row, zero past K. On
-// AMX, A and C need their rows up to a multiple of 16 (zero in A), and a TileScope must be open.
+// AMX, A and C need their rows up to a multiple of 16 (zero in A), and a TileScope must be open. Called only where
+// bf16_dot_enabled(), so one of the two is compiled in.
 inline void tile_gemm(const uint16_t* A, int64_t lda, int64_t rows, const TilePanels& B, float* C, int64_t ldc, bool amx) {
 #ifdef RNNKIT_AMX
   if (amx) return amx_gemm(A, lda, rows, B, C, ldc);
