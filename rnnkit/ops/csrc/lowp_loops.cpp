@@ -135,6 +135,16 @@ void int8_rows(const uint8_t* q, int64_t ldq, int64_t rows, const int8_t* W, int
 #endif
 }
 
+// out (rows, ldo) = `rows` consecutive rows of K floats from src, each quantized on the fly (into q and scales, the
+// caller's buffers), times the packed W: the product every op here runs.
+void quantized_product(const float* src, int64_t K, int64_t rows, const at::Tensor& w_packed, const at::Tensor& w_scale, const at::Tensor& colsum,
+                       uint8_t* q, float* scales, float* out, int64_t ldo) {
+  const int64_t K4 = w_packed.size(1);
+  for (int64_t r = 0; r < rows; ++r) scales[r] = quantize_row(src + r * K, K, K4, q + r * 4 * K4);
+  int8_rows(q, 4 * K4, rows, w_packed.const_data_ptr<int8_t>(), w_packed.size(0), K4, colsum.const_data_ptr<int32_t>(),
+            w_scale.const_data_ptr<float>(), scales, out, ldo);
+}
+
 // The gate math of one row: pre = xp_t + h W_hh^T (rec), writes the new h (and c).
 inline void gates_row(int64_t kind, int64_t H, const float* xp, const float* rec, const float* b_hn, const float* h_prev, const float* c_prev,
                       float* h_new, float* c_new) {
@@ -203,9 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_layer(int64_t kind, const at
     for (int64_t s = 0; s < L; ++s) {
       const int64_t t = reverse ? L - 1 - s : s;
       // x_t W_ih^T + b for this thread's rows
-      for (int64_t r = 0; r < rows; ++r) scales[r] = quantize_row(x_p + (t * N + begin + r) * I, I, KI4, q.data() + r * 4 * KI4);
-      int8_rows(q.data(), 4 * KI4, rows, wi_packed.data_ptr<int8_t>(), blocks, KI4, wi_colsum.data_ptr<int32_t>(), wi_scale.data_ptr<float>(),
-                scales.data(), xp.data(), GHp);
+      quantized_product(x_p + (t * N + begin) * I, I, rows, wi_packed, wi_scale, wi_colsum, q.data(), scales.data(), xp.data(), GHp);
       if (b)
         for (int64_t r = 0; r < rows; ++r) {
           float* row = xp.data() + r * GHp;
@@ -213,9 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_layer(int64_t kind, const at
           for (int64_t j = 0; j < GH; ++j) row[j] += b[j];
         }
       // h_{t-1} W_hh^T
-      for (int64_t r = 0; r < rows; ++r) scales[r] = quantize_row(h_p + (begin + r) * H, H, K4, q.data() + r * 4 * K4);
-      int8_rows(q.data(), 4 * K4, rows, w_packed.data_ptr<int8_t>(), blocks, K4, colsum.data_ptr<int32_t>(), w_scale.data_ptr<float>(), scales.data(),
-                rec.data(), GHp);
+      quantized_product(h_p + begin * H, H, rows, w_packed, w_scale, colsum, q.data(), scales.data(), rec.data(), GHp);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n = begin + r;
         float* h = h_p + n * H;
@@ -252,9 +258,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_packed, const at
     std::vector<float> scales(kRows), result(kRows * Np);
     for (int64_t chunk = first; chunk < last; ++chunk) {
       const int64_t r0 = chunk * kRows, rows = std::min(kRows, M - r0);
-      for (int64_t r = 0; r < rows; ++r) scales[r] = quantize_row(x_p + (r0 + r) * K, K, K4, q.data() + r * 4 * K4);
-      int8_rows(q.data(), 4 * K4, rows, w_packed.data_ptr<int8_t>(), blocks, K4, colsum.data_ptr<int32_t>(), w_scale.data_ptr<float>(),
-                scales.data(), result.data(), Np);
+      quantized_product(x_p + r0 * K, K, rows, w_packed, w_scale, colsum, q.data(), scales.data(), result.data(), Np);
       for (int64_t r = 0; r < rows; ++r) {
         float* dst = o + (r0 + r) * out_features;
         const float* src = result.data() + r * Np;
