@@ -194,6 +194,30 @@ def test_compiled_loop_matches_reference_with_every_option(case, monkeypatch):
     assert len(calls) == 2 * stacked  # float64 and float32: every layer and direction ran the kernel
 
 
+@pytest.mark.parametrize("batch", [4, 17], ids=["units", "rows"])
+def test_compiled_loop_on_two_threads_matches_reference(batch):
+    """Two threads split 4 rows by hidden units (combining each row's statistics) and 17 rows by rows (each thread
+    alone, its gain gradients added after): both give the float64 reference's outputs and gradients, with padding
+    and zoneout's eval-mode weights."""
+    if fused_build.native_loops() is None:
+        pytest.skip(fused_build.status())
+    torch.manual_seed(batch)
+    reference = rnnkit.LSTM(7, 64, num_layers=2, bidirectional=True, layer_norm=True, zoneout=0.3, engine="reference", dtype=torch.float64)
+    fused = rnnkit.LSTM(7, 64, num_layers=2, bidirectional=True, layer_norm=True, zoneout=0.3, dtype=torch.float64)
+    _randomize_norm_parameters(reference)
+    fused.load_state_dict(reference.state_dict())
+    x, hx = torch.randn(6, batch, 7, dtype=torch.float64), (torch.randn(4, batch, 64, dtype=torch.float64), torch.randn(4, batch, 64, dtype=torch.float64))
+    lengths = [6, 3, 1, 5, 2, 6, 4, 1, 6, 2, 3, 5, 6, 1, 4, 6, 2][:batch]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected, actual = (_outputs_and_gradients(layer.eval(), x, hx, lengths, torch.float64) for layer in (reference, fused))
+    finally:
+        torch.set_num_threads(previous)
+    for index, (e, a) in enumerate(zip(expected, actual, strict=True)):
+        torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-10, msg=lambda m, i=index: f"item {i}: {m}")
+
+
 def test_input_side_gradients_at_a_size_where_the_projection_would_use_onednn():
     # 512 rows x 128 inputs x 1024 gates is above the oneDNN threshold of gemm.linear; oneDNN's op has no
     # autograd formula, so the input side (recorded by autograd) must still produce x's and W_ih's gradients.

@@ -36,7 +36,7 @@ def _loop_inputs(kind, proj=False, padded=False, length=6, batch=3, hidden=32, d
     c0 = rand(batch, hidden) if kind == LSTM else torch.empty(0, dtype=dtype)
     w_hh, b_hn = rand(GATES[kind] * hidden, out) * 0.3, rand(hidden) if kind == GRU else None
     w_hr = rand(out, hidden) * 0.3 if proj else None
-    valid = torch.arange(length).unsqueeze(1) < torch.tensor([length, 4, 1]) if padded else None
+    valid = torch.arange(length).unsqueeze(1) < torch.tensor([length, 4, 1] * batch)[:batch] if padded else None
     flags = torch.rand(length, batch, out, generator=g) < 0.4
     mask = (torch.rand(batch, out, generator=g) > 0.3).to(dtype) / 0.7
     return (xp, h0, c0, w_hh, b_hn, w_hr, valid), flags, mask
@@ -45,13 +45,25 @@ def _loop_inputs(kind, proj=False, padded=False, length=6, batch=3, hidden=32, d
 CASES = [(name, proj, padded) for name, proj, padded in itertools.product(KINDS, (False, True), (False, True)) if not proj or name == "lstm"]
 
 
+@pytest.fixture(params=[(1, 3, 32), (2, 17, 64)], ids=["one-thread", "two-threads"])
+def team(request):
+    """(batch, hidden) for the loops, run by a team of one or of two: with 17 rows, two threads split the rows
+    (without projection) or the hidden units (with it)."""
+    threads, batch, hidden = request.param
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    yield batch, hidden
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("name, proj, padded", CASES)
-def test_loops_with_flags_and_output_mask_are_the_weights_and_a_product(name, proj, padded):
+def test_loops_with_flags_and_output_mask_are_the_weights_and_a_product(name, proj, padded, team):
     """The compiled loops with bool zoneout flags give the float weights' results bit for bit; with an output mask, the
     output is the unmasked output times the mask and dh gets dy times the mask (what autograd's product gives); the
     pure-PyTorch loops agree."""
     native, kind = _native(), KINDS[name]
-    (xp, h0, c0, w_hh, b_hn, w_hr, valid), flags, mask = _loop_inputs(kind, proj, padded)
+    batch, hidden = team
+    (xp, h0, c0, w_hh, b_hn, w_hr, valid), flags, mask = _loop_inputs(kind, proj, padded, batch=batch, hidden=hidden)
     dy = torch.randn(xp.shape[0], xp.shape[1], h0.shape[1], dtype=xp.dtype)
     results = {}
     for loops, zone, out_mask in itertools.product((native, fused_loops), (flags, flags.to(xp.dtype)), (None, mask)):

@@ -34,15 +34,21 @@ def _op_args(kind: int, directions: int, layers: int, bias: bool, batch=3, input
     return kind, torch.randn(batch, inputs), h0, c0, weights, directions
 
 
+@pytest.mark.parametrize("sequence", [False, True], ids=["(N,I)", "(1,N,I)"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("directions, layers", [(1, 1), (2, 2)], ids=["1x1", "2x2"])
+@pytest.mark.parametrize("directions, layers", [(1, 1), (1, 2), (2, 2)], ids=["1x1", "1x2", "2x2"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_stacked_step_passes_opcheck_and_equals_the_cells_one_by_one(kind, directions, layers, bias):
+def test_stacked_step_passes_opcheck_and_equals_the_cells_one_by_one(kind, directions, layers, bias, sequence):
     args = _op_args(kind, directions, layers, bias)
-    torch.library.opcheck(torch.ops.rnnkit_fused.stacked_step.default, args, test_utils=("test_schema", "test_faketensor"))
     kind, x, h0, c0, weights, _ = args
+    if sequence:  # a length-1 time-major sequence: the output keeps its time dimension
+        args = (kind, x[None], h0, c0, weights, directions)
+    torch.library.opcheck(torch.ops.rnnkit_fused.stacked_step.default, args, test_utils=("test_schema", "test_faketensor"))
     with torch.no_grad():
         y, h_n, c_n = torch.ops.rnnkit_fused.stacked_step(*args)
+    assert y.shape == ((1,) if sequence else ()) + (x.shape[0], directions * h0.shape[2])
+    y = y[0] if sequence else y
+    with torch.no_grad():
         for layer in range(layers):
             outputs = []
             for direction in range(directions):
@@ -55,7 +61,13 @@ def test_stacked_step_passes_opcheck_and_equals_the_cells_one_by_one(kind, direc
                 outputs.append(h)
             x = torch.cat(outputs, dim=1)
     assert torch.equal(y, x)
-    assert y.data_ptr() != h_n.data_ptr()  # the output never shares the state's memory
+    assert y.untyped_storage().data_ptr() != h_n.untyped_storage().data_ptr()  # the output never shares the state's memory
+
+
+def test_stacked_step_refuses_a_sequence_longer_than_one_step():
+    kind, x, h0, c0, weights, directions = _op_args(0, 1, 1, True)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"expected x \(N, I\) or \(1, N, I\).*got \[2, 3, 5\]"):
+        torch.ops.rnnkit_fused.stacked_step(kind, torch.stack([x, x]), h0, c0, weights, directions)
 
 
 def test_stacked_step_refuses_a_weight_that_autograd_would_record():
@@ -144,14 +156,15 @@ def test_a_parameter_of_the_wrong_shape_fails_instead_of_being_read_out_of_bound
         layer(torch.randn(1, 2, 5))
 
 
-@pytest.mark.parametrize("layout", ["time-major", "batch-first", "unbatched"])
+@pytest.mark.parametrize("layout", ["time-major", "batch-first", "batch-first, one row", "unbatched"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_stacked_path_equals_the_general_path_without_bias(layout, dtype, monkeypatch):
     calls = _spy_stacked(monkeypatch)
     torch.manual_seed(5)
-    layer = rnnkit.LSTM(5, 4, num_layers=2, bidirectional=True, bias=False, batch_first=layout == "batch-first", dtype=dtype).eval()
-    shape = {"time-major": (1, 3, 5), "batch-first": (3, 1, 5), "unbatched": (1, 5)}[layout]
-    state_shape = (4, 4) if layout == "unbatched" else (4, 3, 4)
+    layer = rnnkit.LSTM(5, 4, num_layers=2, bidirectional=True, bias=False, batch_first=layout.startswith("batch-first"), dtype=dtype).eval()
+    batch = 1 if layout == "batch-first, one row" else 3
+    shape = {"time-major": (1, 3, 5), "unbatched": (1, 5)}.get(layout, (batch, 1, 5))
+    state_shape = (4, 4) if layout == "unbatched" else (4, batch, 4)
     x, hx = torch.randn(shape, dtype=dtype), (torch.randn(state_shape, dtype=dtype), torch.randn(state_shape, dtype=dtype))
     with torch.no_grad():
         out, state = layer(x, hx)

@@ -71,13 +71,14 @@ def inference_step(layer, input, hx):
     if rank not in (2, 3) or input.shape[1 if batch_first else 0] != 1:
         return None
     unbatched = rank == 2
-    x = input if unbatched else input.select(1, 0) if batch_first else input[0]  # (N, H_in); unbatched: a batch of one
+    batch = 1 if unbatched else input.shape[0 if batch_first else 1]
     plan = _plan(layer)
-    if plan is not None and x.shape[-1] == layer.input_size and x.dtype == plan.dtype and x.is_cpu:
+    if plan is not None and input.shape[-1] == layer.input_size and input.dtype == plan.dtype and input.is_cpu:
         if not (layer.training and layer.dropout != 0.0 and layer.num_layers > 1):  # no dropout to draw between layers
-            stacked = _stacked_state(layer, plan, hx, x, unbatched)
+            stacked = _stacked_state(layer, plan, hx, input, batch, unbatched)
             if stacked is not None:
-                return _stacked_step(layer, plan, x, *stacked, unbatched, batch_first)
+                return _stacked_step(layer, plan, input, *stacked, batch_first and batch > 1)
+    x = input if unbatched else input.select(1, 0) if batch_first else input[0]  # (N, H_in); unbatched: a batch of one
     layer._check_input(x)  # the general checks: they raise the error for bad input
     states = layer._initial_states(hx, x, unbatched)
     y, finals = layer._run_layers(x, states, None, one_step)  # dropout between layers drawn as on the general path
@@ -122,11 +123,11 @@ def _build_plan(layer) -> StepPlan | None:
     return StepPlan(kernel, kind, dtype, weights, len(names), layer.spec.state_count == 2)
 
 
-def _stacked_state(layer, plan: StepPlan, hx, x: Tensor, unbatched: bool) -> tuple[Tensor, Tensor] | None:
+def _stacked_state(layer, plan: StepPlan, hx, input: Tensor, batch: int, unbatched: bool) -> tuple[Tensor, Tensor] | None:
     """``(h_0, c_0)`` as (cells, N, H) when ``hx`` is exactly what the layer expects (zeros for None; c_0 is h_0
     but for the LSTM); None otherwise, and the general checks run and name what is wrong."""
     if hx is None:
-        zeros = x.new_zeros(plan.cells, x.shape[0], layer.hidden_size)
+        zeros = input.new_zeros(plan.cells, batch, layer.hidden_size)
         return zeros, zeros
     if plan.lstm:
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
@@ -134,20 +135,26 @@ def _stacked_state(layer, plan: StepPlan, hx, x: Tensor, unbatched: bool) -> tup
         h_0, c_0 = hx
     else:
         h_0 = c_0 = hx
-    expected = (plan.cells, layer.hidden_size) if unbatched else (plan.cells, x.shape[0], layer.hidden_size)
-    for part in (h_0, c_0):
-        if not isinstance(part, Tensor) or part.shape != expected or part.dtype != x.dtype or not part.is_cpu:
+    expected = (plan.cells, layer.hidden_size) if unbatched else (plan.cells, batch, layer.hidden_size)
+    for part in (h_0, c_0) if plan.lstm else (h_0,):
+        if not isinstance(part, Tensor) or part.shape != expected or part.dtype != input.dtype or not part.is_cpu:
             return None
     return (h_0.unsqueeze(1), c_0.unsqueeze(1)) if unbatched else (h_0, c_0)
 
 
-def _stacked_step(layer, plan: StepPlan, x: Tensor, h_0: Tensor, c_0: Tensor, unbatched: bool, batch_first: bool):
-    """The whole step in one ``stacked_step`` call: ``(output, h_n)``, or ``(output, (h_n, c_n))``, in the input's layout."""
+def _stacked_step(layer, plan: StepPlan, input: Tensor, h_0: Tensor, c_0: Tensor, batch_first_rows: bool):
+    """The whole step in one ``stacked_step`` call: ``(output, h_n)``, or ``(output, (h_n, c_n))``, in the input's layout.
+
+    The op takes the input as it is, unbatched (1, H_in) or a time-major length-1 sequence (1, N, H_in), and
+    returns the output in the same layout: at this size, the two views that would take the time dimension off
+    and put it back cost a tenth of the call. A batch-first input of one row has that layout too; only one of
+    several rows, (N, 1, H_in), is viewed as (N, H_in) and back."""
+    x = input.select(1, 0) if batch_first_rows else input
     y, h_n, c_n = plan.kernel(plan.kind, x, h_0, c_0, plan.weights, layer.num_directions)
-    if unbatched:
+    if input.dim() == 2:  # unbatched: the states come back without their batch of one
         h_n, c_n = h_n.squeeze(1), c_n.squeeze(1) if plan.lstm else c_n
-    else:
-        y = y.unsqueeze(1) if batch_first else y[None]
+    elif batch_first_rows:
+        y = y.unsqueeze(1)
     return y, ((h_n, c_n) if plan.lstm else h_n)
 
 

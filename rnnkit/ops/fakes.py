@@ -80,7 +80,8 @@ def cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh):
 def stacked_step(kind, x, h0, c0, weights, directions):
     cells, batch, hidden = h0.shape
     c_n = h0.new_empty(cells, batch, hidden) if kind == LSTM else x.new_empty(0)
-    return x.new_empty(batch, directions * hidden), h0.new_empty(cells, batch, hidden), c_n
+    y = x.new_empty(*x.shape[:-1], directions * hidden)  # x (N, I) or a length-1 sequence (1, N, I)
+    return y, h0.new_empty(cells, batch, hidden), c_n
 
 
 def random_mask(seed, shape, p, below, above, dtype):

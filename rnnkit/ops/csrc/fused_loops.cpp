@@ -4,11 +4,12 @@
 // fused.py). Python does the GEMMs that span all steps; this file runs the loop over
 // time, where per-step dispatch overhead is what a Python loop cannot avoid.
 //
-// The whole time loop runs inside one OpenMP region: each thread owns a slice of hidden units,
-// computes the GEMM columns of exactly those units with the register-blocked kernel below
-// (its weight columns packed once per call into contiguous panels), then their gate math.
-// Threads meet at one spinning barrier per step (two with an LSTM projection); there is no per-step
-// dispatch, allocation or fork/join. Measured faster than a library GEMM per step
+// The whole time loop runs inside one OpenMP region. With a small batch each thread owns a slice of
+// hidden units, computes the GEMM columns of exactly those units with the register-blocked kernel
+// below (its weight columns packed once per call into contiguous panels), then their gate math,
+// and threads meet at one spinning barrier per step (two with an LSTM projection). With 8 or more
+// rows per thread each thread runs its own rows alone, without barriers (share_rows). There is no
+// per-step dispatch, allocation or fork/join. Measured faster than a library GEMM per step
 // (at::mm_out, MKL) at every batch size tried, 1 to 64.
 // Only headers needed are included: <torch/extension.h> alone takes ~25 s to compile.
 
@@ -323,6 +324,7 @@ struct Loop {
   // inputs of the current chunk of steps, which starts at step `chunk_start`.
   bool history = true;
   int64_t chunk_start = 0;
+  int64_t row0 = 0, row1 = 0;  // the batch rows [row0, row1) this copy of the loop runs (share_rows sets them)
 
   bool ok(int64_t t, int64_t n) const { return valid == nullptr || valid[t * N + n]; }
   int64_t slot(int64_t i) const { return history ? i : (i & 1); }
@@ -332,7 +334,7 @@ struct Loop {
 
   // Columns [c0, c1) of the (N, ld) matrix src, rounded to bf16, into slot `parity` of the low operand at column `to`.
   void round_operand(const T* src, int64_t ld, int64_t c0, int64_t c1, int64_t to, int64_t parity) const {
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       const T* from = src + n * ld + c0;
       const int64_t offset = (parity * low.rows + n) * low.width + to;
       if (low.dot) {
@@ -357,8 +359,8 @@ struct Loop {
   // The thread's columns of h_{t-1} W_hh^T; `recurrent` (or `tiles`, dot) holds them packed.
   void forward_gemm(int64_t t, const Panels<T>& recurrent, const rnnkit_bf16::TilePanels& tiles) const {
     if (low.dot) return tile_product(before(t) & 1, tiles, scratch, G * H);
-    const T* h_prev = low.on ? low.rounded + (before(t) & 1) * low.rows * low.width : hs + before(t) * N * Hout;
-    gemm_panels(h_prev, Hout, recurrent, scratch, G * H, N, false);
+    if (low.on) return gemm_panels(low.rounded + (before(t) & 1) * low.rows * low.width, Hout, recurrent, scratch, G * H, N, false);
+    gemm_panels(hs + (before(t) * N + row0) * Hout, Hout, recurrent, scratch + row0 * G * H, G * H, row1 - row0, false);
   }
   // h_t's columns [p0, p1), rounded, as the next step's operand (once the step has written them).
   void round_state(int64_t index, int64_t p0, int64_t p1) const {
@@ -366,7 +368,7 @@ struct Loop {
   }
 
   void forward_gates(int64_t t, int64_t u0, int64_t u1) const {
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       if (!ok(t, n)) {  // padding: the state holds, the output is zero
         const T* h_prev = hs + (before(t) * N + n) * Hout;
         T* h_new = proj ? hraw + (step_slot(t) * N + n) * H : hs + (after(t) * N + n) * Hout;
@@ -457,7 +459,7 @@ struct Loop {
     T* h_new = hs + after(t) * N * Hout;
     const T* h_prev = hs + before(t) * N * Hout;
     gemm_panels(hraw + step_slot(t) * N * H, H, projection, h_new, Hout, N, false);
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       T* y_row = y + (t * N + n) * Hout;
       const bool keep = ok(t, n);
       if (keep && zoned()) {
@@ -490,7 +492,7 @@ struct Loop {
   // ---- backward ----
   // dh += dy_t on output columns [q0, q1); with projection, also record dh_t for dW_hr.
   void backward_collect(int64_t t, int64_t q0, int64_t q1) const {
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       const bool keep = ok(t, n);
       T* dh_row = dh + n * Hout;
       const T* dy_row = dy_bf16 ? nullptr : dy + t * dy_stride[0] + n * dy_stride[1];
@@ -528,7 +530,7 @@ struct Loop {
   // Gate gradients of hidden units [u0, u1). Without projection it also replaces dh with
   // the part of dh_{t-1} that bypasses W_hh (GRU: dh⊙z; padding: all of dh; zoneout: m_t dh_t too).
   void backward_gates(int64_t t, int64_t u0, int64_t u1) const {
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       if (!ok(t, n)) {
         T* dgx_row = dgx + (grad_step(t) * N + n) * G * H;
         for (int64_t g = 0; g < G; ++g)
@@ -612,7 +614,7 @@ struct Loop {
       else
         round_operand(d_gates, G * H, g * H + u0, g * H + u1, g * H + u0, t & 1);
     }
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       for (int64_t g = 0; g < G; ++g) {
         const T* from = d_gates + n * G * H + g * H;
         uint16_t* to = low.dgx_bf16 + (t * N + n) * G * H + g * H;
@@ -630,7 +632,7 @@ struct Loop {
 
   // With projection the bypass of dh_{t-1} is padding's pass-through and zoneout's m_t dh_t: other rows restart at zero.
   void backward_projected_bypass(int64_t t, int64_t q0, int64_t q1) const {
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       if (!ok(t, n)) continue;
       if (zoned())
         with_zone(t, n, q0, q1, [&](const T* m, auto) {
@@ -650,14 +652,14 @@ struct Loop {
     if (proj) backward_projected_bypass(t, q0, q1);
     if (low.dot) {
       tile_product(t & 1, tiles, low.product, Hout);
-      for (int64_t n = 0; n < N; ++n)
+      for (int64_t n = row0; n < row1; ++n)
 #pragma omp simd
         for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] += low.product[n * Hout + q];
       return;
     }
     if (low.on) return gemm_panels(low.rounded + (t & 1) * low.rows * low.width, low.width, recurrent, dh, Hout, N, true);
-    gemm_panels(dgx + t * N * G * H, G * H, recurrent, dh, Hout, N, true);
-    if (kind == GRU) gemm_panels(dgh_n + t * N * H, H, gru_n, dh, Hout, N, true);
+    gemm_panels(dgx + (t * N + row0) * G * H, G * H, recurrent, dh + row0 * Hout, Hout, row1 - row0, true);
+    if (kind == GRU) gemm_panels(dgh_n + (t * N + row0) * H, H, gru_n, dh + row0 * Hout, Hout, row1 - row0, true);
   }
 };
 
@@ -690,14 +692,41 @@ const T* data_or_null(const at::Tensor& t) {
 
 int thread_count(int64_t H) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 32))); }
 
+// A team splits the batch instead of the hidden units from this many rows per thread, for a W_hh of at most this size.
+constexpr int64_t kRowsPerThread = 8, kRowsWeightBytes = int64_t(4) << 20;
+
+// How thread `tid` of a team of `nt` shares a loop (Loop or NormLoop), and whether it runs by rows. With at least
+// kRowsPerThread rows per thread (and where `allowed`), each thread runs its own batch rows through every step
+// alone: a row's states, statistics and gradients never leave its thread, so it meets no barrier (`alone`, a team
+// of one), at the price of packing and reading all of W_hh (`weight_bytes`) instead of its slice. A barrier costs
+// most on a VM, whose second core can wake slowly. Measured on a 2-core AMD EPYC (Zen 4, 1 MB of L2 a core), by
+// rows against by units: the LayerNorm LSTM's backward loop at B=32, H=256 took 15-18 ms against 28-54 ms; the
+// plain loops gained 5-30% at B=32, H=256 (W_hh 0.25-1 MB) and 0-10% at B=64, H=512 (1-4 MB); at B=16, H=1024
+// (W_hh 4-16 MB) the LSTM's training step was 1.45x slower by rows, hence the cap on W_hh's size.
+// Otherwise each thread owns a slice of hidden units, and the team meets at the barriers.
+template <typename LoopT>
+bool share_rows(LoopT& mine, int64_t N, int tid, int nt, bool allowed, int64_t weight_bytes, StepBarrier& alone) {
+  if (!allowed || nt < 2 || N < kRowsPerThread * nt || weight_bytes > kRowsWeightBytes) {
+    mine.row0 = 0, mine.row1 = N;
+    return false;
+  }
+  mine.row0 = N * tid / nt, mine.row1 = N * (tid + 1) / nt;
+  alone.reset(1);
+  mine.barrier = &alone;
+  return true;
+}
+
 template <typename T>
 void drive_forward(Loop<T> loop, const at::TensorOptions& options) {
   const int64_t L = loop.L, H = loop.H, Hout = loop.Hout, G = loop.G;
   StepBarrier barrier;
   loop.barrier = &barrier;
   run_team(thread_count(H), barrier, [&](int tid, int nt) {
-    const auto [u0, u1] = slice(H, nt, tid);
-    const auto [p0, p1] = slice(Hout, nt, tid);
+    Loop<T> mine = loop;
+    StepBarrier alone;
+    const bool by_rows = share_rows(mine, loop.N, tid, nt, !loop.low.on && !loop.proj, G * H * Hout * int64_t(sizeof(T)), alone);
+    const auto [u0, u1] = by_rows ? std::pair<int64_t, int64_t>{0, H} : slice(H, nt, tid);
+    const auto [p0, p1] = by_rows ? std::pair<int64_t, int64_t>{0, Hout} : slice(Hout, nt, tid);
     // B(k, c) = W_hh[c, k]: the columns of W_hh^T for this thread's units, in every gate
     std::vector<std::pair<int64_t, int64_t>> columns;
     for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
@@ -707,10 +736,10 @@ void drive_forward(Loop<T> loop, const at::TensorOptions& options) {
     std::optional<rnnkit_bf16::TileScope> tile_state;
     if (loop.low.dot) tile_state.emplace();
     if (loop.low.on) {  // h_0, rounded, is the first step's operand
-      loop.round_state(loop.reverse ? L : 0, p0, p1);
+      mine.round_state(loop.reverse ? L : 0, p0, p1);
       barrier.wait();
     }
-    for (int64_t s = 0; s < L; ++s) loop.forward_step(loop.reverse ? L - 1 - s : s, u0, u1, p0, p1, recurrent, projection, tiles);
+    for (int64_t s = 0; s < L; ++s) mine.forward_step(loop.reverse ? L - 1 - s : s, u0, u1, p0, p1, recurrent, projection, tiles);
   });
 }
 
@@ -730,8 +759,10 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
   run_team(thread_count(H), barrier, [&](int tid, int nt) {
     Loop<T> loop = shared;  // each thread moves its own chunk_start
     loop.barrier = &barrier;
-    const auto [u0, u1] = slice(H, nt, tid);
-    const auto [p0, p1] = slice(Hout, nt, tid);
+    StepBarrier alone;
+    const bool by_rows = share_rows(loop, N, tid, nt, !loop.low.on && !loop.proj, G * H * Hout * int64_t(sizeof(T)), alone);
+    const auto [u0, u1] = by_rows ? std::pair<int64_t, int64_t>{0, H} : slice(H, nt, tid);
+    const auto [p0, p1] = by_rows ? std::pair<int64_t, int64_t>{0, Hout} : slice(Hout, nt, tid);
     std::vector<std::pair<int64_t, int64_t>> columns;
     for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
     const bool dot = loop.low.dot;
@@ -758,6 +789,13 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
           for (int64_t row = 0; row < (c1 - c0) * N; ++row)
             for (const auto& [g0, g1] : columns)
               for (int64_t j = g0; j < g1; ++j) loop.gates[row * GH + j] += bias[j];
+      } else if (by_rows) {  // the thread's rows of each step in the chunk, every column
+        for (int64_t s = 0; s < c1 - c0; ++s) {
+          T* rows = loop.gates + (s * N + loop.row0) * GH;
+          for (int64_t row = 0; row < loop.row1 - loop.row0; ++row)
+            for (int64_t j = 0; j < GH; ++j) rows[row * GH + j] = bias ? bias[j] : T(0);
+          gemm_panels(x + ((c0 + s) * N + loop.row0) * I, I, input, rows, GH, loop.row1 - loop.row0, true);
+        }
       } else {
         for (int64_t row = 0; row < (c1 - c0) * N; ++row)
           for (const auto& [g0, g1] : columns)
@@ -775,8 +813,11 @@ void drive_backward(Loop<T> loop, const at::TensorOptions& options) {
   StepBarrier barrier;
   loop.barrier = &barrier;
   run_team(thread_count(H), barrier, [&](int tid, int nt) {
-    const auto [u0, u1] = slice(H, nt, tid);
-    const auto [q0, q1] = slice(Hout, nt, tid);
+    Loop<T> mine = loop;
+    StepBarrier alone;
+    const bool by_rows = share_rows(mine, loop.N, tid, nt, !loop.low.on && !loop.proj, G * H * Hout * int64_t(sizeof(T)), alone);
+    const auto [u0, u1] = by_rows ? std::pair<int64_t, int64_t>{0, H} : slice(H, nt, tid);
+    const auto [q0, q1] = by_rows ? std::pair<int64_t, int64_t>{0, Hout} : slice(Hout, nt, tid);
     // B = W_hh (rows: gates, columns: h_out), split at GRU's n rows; B = W_hr
     // (with bf16 operands: all of W_hh at once, the operand holding GRU's δn⊙r in the n columns)
     const int64_t shared_rows = loop.kind == GRU && !loop.low.on ? 2 * H : G * H;
@@ -788,15 +829,15 @@ void drive_backward(Loop<T> loop, const at::TensorOptions& options) {
     const Panels<T> projection = loop.proj ? Panels<T>(loop.w_hr, H, 1, Hout, {{u0, u1}}, options) : Panels<T>();
     for (int64_t s = 0; s < L; ++s) {
       const int64_t t = loop.reverse ? s : L - 1 - s;
-      loop.backward_collect(t, q0, q1);
+      mine.backward_collect(t, q0, q1);
       if (loop.proj) {
-        loop.barrier->wait();
-        loop.backward_projection(t, projection);
+        mine.barrier->wait();
+        mine.backward_projection(t, projection);
       }
-      loop.backward_gates(t, u0, u1);
-      if (loop.low.on) loop.round_gate_gradients(t, u0, u1);
-      loop.barrier->wait();
-      loop.backward_gemm(t, q0, q1, recurrent, gru_n, tiles);
+      mine.backward_gates(t, u0, u1);
+      if (loop.low.on) mine.round_gate_gradients(t, u0, u1);
+      mine.barrier->wait();
+      mine.backward_gemm(t, q0, q1, recurrent, gru_n, tiles);
     }
   });
 }
@@ -1077,14 +1118,14 @@ bool small_step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih
   return true;
 }
 
-std::tuple<at::Tensor, at::Tensor> cell_step(int64_t kind, at::Tensor x, at::Tensor h, at::Tensor c, at::Tensor w_ih, at::Tensor w_hh,
-                                             std::optional<at::Tensor> b_ih, std::optional<at::Tensor> b_hh) {
+// The step written into h_out and c_out, contiguous (N, H) tensors (c_out read only by the LSTM).
+void cell_step_into(int64_t kind, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
+                    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+                    at::Tensor& h_out, at::Tensor& c_out) {
   const int64_t N = x.size(0), H = h.size(1);
-  at::Tensor h_out = at::empty({N, H}, x.options());
-  at::Tensor c_out = at::empty({kind == LSTM ? N : 0, H}, x.options());
   bool done = false;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_small_cell_step", [&] { done = small_step<scalar_t>(x, h, w_ih, w_hh, b_ih, b_hh, kind, h_out, c_out, c); });
-  if (done) return {h_out, c_out};
+  if (done) return;
   at::Tensor gx = at::linear(x, w_ih, b_ih);
   at::Tensor gh, b_hh_t;
   if (kind == GRU) {
@@ -1101,15 +1142,23 @@ std::tuple<at::Tensor, at::Tensor> cell_step(int64_t kind, at::Tensor x, at::Ten
                          kind == LSTM ? c_prev.const_data_ptr<scalar_t>() : nullptr, h_out.data_ptr<scalar_t>(),
                          kind == LSTM ? c_out.data_ptr<scalar_t>() : nullptr);
   });
+}
+
+std::tuple<at::Tensor, at::Tensor> cell_step(int64_t kind, at::Tensor x, at::Tensor h, at::Tensor c, at::Tensor w_ih, at::Tensor w_hh,
+                                             std::optional<at::Tensor> b_ih, std::optional<at::Tensor> b_hh) {
+  at::Tensor h_out = at::empty({x.size(0), h.size(1)}, x.options());
+  at::Tensor c_out = at::empty({kind == LSTM ? x.size(0) : 0, h.size(1)}, x.options());
+  cell_step_into(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, c_out);
   return {h_out, c_out};
 }
 
 
 // ---- The LayerNorm LSTM (haste's LayerNormLSTM; math in rnnkit/engine/fused_layer_norm.py) ----
-// Same threading as the plain loop (each thread owns a slice of hidden units and the four gate
-// columns of each), but LayerNorm needs statistics over a whole row: every thread publishes its
-// partial sums (in double), and after a barrier each one combines them in thread order, so the
-// result does not depend on timing. Three barriers per step, forward and backward.
+// Same threading as the plain loop. By rows, each thread computes its rows' statistics alone. By
+// units (each thread owns a slice of hidden units and the four gate columns of each), LayerNorm needs
+// statistics over a whole row: every thread publishes its partial sums (in double), and after a
+// barrier each one combines them in thread order, so the result does not depend on timing. Three
+// barriers per step forward, four backward.
 constexpr double kLayerNormEps = 1e-5;  // rnnkit.cells.base.LAYER_NORM_EPS
 
 template <typename T>
@@ -1131,6 +1180,7 @@ struct NormLoop {
   StepBarrier* barrier = nullptr;  // shared by the team running the loop
   // Zoneout (L, N, H) or null, as in Loop; backward keeps each row's m_t dh_t in `scratch` (N, H) between phases 1 and 2.
   const T* zone = nullptr;
+  int64_t row0 = 0, row1 = 0;  // the rows [row0, row1) this copy of the loop runs (drive_norm sets them)
 
   bool ok(int64_t t, int64_t n) const { return valid == nullptr || valid[t * N + n]; }
   int64_t before(int64_t t) const { return t + reverse; }
@@ -1150,17 +1200,18 @@ struct NormLoop {
 
   void forward_step(int64_t t, int tid, int nt, int64_t u0, int64_t u1, const Panels<T>& recurrent) const {
     const int64_t G = 4, GH = G * H;
-    gemm_panels(hs + before(t) * N * H, H, recurrent, scratch, GH, N, false);
-    for (int64_t n = 0; n < N; ++n) {
-      const T* a = scratch + n * GH;
+    gemm_panels(hs + (before(t) * N + row0) * H, H, recurrent, scratch + row0 * GH, GH, row1 - row0, false);
+    for (int64_t n = row0; n < row1; ++n) {
       double sum = 0, squares = 0;
-      for (int64_t g = 0; g < G; ++g)
+      for (int64_t g = 0; g < G; ++g) {
+        const T* a = scratch + n * GH + g * H;  // locals throughout: indexing members inside these loops made GCC gather
 #pragma omp simd reduction(+ : sum, squares)
-        for (int64_t u = u0; u < u1; ++u) sum += a[g * H + u], squares += double(a[g * H + u]) * a[g * H + u];
+        for (int64_t u = u0; u < u1; ++u) sum += a[u], squares += double(a[u]) * a[u];
+      }
       partial_a[(tid * N + n) * 2] = sum, partial_a[(tid * N + n) * 2 + 1] = squares;
     }
     barrier->wait();
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       const int64_t row = (t * N + n) * GH;
       const T* c_prev = cs + (before(t) * N + n) * H;
       T* c_new = cs + (after(t) * N + n) * H;
@@ -1168,17 +1219,18 @@ struct NormLoop {
       if (ok(t, n)) {
         const auto [mean_d, r_d] = stats(partial_a, nt, n, GH);
         const T mean = T(mean_d), r = T(r_d);
-        const T *a = scratch + n * GH, *x = xp + row;
+        const int64_t H = this->H;
+        const T *a = scratch + n * GH, *x = xp + row, *gain = gain_hh;
         T *gate = gates + row, *a_hat = ahat + row;
+        // the four gates' normalised products and pre-activations, written out: no per-gate array inside the loop
+        auto pre = [&](int64_t j) {
+          const T normed = (a[j] - mean) * r;
+          a_hat[j] = normed;
+          return x[j] + normed * gain[j];
+        };
 #pragma omp simd reduction(+ : sum, squares)
         for (int64_t u = u0; u < u1; ++u) {
-          T pre[4];
-          for (int64_t g = 0; g < 4; ++g) {
-            const T normed = (a[g * H + u] - mean) * r;
-            a_hat[g * H + u] = normed;
-            pre[g] = x[g * H + u] + normed * gain_hh[g * H + u];
-          }
-          const T i = sigmoid(pre[0]), f = sigmoid(pre[1]), g = tanh_(pre[2]), o = sigmoid(pre[3]);
+          const T i = sigmoid(pre(u)), f = sigmoid(pre(H + u)), g = tanh_(pre(2 * H + u)), o = sigmoid(pre(3 * H + u));
           const T c = f * c_prev[u] + i * g;
           gate[u] = i, gate[H + u] = f, gate[2 * H + u] = g, gate[3 * H + u] = o;
           c_new[u] = c;
@@ -1194,7 +1246,7 @@ struct NormLoop {
       partial_c[(tid * N + n) * 2] = sum, partial_c[(tid * N + n) * 2 + 1] = squares;
     }
     barrier->wait();
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       const int64_t row = (t * N + n) * H;
       T* h_new = hs + (after(t) * N + n) * H;
       T* y_row = y + row;
@@ -1226,7 +1278,7 @@ struct NormLoop {
   void backward_step(int64_t t, int tid, int nt, int64_t u0, int64_t u1, const Panels<T>& recurrent) const {
     const int64_t GH = 4 * H;
     // 1. dh_t += dy_t; the output side: δo, and dĉ = d(LN(c)γ+β)⊙γ with its two row sums
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       double sum = 0, dot = 0;
       if (ok(t, n)) {
         T* dh_row = dh + n * H;
@@ -1246,14 +1298,16 @@ struct NormLoop {
         const T* c_hat = chat + (t * N + n) * H;
         T* d_o = dgx + (t * N + n) * GH + 3 * H;
         T* dc_hat = scratch_c + n * H;
+        const T *gain = gain_cell, *bias = bias_cell;  // locals: members indexed inside the loop made GCC gather and scatter
+        double *d_gain = dgain_cell, *d_bias = dbias_cell;
 #pragma omp simd reduction(+ : sum, dot)
         for (int64_t u = u0; u < u1; ++u) {
-          const T tc = tanh_(c_hat[u] * gain_cell[u] + bias_cell[u]);
+          const T tc = tanh_(c_hat[u] * gain[u] + bias[u]);
           const T d_normed = dh_row[u] * o[u] * (T(1) - tc * tc);  // gradient of LN(c)γ+β
           d_o[u] = dh_row[u] * tc * o[u] * (T(1) - o[u]);
-          dgain_cell[u] += d_normed * c_hat[u];
-          dbias_cell[u] += d_normed;
-          const T d = d_normed * gain_cell[u];
+          d_gain[u] += d_normed * c_hat[u];
+          d_bias[u] += d_normed;
+          const T d = d_normed * gain[u];
           dc_hat[u] = d;
           sum += d, dot += double(d) * c_hat[u];
         }
@@ -1262,7 +1316,7 @@ struct NormLoop {
     }
     barrier->wait();
     // 2. dc through LN(c), the gate gradients dpre (= dxp), and dâ = dpre⊙γ_hh with its row sums
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       double sum = 0, dot = 0;
       const int64_t row = (t * N + n) * GH;
       if (ok(t, n)) {
@@ -1274,6 +1328,16 @@ struct NormLoop {
         const T* a_hat = ahat + row;
         const T* dc_hat = scratch_c + n * H;
         T *d_pre = dgx + row, *d_a = da + row, *dc_row = dc + n * H, *dh_row = dh + n * H;
+        const T* gain = gain_hh;
+        double* d_gain = dgain_hh;
+        const int64_t H = this->H;
+        // gate j's share of dâ = dpre⊙γ_hh, its row sums, and dγ_hh (the four gates written out, as in the forward)
+        auto through_gain = [&](int64_t j, double& sum, double& dot) {
+          d_gain[j] += d_pre[j] * a_hat[j];
+          const T d = d_pre[j] * gain[j];
+          d_a[j] = d;
+          sum += d, dot += double(d) * a_hat[j];
+        };
 #pragma omp simd reduction(+ : sum, dot)
         for (int64_t u = u0; u < u1; ++u) {
           const T i = gate[u], f = gate[H + u], g = gate[2 * H + u];
@@ -1283,13 +1347,7 @@ struct NormLoop {
           d_pre[2 * H + u] = d_c * i * (T(1) - g * g);
           dc_row[u] = d_c * f;
           dh_row[u] = T(0);
-          for (int64_t k = 0; k < 4; ++k) {
-            const int64_t j = k * H + u;
-            dgain_hh[j] += d_pre[j] * a_hat[j];
-            const T d = d_pre[j] * gain_hh[j];
-            d_a[j] = d;
-            sum += d, dot += double(d) * a_hat[j];
-          }
+          through_gain(u, sum, dot), through_gain(H + u, sum, dot), through_gain(2 * H + u, sum, dot), through_gain(3 * H + u, sum, dot);
         }
         if (zone != nullptr)
           for (int64_t u = u0; u < u1; ++u) dh_row[u] = scratch[n * H + u];
@@ -1301,7 +1359,7 @@ struct NormLoop {
     }
     barrier->wait();
     // 3. da through LN(W_hh h): the gradient of the raw recurrent product
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = row0; n < row1; ++n) {
       if (!ok(t, n)) continue;
       const int64_t row = (t * N + n) * GH;
       const auto [mean_d, mean_dot] = means(partial_a, nt, n, GH);
@@ -1314,29 +1372,56 @@ struct NormLoop {
     }
     barrier->wait();
     // 4. dh_{t-1} = da_t W_hh (valid rows restart from zero above; padded rows keep dh)
-    gemm_panels(da + t * N * GH, GH, recurrent, dh, H, N, true);
+    gemm_panels(da + (t * N + row0) * GH, GH, recurrent, dh + row0 * H, H, row1 - row0, true);
   }
 };
 
+// The team shares the loop by rows or by hidden units, as the plain loop does (share_rows). By rows, the weight
+// gradients' sums (dγ_hh, dγ_c, dβ_c) go to one buffer per thread, added in thread order at the end: the result does
+// not depend on timing. By units, the threads combine each row's statistics at the barriers.
 template <typename T>
 void drive_norm(NormLoop<T> loop, bool backward, const at::TensorOptions& options) {
-  const int64_t H = loop.H, L = loop.L;
-  std::vector<double> partial_a(loop.threads * loop.N * 2), partial_c(loop.threads * loop.N * 2);
+  const int64_t H = loop.H, L = loop.L, N = loop.N;
+  std::vector<double> partial_a(loop.threads * N * 2), partial_c(loop.threads * N * 2);
   loop.partial_a = partial_a.data(), loop.partial_c = partial_c.data();
+  std::vector<double> own_sums;  // by rows, backward: each thread's dγ_hh (4H), dγ_c (H) and dβ_c (H)
+  int team = 1;
   StepBarrier barrier;
   loop.barrier = &barrier;
   run_team(loop.threads, barrier, [&](int tid, int nt) {
-    const auto [u0, u1] = slice(H, nt, tid);
+    NormLoop<T> mine = loop;
+    StepBarrier alone;
+    int64_t u0 = 0, u1 = H;
+    int rank = 0, ranks = 1;  // the thread's place among those that share rows' statistics
+    if (share_rows(mine, N, tid, nt, true, 4 * H * H * int64_t(sizeof(T)), alone)) {
+#pragma omp single
+      {
+        team = nt;
+        if (backward) own_sums.assign(static_cast<size_t>(nt) * 6 * H, 0.0);
+      }  // (the single's barrier publishes team and own_sums)
+      if (backward) {
+        double* sums = own_sums.data() + static_cast<size_t>(tid) * 6 * H;
+        mine.dgain_hh = sums, mine.dgain_cell = sums + 4 * H, mine.dbias_cell = sums + 5 * H;
+      }
+    } else {
+      std::tie(u0, u1) = slice(H, nt, tid);
+      rank = tid, ranks = nt;
+    }
     if (backward) {
       const Panels<T> recurrent(loop.w_hh, H, 1, 4 * H, {{u0, u1}}, options);  // B = W_hh, this thread's columns
-      for (int64_t s = 0; s < L; ++s) loop.backward_step(loop.reverse ? s : L - 1 - s, tid, nt, u0, u1, recurrent);
+      for (int64_t s = 0; s < L; ++s) mine.backward_step(loop.reverse ? s : L - 1 - s, rank, ranks, u0, u1, recurrent);
     } else {
       std::vector<std::pair<int64_t, int64_t>> columns;  // B = W_hh^T: this thread's units in every gate
       for (int64_t g = 0; g < 4; ++g) columns.push_back({g * H + u0, g * H + u1});
       const Panels<T> recurrent(loop.w_hh, 1, H, H, columns, options);
-      for (int64_t s = 0; s < L; ++s) loop.forward_step(loop.reverse ? L - 1 - s : s, tid, nt, u0, u1, recurrent);
+      for (int64_t s = 0; s < L; ++s) mine.forward_step(loop.reverse ? L - 1 - s : s, rank, ranks, u0, u1, recurrent);
     }
   });
+  for (int k = 0; k < team && !own_sums.empty(); ++k) {
+    const double* sums = own_sums.data() + static_cast<size_t>(k) * 6 * H;
+    for (int64_t j = 0; j < 4 * H; ++j) loop.dgain_hh[j] += sums[j];
+    for (int64_t j = 0; j < H; ++j) loop.dgain_cell[j] += sums[4 * H + j], loop.dbias_cell[j] += sums[5 * H + j];
+  }
 }
 
 // xp is overwritten with the gate activations (the backward's `gates`). Without padding the
@@ -1401,11 +1486,12 @@ constexpr char k_forward_loop[] = "forward_loop", k_cell_step[] = "cell_step", k
 }  // namespace
 
 namespace rnnkit {
-// cell_step's CPU kernel for csrc/stacked_step.cpp, which calls it once per (layer, direction) without a dispatch.
-std::tuple<at::Tensor, at::Tensor> cell_step_cpu(int64_t kind, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
-                                                 const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                                                 const std::optional<at::Tensor>& b_hh) {
-  return cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh);
+// cell_step's CPU kernel for csrc/stacked_step.cpp, which calls it once per (layer, direction) without a dispatch,
+// writing into its outputs' slices.
+void cell_step_into_cpu(int64_t kind, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+                        at::Tensor& h_out, at::Tensor& c_out) {
+  cell_step_into(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, c_out);
 }
 }  // namespace rnnkit
 

@@ -10,15 +10,16 @@
 #include <ATen/ops/stack.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <tuple>
 #include <vector>
 
 #include "inference_only.h"
 
 namespace rnnkit {
-std::tuple<at::Tensor, at::Tensor> cell_step_cpu(int64_t kind, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
-                                                 const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                                                 const std::optional<at::Tensor>& b_hh);  // csrc/fused_loops.cpp
+void cell_step_into_cpu(int64_t kind, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+                        at::Tensor& h_out, at::Tensor& c_out);  // csrc/fused_loops.cpp
 }
 
 namespace {
@@ -45,41 +46,49 @@ std::optional<at::Tensor> bias_or_none(const at::Tensor& bias) {
   return bias.numel() == 0 && bias.dim() == 1 ? std::nullopt : std::optional<at::Tensor>(bias);
 }
 
-// x (N, I); h0, c0 (cells, N, H) with cells = layers * directions (c0 read only by the LSTM); weights: per cell, in
-// order, w_ih, w_hh, b_ih, b_hh (without bias, 1-D empty tensors in the biases' places). Returns y (N, directions * H), h_n and c_n
-// (cells, N, H; c_n empty unless LSTM). y never shares memory with h_n.
+// x (N, I), or a length-1 sequence (1, N, I); h0, c0 (cells, N, H) with cells = layers * directions (c0 read only by the
+// LSTM); weights: per cell, in order, w_ih, w_hh, b_ih, b_hh (without bias, 1-D empty tensors in the biases' places).
+// Returns y (N, directions * H), or (1, N, directions * H) for a sequence, h_n and c_n (cells, N, H; c_n empty unless
+// LSTM). y never shares memory with h_n.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stacked_step(int64_t kind, at::Tensor x, at::Tensor h0, at::Tensor c0,
                                                             at::TensorList weights, int64_t directions) {
   TORCH_CHECK(kind >= 0 && kind <= kGru, "stacked_step: kind must be 0..3, got ", kind);
   const bool lstm = kind == kLstm;
   const int64_t gates = lstm ? 4 : kind == kGru ? 3 : 1;
   TORCH_CHECK(directions == 1 || directions == 2, "stacked_step: directions must be 1 or 2, got ", directions);
-  TORCH_CHECK(h0.dim() == 3 && x.dim() == 2 && x.size(0) == h0.size(1), "stacked_step: expected x (N, I) and h0 (cells, N, H), got ",
-              x.sizes(), " and ", h0.sizes());
-  const int64_t cells = h0.size(0);
+  const bool sequence = x.dim() == 3;  // a length-1 sequence (1, N, I): y comes back as (1, N, D*H)
+  TORCH_CHECK((x.dim() == 2 || (sequence && x.size(0) == 1)) && h0.dim() == 3 && x.size(-2) == h0.size(1),
+              "stacked_step: expected x (N, I) or (1, N, I) and h0 (cells, N, H), got ", x.sizes(), " and ", h0.sizes());
+  const int64_t cells = h0.size(0), N = h0.size(1), H = h0.size(2);
   TORCH_CHECK(cells % directions == 0 && static_cast<int64_t>(weights.size()) == 4 * cells,
               "stacked_step: expected 4 weights for each of the ", cells, " cells, got ", weights.size());
   TORCH_CHECK(!lstm || c0.sizes() == h0.sizes(), "stacked_step: c0 must have h0's shape ", h0.sizes(), ", got ", c0.sizes());
-  std::vector<at::Tensor> hs, cs, outputs;
-  hs.reserve(cells);
-  cs.reserve(lstm ? cells : 0);
-  at::Tensor input = x;
+  // Each cell writes its new state straight into its slice of h_n (and c_n), so nothing is stacked afterwards.
+  // A one-direction layer's last cell writes into y instead, which is then copied into h_n: y never shares h_n's memory.
+  at::Tensor h_n = at::empty({cells, N, H}, x.options());
+  at::Tensor c_n = lstm ? at::empty({cells, N, H}, x.options()) : at::empty({0}, x.options());
+  at::Tensor y = directions == 1 ? at::empty({N, H}, x.options()) : at::Tensor();
+  at::Tensor input = sequence ? x.select(0, 0) : x, no_state;
   for (int64_t layer = 0; layer < cells / directions; ++layer) {
-    outputs.clear();
+    const bool last = layer + 1 == cells / directions;
     for (int64_t direction = 0; direction < directions; ++direction) {
       const int64_t cell = layer * directions + direction;
       const at::Tensor h = h0.select(0, cell);
       const at::Tensor &w_ih = weights[4 * cell], &w_hh = weights[4 * cell + 1];
       const std::optional<at::Tensor> b_ih = bias_or_none(weights[4 * cell + 2]), b_hh = bias_or_none(weights[4 * cell + 3]);
-      check_cell(cell, gates, input.size(1), h.size(1), w_ih, w_hh, b_ih, b_hh);
-      auto [h_new, c_new] = rnnkit::cell_step_cpu(kind, input, h, lstm ? c0.select(0, cell) : h, w_ih, w_hh, b_ih, b_hh);
-      hs.push_back(h_new);
-      if (lstm) cs.push_back(c_new);
-      outputs.push_back(h_new);
+      check_cell(cell, gates, input.size(1), H, w_ih, w_hh, b_ih, b_hh);
+      at::Tensor h_out = last && directions == 1 ? y : h_n.select(0, cell);
+      at::Tensor c_out = lstm ? c_n.select(0, cell) : no_state;
+      rnnkit::cell_step_into_cpu(kind, input, h, lstm ? c0.select(0, cell) : h, w_ih, w_hh, b_ih, b_hh, h_out, c_out);
     }
-    input = directions == 1 ? outputs[0] : at::cat(outputs, 1);
+    input = directions == 1 ? h_n.select(0, layer) : at::cat({h_n.select(0, 2 * layer), h_n.select(0, 2 * layer + 1)}, 1);
   }
-  return {input, at::stack(hs), lstm ? at::stack(cs) : at::empty({0}, x.options())};
+  if (directions == 1) {
+    std::memcpy(static_cast<char*>(h_n.data_ptr()) + (cells - 1) * y.nbytes(), y.const_data_ptr(), y.nbytes());  // both fresh, contiguous
+  } else {
+    y = input;  // the last layer's cat: memory of its own
+  }
+  return {sequence ? y.unsqueeze(0) : y, h_n, c_n};
 }
 
 constexpr char k_stacked_step[] = "stacked_step";
