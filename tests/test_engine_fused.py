@@ -153,6 +153,36 @@ def test_threads_split_batch_rows(path, two_threads, family):
         assert_close_lists(list(reference(x, lengths=lengths)[:1]), list(candidate(x, lengths=lengths)[:1]), torch.float64)
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+@pytest.mark.parametrize("batch", [4, 19], ids=["by-units", "by-rows"])
+def test_two_threads_give_one_thread_s_results(batch, autocast):
+    """The compiled loops on two threads, which split 4 rows by hidden units and 19 by rows, against one thread;
+    under bf16 autocast that covers the bf16 operands' loops (hardware dot products where the CPU has them). On an AMD
+    EPYC they agree bit for bit; the GEMMs around the loops may legitimately round differently on other CPUs."""
+    if fused_build.native_loops() is None:
+        pytest.skip(fused_build.status())
+
+    def run(family, threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            torch.manual_seed(0)
+            layer = family(24, 64, num_layers=2, bidirectional=True)
+            x = torch.randn(9, batch, 24, requires_grad=True)
+            lengths = torch.tensor([9, 3, 7, 1, 9, 5, 2, 8, 6, 4, 9, 1, 3, 7, 5, 9, 2, 6, 8][:batch])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y, _ = layer(x, lengths=lengths)
+                with torch.no_grad():
+                    inferred, _ = layer(x, lengths=lengths)
+            return [y, inferred, *torch.autograd.grad(y.float().square().sum(), [x, *layer.parameters()])]
+        finally:
+            torch.set_num_threads(previous)
+
+    for family in (rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN):
+        for index, (one, two) in enumerate(zip(run(family, 1), run(family, 2), strict=True)):
+            torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-5, msg=lambda m, i=index, f=family: f"{f.__name__} item {i}: {m}")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_empty_batch(path, family):
     reference, candidate = make_pair(family, 3, 4, torch.float32, bidirectional=True)

@@ -352,14 +352,16 @@ struct Loop {
   // C (low.rows, ldc) = slot `parity` of the low operand times the packed tiles (dot; float32 only).
   void tile_product(int64_t parity, const rnnkit_bf16::TilePanels& tiles, T* C, int64_t ldc) const {
     if constexpr (std::is_same_v<T, float>)
-      rnnkit_bf16::tile_gemm(low.tiles + parity * low.rows * low.width, low.width, N, tiles, C, ldc, low.amx);
+      rnnkit_bf16::tile_gemm(low.tiles + (parity * low.rows + row0) * low.width, low.width, row1 - row0, tiles, C + row0 * ldc, ldc, low.amx);
   }
 
   // ---- forward ----
   // The thread's columns of h_{t-1} W_hh^T; `recurrent` (or `tiles`, dot) holds them packed.
   void forward_gemm(int64_t t, const Panels<T>& recurrent, const rnnkit_bf16::TilePanels& tiles) const {
     if (low.dot) return tile_product(before(t) & 1, tiles, scratch, G * H);
-    if (low.on) return gemm_panels(low.rounded + (before(t) & 1) * low.rows * low.width, Hout, recurrent, scratch, G * H, N, false);
+    if (low.on)
+      return gemm_panels(low.rounded + ((before(t) & 1) * low.rows + row0) * low.width, low.width, recurrent, scratch + row0 * G * H, G * H,
+                         row1 - row0, false);
     gemm_panels(hs + (before(t) * N + row0) * Hout, Hout, recurrent, scratch + row0 * G * H, G * H, row1 - row0, false);
   }
   // h_t's columns [p0, p1), rounded, as the next step's operand (once the step has written them).
@@ -657,7 +659,8 @@ struct Loop {
         for (int64_t q = q0; q < q1; ++q) dh[n * Hout + q] += low.product[n * Hout + q];
       return;
     }
-    if (low.on) return gemm_panels(low.rounded + (t & 1) * low.rows * low.width, low.width, recurrent, dh, Hout, N, true);
+    if (low.on)
+      return gemm_panels(low.rounded + ((t & 1) * low.rows + row0) * low.width, low.width, recurrent, dh + row0 * Hout, Hout, row1 - row0, true);
     gemm_panels(dgx + (t * N + row0) * G * H, G * H, recurrent, dh + row0 * Hout, Hout, row1 - row0, true);
     if (kind == GRU) gemm_panels(dgh_n + (t * N + row0) * H, H, gru_n, dh + row0 * Hout, Hout, row1 - row0, true);
   }
@@ -724,7 +727,7 @@ void drive_forward(Loop<T> loop, const at::TensorOptions& options) {
   run_team(thread_count(H), barrier, [&](int tid, int nt) {
     Loop<T> mine = loop;
     StepBarrier alone;
-    const bool by_rows = share_rows(mine, loop.N, tid, nt, !loop.low.on && !loop.proj, G * H * Hout * int64_t(sizeof(T)), alone);
+    const bool by_rows = share_rows(mine, loop.N, tid, nt, !loop.proj && !loop.low.amx, G * H * Hout * int64_t(sizeof(T)), alone);
     const auto [u0, u1] = by_rows ? std::pair<int64_t, int64_t>{0, H} : slice(H, nt, tid);
     const auto [p0, p1] = by_rows ? std::pair<int64_t, int64_t>{0, Hout} : slice(Hout, nt, tid);
     // B(k, c) = W_hh[c, k]: the columns of W_hh^T for this thread's units, in every gate
@@ -760,7 +763,7 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
     Loop<T> loop = shared;  // each thread moves its own chunk_start
     loop.barrier = &barrier;
     StepBarrier alone;
-    const bool by_rows = share_rows(loop, N, tid, nt, !loop.low.on && !loop.proj, G * H * Hout * int64_t(sizeof(T)), alone);
+    const bool by_rows = share_rows(loop, N, tid, nt, !loop.proj && !loop.low.amx, G * H * Hout * int64_t(sizeof(T)), alone);
     const auto [u0, u1] = by_rows ? std::pair<int64_t, int64_t>{0, H} : slice(H, nt, tid);
     const auto [p0, p1] = by_rows ? std::pair<int64_t, int64_t>{0, Hout} : slice(Hout, nt, tid);
     std::vector<std::pair<int64_t, int64_t>> columns;
@@ -782,7 +785,16 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t c0 = (loop.reverse ? chunks - 1 - k : k) * chunk, c1 = std::min(L, c0 + chunk);
       loop.chunk_start = c0;
-      if (dot) {  // AMX runs whole 16-row tiles: `gates` and x_tiles have the rows to spare
+      if (dot && by_rows) {  // (never with AMX, whose 16-row tiles would write other threads' rows)
+        for (int64_t s = 0; s < c1 - c0; ++s) {
+          T* rows = loop.gates + (s * N + loop.row0) * GH;
+          if constexpr (std::is_same_v<T, float>)
+            rnnkit_bf16::tile_gemm(x_tiles + ((c0 + s) * N + loop.row0) * x_width, x_width, loop.row1 - loop.row0, input_tiles, rows, GH, false);
+          if (bias)
+            for (int64_t row = 0; row < loop.row1 - loop.row0; ++row)
+              for (int64_t j = 0; j < GH; ++j) rows[row * GH + j] += bias[j];
+        }
+      } else if (dot) {  // AMX runs whole 16-row tiles: `gates` and x_tiles have the rows to spare
         if constexpr (std::is_same_v<T, float>)
           rnnkit_bf16::tile_gemm(x_tiles + c0 * N * x_width, x_width, (c1 - c0) * N, input_tiles, loop.gates, GH, loop.low.amx);
         if (bias)
@@ -815,7 +827,7 @@ void drive_backward(Loop<T> loop, const at::TensorOptions& options) {
   run_team(thread_count(H), barrier, [&](int tid, int nt) {
     Loop<T> mine = loop;
     StepBarrier alone;
-    const bool by_rows = share_rows(mine, loop.N, tid, nt, !loop.low.on && !loop.proj, G * H * Hout * int64_t(sizeof(T)), alone);
+    const bool by_rows = share_rows(mine, loop.N, tid, nt, !loop.proj && !loop.low.amx, G * H * Hout * int64_t(sizeof(T)), alone);
     const auto [u0, u1] = by_rows ? std::pair<int64_t, int64_t>{0, H} : slice(H, nt, tid);
     const auto [q0, q1] = by_rows ? std::pair<int64_t, int64_t>{0, Hout} : slice(Hout, nt, tid);
     // B = W_hh (rows: gates, columns: h_out), split at GRU's n rows; B = W_hr
