@@ -170,8 +170,8 @@ def _backward(ctx, saved, d_y, d_hn, d_cn, d_hs):
     dw_hh = torch.cat([matmul(part.t(), h_prev) for part in recurrent_parts]) if need[2] else None
     db_ih = db_hh = None
     if b_ih is not None:
-        db_ih = dgx2d.sum(0)
-        db_hh = db_ih.clone() if kind != GRU else torch.cat([part.sum(0) for part in recurrent_parts])
+        db_ih = dgx2d.sum(0)  # GRU: [δr δz] are the recurrent side's too, so only δn⊙r needs a sum of its own
+        db_hh = db_ih.clone() if kind != GRU else torch.cat([db_ih[: recurrent_parts[0].shape[1]], recurrent_parts[1].sum(0)])
     dw_hr = matmul(dproj.view(steps, dproj.shape[2]).t(), hraw.view(steps, hraw.shape[2])) if w_hr is not None and need[5] else None
     return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None
 
