@@ -142,7 +142,7 @@ def test_threads_split_hidden_units(path, two_threads, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_threads_split_batch_rows(path, two_threads, family):
-    # 19 rows and two threads: each runs 9 or 10 rows alone (share_rows in fused_loops.cpp), in training and inference
+    # 19 rows and two threads: each runs 9 or 10 rows alone (share_rows in csrc/loop_common.h), in training and inference
     reference, candidate = make_pair(family, 5, 70, torch.float64, bidirectional=True, num_layers=2)
     x = torch.randn(6, 19, 5, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([6, 2, 5, 1, 6, 3, 4, 6, 1, 2, 5, 6, 3, 6, 6, 2, 4, 1, 5])

@@ -3,8 +3,9 @@
 :mod:`rnnkit.engine.fused` does every product that spans all time steps as one
 GEMM and hands the recurrence itself (one small GEMM and the gate math per
 step) to a *loop kernel*. There are two loop kernels with one contract: the
-compiled one in ``csrc/fused_loops.cpp`` and this one, which runs wherever
-PyTorch runs (CUDA included) and is used when the C++ build is unavailable.
+compiled one in ``csrc/fused_loops.cpp`` (the LayerNorm LSTM's in
+``csrc/layer_norm_loops.cpp``) and this one, which runs wherever PyTorch runs
+(CUDA included) and is used when the C++ build is unavailable.
 
 Contract (time-indexed buffers; ``before = t + reverse``, ``after = t + 1 - reverse``
 index the state history, so that a step always reads ``hs[before]`` and writes

@@ -15,7 +15,7 @@
 //     registers (avx512_bf16_gemm below), twice the FLOPs of an FMA per instruction;
 //   * elsewhere (or with RNNKIT_NO_AMX=1 set, which turns off both of the above): the operand rounded
 //     and held in float32, times W rounded likewise, by the float32 register-blocked kernel of
-//     fused_loops.cpp.
+//     loop_common.h.
 // (VDPBF16PS and TDPBF16PS also read subnormal bf16 inputs as zero, which the portable path does not: the
 // paths can differ there too, for values below 1.2e-38.)
 

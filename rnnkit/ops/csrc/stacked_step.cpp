@@ -19,7 +19,7 @@
 namespace rnnkit {
 void cell_step_into_cpu(int64_t kind, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
                         const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-                        at::Tensor& h_out, at::Tensor& c_out);  // csrc/fused_loops.cpp
+                        at::Tensor& h_out, at::Tensor& c_out);  // csrc/cell_step.cpp
 }
 
 namespace {
