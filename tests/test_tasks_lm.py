@@ -23,7 +23,8 @@ TINY_SENTIMENT = ["--size", "fast", "pretrain.enabled=true", "pretrain.finetune_
 def write_lines(path, n: int, seed: int) -> None:
     """Unlabelled film talk, in the reviews' words (each line one document)."""
     rng = __import__("random").Random(seed)
-    words = ["the film is", "not", "really", "good", "bad", "great", "dull", "and", "a", "plot", "cast", "."]
+    # no "." : every review ends with one, so no line can hold a whole validation or test sentence (which --init refuses)
+    words = ["the film is", "not", "really", "good", "bad", "great", "dull", "and", "a", "plot", "cast"]
     path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(5, 15))) for _ in range(n)) + "\n")
 
 
@@ -74,6 +75,26 @@ def test_init_refuses_a_run_that_is_not_a_language_model(transfer_runs, capsys):
     assert "--init: expected it with `train sentiment`" in capsys.readouterr().err
     assert main(["train", "sentiment", "--data", "a.csv", "b.csv", "--out", str(transfer_runs / "z")]) == 2
     assert "--data: expected one file for this task, got 2" in capsys.readouterr().err
+
+
+def test_init_refuses_a_language_model_that_saw_the_held_out_sentences(transfer_runs, capsys, tmp_path):
+    # `rnnkit train lm` knows nothing of the sentiment task's split: a language model trained on text that holds its
+    # validation or test sentences (here: every review, one per line) would carry them into the classifier
+    import csv
+
+    with open(transfer_runs / "reviews.csv", newline="") as f:
+        (tmp_path / "leaky.txt").write_text("\n".join(row["text"] for row in csv.DictReader(f)) + "\n")
+    assert main(["train", "lm", "--data", str(tmp_path / "leaky.txt"), *TINY_LM, "--out", str(tmp_path / "lm")]) == 0
+    capsys.readouterr()
+    assert main(["train", "sentiment", "--data", str(transfer_runs / "reviews.csv"), "--init", str(tmp_path / "lm"), *TINY_SENTIMENT,
+                 "--out", str(tmp_path / "sentiment")]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "pretrain.init: expected a language model that never saw this task's validation and test sentences" in err
+    assert "document(s) with one" in err and "Traceback" not in err
+    (tmp_path / "leaky.txt").unlink()  # the text is gone: the check cannot be made, and says so
+    assert main(["train", "sentiment", "--data", str(transfer_runs / "reviews.csv"), "--init", str(tmp_path / "lm"), *TINY_SENTIMENT,
+                 "--out", str(tmp_path / "sentiment2")]) == 1  # fmt: skip
+    assert "cannot check that the language model" in capsys.readouterr().err
 
 
 def test_predict_file_gives_one_prediction_per_line_as_predict_does(transfer_runs, capsys, tmp_path):

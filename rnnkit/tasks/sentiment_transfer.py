@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rnnkit import config as configs
 from rnnkit.data import StreamBatches
 from rnnkit.models import InputConfig, LanguageModel, ManyToOneConfig, SequenceClassifier, load_model, save_model
 from rnnkit.tasks import common, lm
@@ -63,6 +64,28 @@ def held_out_overlap(documents: list[str], sentences: list[str], min_words: int 
     return hits
 
 
+def check_unseen(lm_run: Path, held_out: list[str]) -> None:
+    """Refuse the language model of ``lm_run`` (an ``rnnkit train lm`` run) if the documents it trained or picked its
+    weights on contain one of ``held_out`` (the classifier's validation and test sentences): stage 1 run here drops
+    such documents first, but ``rnnkit train lm`` knows nothing of this task's split (Pang & Lee's full reviews hold one
+    review with a held-out sentence)."""
+    name, stored = common.load_config(lm_run)
+    data = configs.from_dict(lm.Config, stored).data if name == "lm" else None
+    if data is None:
+        raise DataError(f"pretrain.init: expected the run folder of `rnnkit train lm`, got a {name} run in {lm_run}")
+    try:
+        train_docs, val_docs, _ = lm.split(lm.load_documents(data.paths), data)
+    except (DataError, OSError) as error:
+        raise DataError(f"pretrain.init: cannot check that the language model of {lm_run} never saw this task's validation and "
+                        f"test sentences, because its text cannot be read again ({error})") from error  # fmt: skip
+    seen = held_out_overlap(train_docs + val_docs, held_out)
+    if seen:
+        raise DataError(f"pretrain.init: expected a language model that never saw this task's validation and test sentences, got "
+                        f"{lm_run}, whose training or validation text holds {len(seen)} document(s) with one; pretrain here "
+                        "instead (pretrain.enabled=true without pretrain.init drops them first), or train the language model "
+                        "on text without them")  # fmt: skip
+
+
 SHAPE_FIELDS = ("cell", "hidden_size", "num_layers", "bidirectional", "layer_norm", "nonlinearity")
 
 
@@ -84,6 +107,7 @@ def pretrained_language_model(config, run_dir: Path, train_set, held_out, say=pr
         model, extra = load_model(Path(pre.init) / "model.safetensors")
         if not isinstance(model, LanguageModel):
             raise DataError(f"pretrain.init: expected the run folder of `rnnkit train lm`, got a {type(model).__name__} in {pre.init}")
+        check_unseen(Path(pre.init), [s for s, _ in held_out])
         vocabulary = extra["vocabulary"]
         notes.append(f"Stage 1: the language model of {pre.init} ({len(vocabulary):,} words).")
         say(f"stage 1: the language model of {pre.init}")
