@@ -70,9 +70,9 @@ def check_unseen(lm_run: Path, held_out: list[str]) -> None:
     such documents first, but ``rnnkit train lm`` knows nothing of this task's split (Pang & Lee's full reviews hold one
     review with a held-out sentence)."""
     name, stored = common.load_config(lm_run)
-    data = configs.from_dict(lm.Config, stored).data if name == "lm" else None
-    if data is None:
+    if name != "lm":
         raise DataError(f"pretrain.init: expected the run folder of `rnnkit train lm`, got a {name} run in {lm_run}")
+    data = configs.from_dict(lm.Config, stored).data
     try:
         train_docs, val_docs, _ = lm.split(lm.load_documents(data.paths), data)
     except (DataError, OSError) as error:

@@ -48,9 +48,9 @@ void drive_forward(Loop<T> loop, const at::TensorOptions& options) {
   run_team(thread_count(H), barrier, [&](int tid, int nt) {
     Loop<T> mine = loop;
     StepBarrier alone;
-    const bool by_rows = share_rows(mine, loop.N, tid, nt, !loop.proj && !loop.low.amx, G * H * Hout * int64_t(sizeof(T)), alone);
-    const auto [u0, u1] = by_rows ? std::pair<int64_t, int64_t>{0, H} : slice(H, nt, tid);
-    const auto [p0, p1] = by_rows ? std::pair<int64_t, int64_t>{0, Hout} : slice(Hout, nt, tid);
+    const PlainShare share = share_plain(mine, tid, nt, alone);
+    const auto [u0, u1] = share.units;
+    const auto [p0, p1] = share.outputs;
     // B(k, c) = W_hh[c, k]: the columns of W_hh^T for this thread's units, in every gate
     std::vector<std::pair<int64_t, int64_t>> columns;
     for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
@@ -84,9 +84,10 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
     Loop<T> loop = shared;  // each thread moves its own chunk_start
     loop.barrier = &barrier;
     StepBarrier alone;
-    const bool by_rows = share_rows(loop, N, tid, nt, !loop.proj && !loop.low.amx, G * H * Hout * int64_t(sizeof(T)), alone);
-    const auto [u0, u1] = by_rows ? std::pair<int64_t, int64_t>{0, H} : slice(H, nt, tid);
-    const auto [p0, p1] = by_rows ? std::pair<int64_t, int64_t>{0, Hout} : slice(Hout, nt, tid);
+    const PlainShare share = share_plain(loop, tid, nt, alone);
+    const bool by_rows = share.by_rows;
+    const auto [u0, u1] = share.units;
+    const auto [p0, p1] = share.outputs;
     std::vector<std::pair<int64_t, int64_t>> columns;
     for (int64_t g = 0; g < G; ++g) columns.push_back({g * H + u0, g * H + u1});
     const bool dot = loop.low.dot;
@@ -148,9 +149,9 @@ void drive_backward(Loop<T> loop, const at::TensorOptions& options) {
   run_team(thread_count(H), barrier, [&](int tid, int nt) {
     Loop<T> mine = loop;
     StepBarrier alone;
-    const bool by_rows = share_rows(mine, loop.N, tid, nt, !loop.proj && !loop.low.amx, G * H * Hout * int64_t(sizeof(T)), alone);
-    const auto [u0, u1] = by_rows ? std::pair<int64_t, int64_t>{0, H} : slice(H, nt, tid);
-    const auto [q0, q1] = by_rows ? std::pair<int64_t, int64_t>{0, Hout} : slice(Hout, nt, tid);
+    const PlainShare share = share_plain(mine, tid, nt, alone);
+    const auto [u0, u1] = share.units;
+    const auto [q0, q1] = share.outputs;
     // B = W_hh (rows: gates, columns: h_out), split at GRU's n rows; B = W_hr
     // (with bf16 operands: all of W_hh at once, the operand holding GRU's δn⊙r in the n columns)
     const int64_t shared_rows = loop.kind == GRU && !loop.low.on ? 2 * H : G * H;

@@ -254,7 +254,6 @@ void drive_norm(NormLoop<T> loop, bool backward, const at::TensorOptions& option
   std::vector<double> partial_a(loop.threads * N * 2), partial_c(loop.threads * N * 2);
   loop.partial_a = partial_a.data(), loop.partial_c = partial_c.data();
   std::vector<double> own_sums;  // by rows, backward: each thread's dγ_hh (4H), dγ_c (H) and dβ_c (H)
-  int team = 1;
   StepBarrier barrier;
   loop.barrier = &barrier;
   run_team(loop.threads, barrier, [&](int tid, int nt) {
@@ -264,10 +263,7 @@ void drive_norm(NormLoop<T> loop, bool backward, const at::TensorOptions& option
     int rank = 0, ranks = 1;  // the thread's place among those that share rows' statistics
     if (share_rows(mine, N, tid, nt, true, 4 * H * H * int64_t(sizeof(T)), alone)) {
 #pragma omp single
-      {
-        team = nt;
-        if (backward) own_sums.assign(static_cast<size_t>(nt) * 6 * H, 0.0);
-      }  // (the single's barrier publishes team and own_sums)
+      if (backward) own_sums.assign(static_cast<size_t>(nt) * 6 * H, 0.0);  // (the single's barrier publishes it)
       if (backward) {
         double* sums = own_sums.data() + static_cast<size_t>(tid) * 6 * H;
         mine.dgain_hh = sums, mine.dgain_cell = sums + 4 * H, mine.dbias_cell = sums + 5 * H;
@@ -286,8 +282,8 @@ void drive_norm(NormLoop<T> loop, bool backward, const at::TensorOptions& option
       for (int64_t s = 0; s < L; ++s) mine.forward_step(loop.reverse ? L - 1 - s : s, rank, ranks, u0, u1, recurrent);
     }
   });
-  for (int k = 0; k < team && !own_sums.empty(); ++k) {
-    const double* sums = own_sums.data() + static_cast<size_t>(k) * 6 * H;
+  for (size_t offset = 0; offset < own_sums.size(); offset += 6 * H) {  // each thread's sums, in thread order
+    const double* sums = own_sums.data() + offset;
     for (int64_t j = 0; j < 4 * H; ++j) loop.dgain_hh[j] += sums[j];
     for (int64_t j = 0; j < H; ++j) loop.dgain_cell[j] += sums[4 * H + j], loop.dbias_cell[j] += sums[5 * H + j];
   }

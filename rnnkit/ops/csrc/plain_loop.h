@@ -421,6 +421,21 @@ struct Loop {
   }
 };
 
+// Thread `tid`'s share of a plain loop (share_rows): whether it runs by rows, its hidden units and its output
+// columns. The LSTM projection and AMX tiles keep the split by units: the projection's step needs every unit of a
+// row, and AMX writes whole 16-row tiles, which would reach other threads' rows.
+struct PlainShare {
+  bool by_rows;
+  std::pair<int64_t, int64_t> units, outputs;
+};
+
+template <typename T>
+PlainShare share_plain(Loop<T>& mine, int tid, int nt, StepBarrier& alone) {
+  const int64_t weight_bytes = mine.G * mine.H * mine.Hout * int64_t(sizeof(T));
+  if (share_rows(mine, mine.N, tid, nt, !mine.proj && !mine.low.amx, weight_bytes, alone)) return {true, {0, mine.H}, {0, mine.Hout}};
+  return {false, slice(mine.H, nt, tid), slice(mine.Hout, nt, tid)};
+}
+
 // W_hh's columns packed as bf16 tiles for the dot products (bf16 operands; the loop runs them in float32 only).
 template <typename T>
 rnnkit_bf16::TilePanels low_tiles(const T* base, int64_t row_stride, int64_t col_stride, int64_t K,

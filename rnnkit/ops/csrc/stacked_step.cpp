@@ -7,12 +7,10 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/stack.h>
 #include <torch/library.h>
 
 #include <cstring>
 #include <tuple>
-#include <vector>
 
 #include "inference_only.h"
 
@@ -81,7 +79,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stacked_step(int64_t kind, at::Te
       at::Tensor c_out = lstm ? c_n.select(0, cell) : no_state;
       rnnkit::cell_step_into_cpu(kind, input, h, lstm ? c0.select(0, cell) : h, w_ih, w_hh, b_ih, b_hh, h_out, c_out);
     }
-    input = directions == 1 ? h_n.select(0, layer) : at::cat({h_n.select(0, 2 * layer), h_n.select(0, 2 * layer + 1)}, 1);
+    if (directions == 2)
+      input = at::cat({h_n.select(0, 2 * layer), h_n.select(0, 2 * layer + 1)}, 1);
+    else if (!last)
+      input = h_n.select(0, layer);
   }
   if (directions == 1) {
     std::memcpy(static_cast<char*>(h_n.data_ptr()) + (cells - 1) * y.nbytes(), y.const_data_ptr(), y.nbytes());  // both fresh, contiguous
