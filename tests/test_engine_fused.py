@@ -403,16 +403,21 @@ def test_unsupported_specs_and_dtypes_still_run():
 
 @pytest.mark.parametrize(
     "rows, inner, outer, expected",
-    [(16384, 128, 2048, "onednn"), (3200, 256, 64, "onednn"), (3200, 64, 1024, "onednn"), (1000, 32, 512, "mkl"), (1000, 128, 32, "mkl"),
-     (8, 16, 64, "mkl")],
+    [(16384, 128, 2048, "pooled"), (8192, 64, 1024, "pooled"), (8191, 64, 1024, "onednn"), (3200, 256, 64, "onednn"), (3200, 64, 1024, "onednn"),
+     (1000, 32, 512, "mkl"), (1000, 128, 32, "mkl"), (8, 16, 64, "mkl")],
 )
 def test_input_projection_gemm_is_a_fixed_choice_of_shape(monkeypatch, rows, inner, outer, expected):
-    """Run-time timing would let two runs pick different GEMMs and compute different numbers."""
+    """Run-time timing would let two runs pick different GEMMs and compute different numbers. An output of 32 MiB
+    (8192 x 1024 floats) or more goes to MKL into a pooled buffer, one row less to oneDNN."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
+    if expected == "pooled" and fused_build.native_loops() is None:
+        pytest.skip("the compiled library did not build")
     calls = []
     for name, kernel in (("onednn", gemm.mkldnn_linear), ("mkl", gemm.addmm_linear)):
         monkeypatch.setattr(gemm, kernel.__name__, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    pooled = fused_build.NativeLoops.projection
+    monkeypatch.setattr(fused_build.NativeLoops, "projection", lambda self, *a: calls.append("pooled") or pooled(self, *a))
     generator = torch.Generator().manual_seed(0)
     x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((rows, inner), (outer, inner), (outer,)))
     first, second = gemm.linear(x, weight, bias), gemm.linear(x, weight, bias)

@@ -97,6 +97,18 @@ def _blocks(rows: int, columns: int, low: torch.dtype):
     return [(start, min(rows, start + size)) for start in range(0, rows, size)]
 
 
+def _empty(like: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """A large buffer for eager CPU code: from the kernels' pool, whose memory is reused and already paged in."""
+    if like.device.type == "cpu" and not transforms.recorded():
+        return ops.pooled_empty(shape, dtype)
+    return like.new_empty(shape, dtype=dtype)
+
+
+def _copy(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` as a tensor of its own (a copy even where the dtype is t's), into a pooled buffer."""
+    return _empty(t, tuple(t.shape), dtype).copy_(t)
+
+
 def _low_matmul(a: Tensor, b: Tensor, low: torch.dtype) -> Tensor:
     """A weight gradient ``a @ b`` as a GEMM in ``low``, returned in float32."""
     return torch.mm(a.to(low), b.to(low)).float()
@@ -110,15 +122,10 @@ def _projections(kind: int, x: Tensor, weights: CellWeights, low: torch.dtype) -
     rows = length * batch
     x_low, w_low = x.reshape(rows, features).to(low), weights.weight_ih.to(low).t()
     blocks = _blocks(rows, w_low.shape[1], low)
-    if len(blocks) == 1:
-        xp = torch.mm(x_low, w_low).float()
-        if bias is not None:
-            xp += bias
-        return xp.view(length, batch, -1), b_hn
-    xp = x.new_empty(rows, w_low.shape[1], dtype=torch.float32)
-    block = x_low.new_empty(ROWS_PER_BLOCK, w_low.shape[1])
+    xp = _empty(x, (rows, w_low.shape[1]), torch.float32)
+    block = x_low.new_empty(ROWS_PER_BLOCK, w_low.shape[1]) if len(blocks) > 1 else None
     for start, stop in blocks:
-        product = torch.mm(x_low[start:stop], w_low, out=block[: stop - start])
+        product = torch.mm(x_low[start:stop], w_low, out=None if block is None else block[: stop - start])
         if bias is None:
             xp[start:stop].copy_(product)
         else:
@@ -201,7 +208,7 @@ class AutocastRecurrence(torch.autograd.Function):
         c0 = x.new_empty(0, dtype=torch.float32) if c0 is None else c0
         y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w_hh, low), b_hn, _float32(w_hr), valid, reverse, zoneout)
         y = transforms.output(y, hs, reverse, valid is None and w_hr is None)
-        y = y.clone() if y_dtype == y.dtype else y.to(y_dtype)  # an output of its own, not a view of a saved tensor
+        y = _copy(y, y_dtype)  # an output of its own, not a view of a saved tensor
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
         gates = xp if kind in (LSTM, GRU) or zoneout is not None else xp.new_empty(0)  # the RNN's zoneout keeps h̃ there
         ctx.kind, ctx.reverse, ctx.low, ctx.x_dtype = kind, reverse, low, x.dtype
@@ -245,7 +252,7 @@ def _backward_products(dgx: Tensor, recurrent: list[Tensor], x_low: Tensor, h_pr
     rows = dgx.shape[0]
     w_low = w_ih.to(low)
     if dgx.dtype == low:  # the loop returned its rounded gate gradients (bf16): products straight from them
-        h_low = h_prev.to(low)
+        h_low = _copy(h_prev, low)
         dx = torch.mm(dgx, w_low) if want_dx else None
         dw_ih = torch.mm(dgx.t(), x_low).float() if want_dw_ih else None
         dw_hh = torch.cat([torch.mm(part.t(), h_low).float() for part in recurrent]) if want_dw_hh else None

@@ -18,7 +18,13 @@ fragments in the other ``csrc/*.cpp``, built on first use by :mod:`rnnkit.ops.bu
 ``scan_coefficients_backward`` and their backward
 ``int8_linear``                ``x W^T + b`` with int8 W, rows of x quantized on the fly (``csrc/lowp_loops.cpp``)
 ``int8_layer``                 a direction of an int8 layer, its projections per step, inference only (``csrc/lowp_loops.cpp``)
+``projection``                 ``x W^T + b`` into a pooled buffer (``csrc/projection.cpp``)
 =============================  ==========================================================
+
+The kernels' large outputs (1 MiB or more) come from a pool that keeps freed buffers and hands them
+out again already paged in (``csrc/buffer_pool.h`` says why: fresh pages cost 12-15% of a large training
+step). It keeps at most :func:`buffer_pool_limit` bytes of freed buffers (1 GiB unless
+``RNNKIT_BUFFER_POOL_MB`` says otherwise); ``buffer_pool_limit(0)`` returns them all and keeps none.
 
 Each op has a schema (C++ ``TORCH_LIBRARY``), a CPU kernel, a fake kernel for shape
 propagation (:mod:`rnnkit.ops.fakes`, used by torch.compile, torch.export and FakeTensor
@@ -49,6 +55,34 @@ from rnnkit.ops.kinds import GRU, KINDS, LSTM, RNN_RELU, RNN_TANH
 def load() -> bool:
     """Build or load the compiled library and register its ops; whether it is available (see :func:`status`)."""
     return native_loops() is not None
+
+
+def buffer_pool_limit(limit_bytes: int | None = None) -> int | None:
+    """The most freed kernel memory the buffer pool keeps, in bytes, after setting it to ``limit_bytes`` if given
+    (0: keep nothing, and return what it holds now). None without the compiled library."""
+    if limit_bytes is not None and (isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes < 0):
+        raise ValueError(f"buffer_pool_limit: limit_bytes must be an int >= 0 or None, got {limit_bytes!r}")
+    if native_loops() is None:
+        return None
+    return torch.ops.rnnkit_fused.buffer_pool_limit(limit_bytes)
+
+
+def pooled_empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """``torch.empty(shape, dtype=dtype)`` on the CPU, from the kernels' buffer pool where the library is built: for a
+    large buffer that eager code fills with ``out=`` products. Not for a recorded program (torch.compile, export)."""
+    if native_loops() is None:
+        return torch.empty(shape, dtype=dtype)
+    return torch.ops.rnnkit_fused.pooled_empty(list(shape), dtype)
+
+
+def buffer_pool_stats() -> dict[str, int] | None:
+    """What the buffer pool holds: ``cached_bytes`` and ``cached_blocks`` (freed, kept for reuse), ``live_bytes``
+    (handed out to tensors alive now), ``hits`` and ``misses`` (requests served from the cache or not) and
+    ``limit_bytes``. None without the compiled library."""
+    if native_loops() is None:
+        return None
+    keys = ("cached_bytes", "cached_blocks", "live_bytes", "hits", "misses", "limit_bytes")
+    return dict(zip(keys, torch.ops.rnnkit_fused.buffer_pool_stats(), strict=True))
 
 
 def recorded_by_autograd(*tensors: Tensor | None) -> bool:
@@ -92,6 +126,6 @@ def step_kernel(name: str, dtype: torch.dtype):
 
 
 __all__ = [
-    "GRU", "KINDS", "LSTM", "RNN_RELU", "RNN_TANH", "NativeLoops", "build_dir", "load", "native_loops",
+    "GRU", "KINDS", "LSTM", "RNN_RELU", "RNN_TANH", "NativeLoops", "buffer_pool_limit", "buffer_pool_stats", "build_dir", "load", "native_loops", "pooled_empty",
     "recorded_by_autograd", "single_step", "status", "step_kernel",
 ]  # fmt: skip

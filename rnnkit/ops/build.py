@@ -104,6 +104,11 @@ class NativeLoops:
         """``(∂P, ∂Λ)`` of :meth:`scan_coefficients` (∂Λ empty but for RG-LRU)."""
         return self._ops.scan_coefficients_backward(kind, projected, decay_logit, grad_a, grad_b)
 
+    def projection(self, x, weight, bias):
+        """``x W^T + b`` (rows, outputs) by MKL into a pooled buffer (csrc/projection.cpp; the rule that picks it is in
+        rnnkit/engine/gemm.py)."""
+        return self._ops.projection(x, weight, bias)
+
     def linear_scan_backward(self, a, h, h0, grad_h, reverse, chunks=0):
         """``(∂a, ∂b, ∂h0)`` of :meth:`linear_scan` from the gradient of every state ``grad_h`` (T, F)."""
         return self._ops.linear_scan_backward(a, h, h0, grad_h, reverse, chunks)

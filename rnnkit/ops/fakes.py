@@ -138,8 +138,14 @@ def int8_linear(x, w_packed, w_scale, colsum, bias, out_features):
     return x.new_empty(x.shape[0], out_features)
 
 
+def projection(x, weight, bias):
+    torch._check(x.dim() == 2 and weight.dim() == 2, lambda: f"projection: expected 2-D x and weight, got {tuple(x.shape)} and {tuple(weight.shape)}")
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
 KERNELS = (forward_loop, backward_loop, forward_inference, cell_step, stacked_step, random_mask, layer_norm_lstm_forward, layer_norm_lstm_backward,
-           linear_scan, linear_scan_backward, scan_coefficients, scan_coefficients_backward, int8_layer, int8_linear)
+           linear_scan, linear_scan_backward, scan_coefficients, scan_coefficients_backward, int8_layer, int8_linear,
+           projection)
 
 
 def register_fakes() -> None:

@@ -251,14 +251,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_l
   const int64_t L = xp.size(0), N = xp.size(1), GH = xp.size(2), Hout = h0.size(1);
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
-  at::Tensor hs = at::empty({L + 1, N, Hout}, xp.options());
+  at::Tensor hs = rnnkit::pool::empty({L + 1, N, Hout}, xp.options());
   // Without padding or projection the output is exactly the states it saves: the loop's writes to y
   // land in hs, one (L, N, H) buffer less. Operator outputs must not alias each other (torch.compile
   // and export rely on it), so y is then returned empty and Python takes the output as a view of hs.
   // With an output mask the output differs from the states: a buffer of its own.
   const bool alias = !valid.has_value() && !proj && !output_mask.has_value();
   at::Tensor y = alias ? at::empty({0}, xp.options()).set_(hs.storage(), hs.storage_offset() + (reverse ? 0 : N * Hout), {L, N, Hout}, {N * Hout, Hout, 1})
-                       : at::empty({L, N, Hout}, xp.options());
+                       : rnnkit::pool::empty({L, N, Hout}, xp.options());
   hs.select(0, reverse ? L : 0).copy_(h0);
   at::Tensor cs = empty_like_or_none(xp, {L + 1, N, H}, kind == LSTM);
   if (kind == LSTM) cs.select(0, reverse ? L : 0).copy_(c0);
@@ -289,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_inference(
   const bool proj = w_hr.has_value();
   const int64_t G = kind == LSTM ? 4 : kind == GRU ? 3 : 1, H = GH / G;
   const int64_t chunk = std::max<int64_t>(1, std::min(L, inference_chunk(N, GH)));
-  at::Tensor y = at::empty({L, N, Hout}, x.options());
+  at::Tensor y = rnnkit::pool::empty({L, N, Hout}, x.options());
   at::Tensor hs = at::empty({2, N, Hout}, x.options());  // slots: step index & 1
   hs.select(0, reverse ? L & 1 : 0).copy_(h0);
   at::Tensor cs = empty_like_or_none(x, {2, N, H}, kind == LSTM);
@@ -333,9 +333,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   // and keeps only two steps of them in float32.
   const LowPlan low = low_plan("backward_loop", w_hh, gates, N, H, Hout, GH);
   const int64_t kept = low.on ? std::min<int64_t>(L, 2) : L;
-  at::Tensor dgx = at::empty({kept, N, GH}, gates.options());
+  at::Tensor dgx = rnnkit::pool::empty({kept, N, GH}, gates.options());
   at::Tensor dgh_n = empty_like_or_none(gates, {kept, N, H}, kind == GRU);
-  at::Tensor dgx_bf16 = low.on ? at::empty({L, N, GH}, gates.options().dtype(at::kBFloat16)) : at::Tensor();
+  at::Tensor dgx_bf16 = low.on ? rnnkit::pool::empty({L, N, GH}, gates.options().dtype(at::kBFloat16)) : at::Tensor();
   at::Tensor dgh_n_bf16 = low.on ? empty_like_or_none(dgx_bf16, {L, N, H}, kind == GRU) : at::Tensor();
   at::Tensor dproj = empty_like_or_none(gates, {L, N, Hout}, proj);
   at::Tensor dh = dh_n.clone();

@@ -295,12 +295,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::Tensor xp, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor gain_hh, at::Tensor gain_cell, at::Tensor bias_cell,
     std::optional<at::Tensor> valid, bool reverse, std::optional<at::Tensor> zoneout) {
   const int64_t L = xp.size(0), N = xp.size(1), H = h0.size(1);
-  at::Tensor hs = at::empty({L + 1, N, H}, xp.options()), cs = at::empty({L + 1, N, H}, xp.options());
+  at::Tensor hs = rnnkit::pool::empty({L + 1, N, H}, xp.options()), cs = rnnkit::pool::empty({L + 1, N, H}, xp.options());
   hs.select(0, reverse ? L : 0).copy_(h0);
   cs.select(0, reverse ? L : 0).copy_(c0);
-  at::Tensor y = valid.has_value() ? at::empty({L, N, H}, xp.options()) : hs.narrow(0, reverse ? 0 : 1, L);  // returned empty, as in forward_loop
-  at::Tensor gates = xp, ahat = at::empty_like(xp);
-  at::Tensor chat = at::empty({L, N, H}, xp.options()), rstd = at::empty({L, N, 2}, xp.options());
+  at::Tensor y = valid.has_value() ? rnnkit::pool::empty({L, N, H}, xp.options()) : hs.narrow(0, reverse ? 0 : 1, L);  // returned empty, as in forward_loop
+  at::Tensor gates = xp, ahat = rnnkit::pool::empty(xp.sizes(), xp.options());
+  at::Tensor chat = rnnkit::pool::empty({L, N, H}, xp.options()), rstd = at::empty({L, N, 2}, xp.options());
   at::Tensor scratch = at::empty({N, 4 * H}, xp.options());
   at::Tensor valid_t = ptr_source(valid), zone_t = ptr_source(zoneout);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_layer_norm_lstm_forward", [&] {
@@ -321,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::Tensor gain_hh, at::Tensor gain_cell, at::Tensor bias_cell, std::optional<at::Tensor> valid, bool reverse, at::Tensor dy,
     at::Tensor dh_n, at::Tensor dc_n, std::optional<at::Tensor> zoneout) {
   const int64_t L = dy.size(0), N = dy.size(1), H = hs.size(2);
-  at::Tensor dgx = at::empty_like(gates), da = at::empty_like(gates);
+  at::Tensor dgx = rnnkit::pool::empty(gates.sizes(), gates.options()), da = rnnkit::pool::empty(gates.sizes(), gates.options());
   at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
   const auto sums = gain_hh.options().dtype(at::kDouble);
   at::Tensor dgain_hh = at::zeros(gain_hh.sizes(), sums), dgain_cell = at::zeros(gain_cell.sizes(), sums), dbias_cell = at::zeros(bias_cell.sizes(), sums);

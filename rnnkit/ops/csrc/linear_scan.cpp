@@ -24,6 +24,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "buffer_pool.h"
 #include "inference_only.h"
 
 #include <algorithm>
@@ -156,7 +157,7 @@ void run_scan(const Scan<scalar_t>& scan, const scalar_t* h0, int64_t chunks) {
 at::Tensor linear_scan(const at::Tensor& a, const at::Tensor& b, const at::Tensor& h0, bool reverse, int64_t chunks) {
   check_scan("linear_scan", a, b, h0, chunks);
   const at::Tensor a_c = a.contiguous(), b_c = b.contiguous(), h0_c = h0.contiguous();
-  at::Tensor h = at::empty_like(a_c);
+  at::Tensor h = rnnkit::pool::empty(a_c.sizes(), a_c.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rnnkit_linear_scan", [&] {
     const Scan<scalar_t> scan{a_c.const_data_ptr<scalar_t>(), b_c.const_data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), a.size(0), a.size(1), reverse};
     run_scan(scan, h0_c.const_data_ptr<scalar_t>(), chunks);
@@ -169,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_scan_backward(const at::Te
   check_scan("linear_scan_backward", a, grad_h, h0, chunks);
   TORCH_CHECK(h.sizes() == a.sizes() && h.scalar_type() == a.scalar_type(), "linear_scan_backward: expected h like a, got ", h.sizes());
   const at::Tensor a_c = a.contiguous(), h_c = h.contiguous(), h0_c = h0.contiguous(), g_c = grad_h.contiguous();
-  at::Tensor grad_a = at::empty_like(a_c), grad_b = at::empty_like(a_c), grad_h0 = at::zeros(h0_c.sizes(), h0_c.options());
+  at::Tensor grad_a = rnnkit::pool::empty(a_c.sizes(), a_c.options()), grad_b = rnnkit::pool::empty(a_c.sizes(), a_c.options()), grad_h0 = at::zeros(h0_c.sizes(), h0_c.options());
   const int64_t T = a.size(0), F = a.size(1);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rnnkit_linear_scan_backward", [&] {
     // δ (into grad_b): the scan in the other direction, its coefficient at t the a of the step after t.

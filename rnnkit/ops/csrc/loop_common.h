@@ -9,6 +9,8 @@
 #include <ATen/ops/empty.h>
 #include <omp.h>
 
+#include "buffer_pool.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -239,7 +241,7 @@ inline std::pair<int64_t, int64_t> slice(int64_t size, int parts, int index) {
 }
 
 inline at::Tensor empty_like_or_none(const at::Tensor& like, at::IntArrayRef shape, bool needed) {
-  return at::empty(needed ? shape : at::IntArrayRef{0}, like.options());
+  return rnnkit::pool::empty(needed ? shape : at::IntArrayRef{0}, like.options());
 }
 
 inline at::Tensor ptr_source(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "bf16_tiles.h"
+#include "buffer_pool.h"
 
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
 #include <immintrin.h>
@@ -198,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_layer(int64_t kind, const at
   TORCH_CHECK(!bias.has_value() || (bias->numel() == GH && bias->is_contiguous()), "int8_layer: bias must be a contiguous (G*H,)");
   const bool lstm = kind == LSTM;
   auto options = x.options();
-  at::Tensor y = at::empty({L, N, H}, options), h_n = h0.clone(), c_n = lstm ? c0.clone() : at::empty({0}, options);
+  at::Tensor y = rnnkit::pool::empty({L, N, H}, options), h_n = h0.clone(), c_n = lstm ? c0.clone() : at::empty({0}, options);
   const float* x_p = x.data_ptr<float>();
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   const float* bhn = b_hn.has_value() ? b_hn->data_ptr<float>() : nullptr;
@@ -248,7 +249,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_packed, const at
   TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.dim() == 3 && w_packed.size(2) == 64, "int8_linear: w_packed must be int8 (Np/16, K4, 64)");
   const int64_t M = x.size(0), K = x.size(1), blocks = w_packed.size(0), K4 = w_packed.size(1), Np = blocks * 16;
   TORCH_CHECK(K4 * 4 >= K && Np >= out_features && w_scale.numel() == Np && colsum.numel() == Np, "int8_linear: W packing does not fit the shapes");
-  at::Tensor out = at::empty({M, out_features}, x.options());
+  at::Tensor out = rnnkit::pool::empty({M, out_features}, x.options());
   const float* x_p = x.data_ptr<float>();
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* o = out.data_ptr<float>();

@@ -16,6 +16,7 @@
 #include <ATen/ops/sigmoid.h>
 #include <torch/library.h>
 
+#include "buffer_pool.h"
 #include "inference_only.h"
 
 #include <cmath>
@@ -145,7 +146,7 @@ void decay_constants(const at::Tensor& decay_logit, std::vector<T>& rate, std::v
 std::tuple<at::Tensor, at::Tensor> scan_coefficients(int64_t kind, const at::Tensor& projected, const std::optional<at::Tensor>& decay_logit) {
   const int64_t H = hidden_of(kind, projected, decay_logit), rows = projected.size(0), width = projected.size(1);
   const at::Tensor p = projected.contiguous(), sig = at::sigmoid(p);
-  at::Tensor a = at::empty({rows, H}, p.options()), b = at::empty({rows, H}, p.options());
+  at::Tensor a = rnnkit::pool::empty({rows, H}, p.options()), b = rnnkit::pool::empty({rows, H}, p.options());
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "rnnkit_scan_coefficients", [&] {
     std::vector<scalar_t> rate, rate_sigmoid;
     if (kind == RGLRU) decay_constants<scalar_t>(*decay_logit, rate, rate_sigmoid);
@@ -164,7 +165,7 @@ std::tuple<at::Tensor, at::Tensor> scan_coefficients_backward(int64_t kind, cons
   TORCH_CHECK(grad_a.sizes() == at::IntArrayRef({rows, H}) && grad_b.sizes() == grad_a.sizes(),
               "scan_coefficients_backward: expected grad_a and grad_b of shape (", rows, ", ", H, "), got ", grad_a.sizes(), " and ", grad_b.sizes());
   const at::Tensor p = projected.contiguous(), sig = at::sigmoid(p), da = grad_a.contiguous(), db = grad_b.contiguous();
-  at::Tensor dp = at::empty_like(p);
+  at::Tensor dp = rnnkit::pool::empty(p.sizes(), p.options());
   at::Tensor d_decay = kind == RGLRU ? at::empty({H}, p.options()) : at::empty({0}, p.options());
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "rnnkit_scan_coefficients_backward", [&] {
     std::vector<scalar_t> rate, rate_sigmoid;
