@@ -99,7 +99,7 @@ def _blocks(rows: int, columns: int, low: torch.dtype):
 
 def _empty(like: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """A large buffer for eager CPU code: from the kernels' pool, whose memory is reused and already paged in."""
-    if like.device.type == "cpu" and not transforms.recorded():
+    if type(like) is torch.Tensor and like.device.type == "cpu" and not transforms.recorded():  # not a fake or wrapped tensor
         return ops.pooled_empty(shape, dtype)
     return like.new_empty(shape, dtype=dtype)
 

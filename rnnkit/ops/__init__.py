@@ -77,11 +77,12 @@ def pooled_empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
 
 def buffer_pool_stats() -> dict[str, int] | None:
     """What the buffer pool holds: ``cached_bytes`` and ``cached_blocks`` (freed, kept for reuse), ``live_bytes``
-    (handed out to tensors alive now), ``hits`` and ``misses`` (requests served from the cache or not) and
-    ``limit_bytes``. None without the compiled library."""
+    (handed out to tensors alive now), ``hits`` and ``misses`` (requests served from the cache or not),
+    ``limit_bytes``, and the test settings ``poison`` (0 or 1) and ``min_bytes`` (the smallest request pooled).
+    None without the compiled library."""
     if native_loops() is None:
         return None
-    keys = ("cached_bytes", "cached_blocks", "live_bytes", "hits", "misses", "limit_bytes")
+    keys = ("cached_bytes", "cached_blocks", "live_bytes", "hits", "misses", "limit_bytes", "poison", "min_bytes")
     return dict(zip(keys, torch.ops.rnnkit_fused.buffer_pool_stats(), strict=True))
 
 

@@ -143,9 +143,13 @@ def projection(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
+def pooled_empty(size, dtype):
+    return torch.empty(size, dtype=dtype)
+
+
 KERNELS = (forward_loop, backward_loop, forward_inference, cell_step, stacked_step, random_mask, layer_norm_lstm_forward, layer_norm_lstm_backward,
            linear_scan, linear_scan_backward, scan_coefficients, scan_coefficients_backward, int8_layer, int8_linear,
-           projection)
+           projection, pooled_empty)
 
 
 def register_fakes() -> None:

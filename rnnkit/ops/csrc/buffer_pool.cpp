@@ -12,6 +12,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
+#include <ATen/Context.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/accumulate.h>
 #include <torch/library.h>
@@ -22,6 +23,8 @@
 #include <cstring>
 #include <list>
 #include <mutex>
+#include <new>
+#include <pthread.h>
 #include <optional>
 #include <string>
 #include <utility>
@@ -43,14 +46,22 @@ struct Block {
 class Pool final : public c10::Allocator {
  public:
   Pool() {
-    const char* mb = std::getenv(kLimitEnv);
-    limit_ = mb != nullptr ? std::max<int64_t>(0, std::atoll(mb)) << 20 : kDefaultLimitBytes;
+    if (const char* mb = std::getenv(kLimitEnv); mb != nullptr && *mb != '\0') {
+      char* end = nullptr;
+      const long long value = std::strtoll(mb, &end, 10);
+      TORCH_CHECK(*end == '\0' && value >= 0 && value <= (1LL << 40), kLimitEnv, " must be a whole number of MiB from 0 to 2^40, got '", mb, "'");
+      limit_ = static_cast<int64_t>(value) << 20;
+    }
     const char* poison = std::getenv(kPoisonEnv);
     poison_ = poison != nullptr && std::string(poison) != "" && std::string(poison) != "0";
     if (poison_) min_bytes_ = 1;
+    // A child forked while another thread held the lock would wait on it forever.
+    pthread_atfork(nullptr, nullptr, [] { new (&instance().mutex_) std::mutex(); });
   }
 
   c10::DataPtr allocate(size_t bytes) override {
+    // A pooled tensor's storage keeps this allocator: a resize to a small size is malloc's business again.
+    if (bytes < min_bytes()) return c10::GetDefaultCPUAllocator()->allocate(bytes);
     const size_t capacity = (std::max<size_t>(bytes, 1) + kGranule - 1) / kGranule * kGranule;
     Block* block = nullptr;
     bool poison = false;
@@ -76,7 +87,7 @@ class Pool final : public c10::Allocator {
       poison = poison_;
     }
     if (block == nullptr) {
-      block = new Block{c10::alloc_cpu(capacity), capacity, bytes};
+      block = new Block{system_alloc(capacity), capacity, bytes};
       std::lock_guard<std::mutex> lock(mutex_);
       live_bytes_ += bytes;
     }
@@ -107,7 +118,8 @@ class Pool final : public c10::Allocator {
 
   std::vector<int64_t> stats() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return {static_cast<int64_t>(cached_bytes_), static_cast<int64_t>(cached_.size()), static_cast<int64_t>(live_bytes_), hits_, misses_, limit_};
+    return {static_cast<int64_t>(cached_bytes_), static_cast<int64_t>(cached_.size()), static_cast<int64_t>(live_bytes_), hits_, misses_, limit_,
+            poison_ ? 1 : 0, static_cast<int64_t>(min_bytes())};
   }
 
   void debug(bool poison, int64_t min_bytes) {
@@ -147,6 +159,24 @@ class Pool final : public c10::Allocator {
     }
   }
 
+  // Out of memory with blocks cached: give them all back and try once more.
+  void* system_alloc(size_t capacity) {
+    try {
+      return c10::alloc_cpu(capacity);
+    } catch (const c10::Error&) {
+      std::vector<Block*> evicted;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        evicted.assign(cached_.begin(), cached_.end());
+        cached_.clear();
+        cached_bytes_ = 0;
+      }
+      if (evicted.empty()) throw;
+      free_blocks(evicted);
+      return c10::alloc_cpu(capacity);
+    }
+  }
+
   static void free_blocks(const std::vector<Block*>& blocks) {
     for (Block* block : blocks) {
       c10::free_cpu(block->data);
@@ -171,7 +201,9 @@ void buffer_pool_debug(bool poison, int64_t min_bytes) { Pool::instance().debug(
 
 at::Tensor empty(at::IntArrayRef shape, const at::TensorOptions& options) {
   const size_t bytes = c10::multiply_integers(shape) * options.dtype().itemsize();
-  if (bytes < Pool::instance().min_bytes() || !options.device().is_cpu() || options.requires_grad()) return at::empty(shape, options);
+  // torch.use_deterministic_algorithms fills new memory with NaN (at::empty does); reused memory would hold stale values.
+  const bool deterministic_fill = at::globalContext().deterministicAlgorithms() && at::globalContext().deterministicFillUninitializedMemory();
+  if (deterministic_fill || bytes < Pool::instance().min_bytes() || !options.device().is_cpu() || options.requires_grad()) return at::empty(shape, options);
   return at::Tensor(at::detail::empty_generic(shape, &Pool::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU),
                                               c10::typeMetaToScalarType(options.dtype()), std::nullopt));
 }
