@@ -19,6 +19,8 @@ fragments in the other ``csrc/*.cpp``, built on first use by :mod:`rnnkit.ops.bu
 ``int8_linear``                ``x W^T + b`` with int8 W, rows of x quantized on the fly (``csrc/lowp_loops.cpp``)
 ``int8_layer``                 a direction of an int8 layer, its projections per step, inference only (``csrc/lowp_loops.cpp``)
 ``projection``                 ``x W^T + b`` into a pooled buffer (``csrc/projection.cpp``)
+``pooled_empty``               an empty tensor from the pool, for eager code's ``out=`` products (``csrc/buffer_pool.cpp``)
+``buffer_pool_*``              the pool's limit, its statistics, and the tests' poisoned mode (``csrc/buffer_pool.cpp``)
 =============================  ==========================================================
 
 The kernels' large outputs (1 MiB or more) come from a pool that keeps freed buffers and hands them
