@@ -324,6 +324,28 @@ def test_large_lstm_inference_dispatches_to_onednn(monkeypatch):
     assert calls == [False]
 
 
+def test_lstm_inference_with_a_large_output_and_a_small_w_hh_stays_in_the_loop(monkeypatch):
+    # oneDNN writes an output of 32 MiB or more into fresh pages every call; the loop writes it into a pooled buffer
+    if not torch.backends.mkldnn.is_available() or fused_build.native_loops() is None:
+        pytest.skip("needs oneDNN and the compiled library")
+    calls, loops = [], []
+    primitive, inference = torch.mkldnn_rnn_layer, fused_build.NativeLoops.forward_inference
+    monkeypatch.setattr(torch, "mkldnn_rnn_layer", lambda *args: calls.append(1) or primitive(*args))
+    monkeypatch.setattr(fused_build.NativeLoops, "forward_inference", lambda self, *args: loops.append(1) or inference(self, *args))
+    torch.manual_seed(5)
+    reference, fast = make_pair("lstm", 5, 64, torch.float32)
+    x = torch.randn(8, 16, 5)  # 16 x 64 >= 1024; output 8 x 16 x 64 floats = 32 KiB, W_hh 64 KiB
+    monkeypatch.setattr(fused, "LOOP_MIN_OUTPUT_BYTES", 8 * 16 * 64 * 4)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x)[0], reference(x)[0], atol=1e-5, rtol=1e-5)
+        assert (calls, loops) == ([], [1])
+        fast(x[:7])  # one step less: under the output threshold, to oneDNN
+        assert (calls, loops) == ([1], [1])
+        monkeypatch.setattr(fused, "LOOP_MAX_W_HH_BYTES", 4 * 64 * 64 * 4 - 1)  # W_hh one byte too large: oneDNN
+        fast(x)
+        assert (calls, loops) == ([1, 1], [1])
+
+
 def test_inference_path_only_without_gradients(monkeypatch):
     calls = []
     inference = fused_build.NativeLoops.forward_inference

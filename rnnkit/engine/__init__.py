@@ -22,7 +22,8 @@ defines the results; faster engines are checked against it.
   buffer that stays in cache, and only the output is a full-length buffer.
   LSTM inference in float32 without padding or ``proj_size`` goes to oneDNN's
   LSTM primitive (the kernel torch.nn.LSTM runs on CPU) once batch x hidden
-  reaches ``fused.ONEDNN_LSTM_MIN_BATCH_HIDDEN``, where it measured faster.
+  reaches ``fused.ONEDNN_LSTM_MIN_BATCH_HIDDEN``, where it measured faster, except for an
+  output of 32 MiB or more with W_hh of at most 4 MiB, which the loop writes into a pooled buffer.
 * On CUDA, ``"auto"`` hands the configurations cuDNN computes exactly (plain RNN,
   LSTM, GRU; ``proj_size``; ``lengths=`` or packed) to torch's cuDNN kernels, the ones
   torch.nn runs (:mod:`rnnkit.engine.cudnn`, which lists what stays with rnnkit). The
@@ -110,6 +111,7 @@ def describe(layer=None) -> str:
     text = prefix + ops.status()
     if spec is None or (spec.name == "lstm" and not getattr(layer, "proj_size", 0)):
         text += f"; LSTM inference in float32 without padding: oneDNN's LSTM primitive once batch x hidden >= {fused.ONEDNN_LSTM_MIN_BATCH_HIDDEN}"
+        text += " (the compiled loop for an output of 32 MiB or more with W_hh of at most 4 MiB)"
     return text
 
 

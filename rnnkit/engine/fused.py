@@ -291,6 +291,13 @@ _LIBRARY.impl("recurrence", _recurrence, "CompositeImplicitAutograd")
 # that the loop is as fast or faster (B=1, H=128: 1.1-1.4x). Measured on the idle 2-core AMD EPYC
 # for batch 1-64, hidden 128-512.
 ONEDNN_LSTM_MIN_BATCH_HIDDEN = 1024
+# Except where the output is 32 MiB or more and W_hh at most 4 MiB: oneDNN writes that output into fresh pages every
+# call (glibc's mmap threshold is at most 32 MiB), the loop into a pooled buffer (rnnkit/ops/csrc/buffer_pool.h). There
+# the loop measured faster, in alternating processes: 64 x 256 steps, H=512 217-225 ms against 228-243; 32 x 512,
+# H=512 211 against 230; 32 x 1024, H=256 113 against 139. With a larger W_hh oneDNN's GEMM stays ahead (16 x 512,
+# H=1024: 448-470 against 404-415); below 32 MiB too (32 x 100, H=512: 45-46 against 41).
+LOOP_MIN_OUTPUT_BYTES = 32 << 20
+LOOP_MAX_W_HH_BYTES = 4 << 20
 
 
 def onednn_lstm_applies(x: Tensor, weights: CellWeights, valid: Tensor | None) -> bool:
@@ -303,7 +310,18 @@ def onednn_lstm_applies(x: Tensor, weights: CellWeights, valid: Tensor | None) -
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and x.shape[1] * weights.weight_hh.shape[1] >= ONEDNN_LSTM_MIN_BATCH_HIDDEN
+        and not _loop_output_pooled(x, weights)
     )
+
+
+def _loop_output_pooled(x: Tensor, weights: CellWeights) -> bool:
+    """Whether an LSTM inference call is large enough in output and small enough in W_hh for the loop (above);
+    only on concrete sizes, so that a compiled graph with symbolic ones adds no guard on the length."""
+    length, batch, hidden = x.shape[0], x.shape[1], weights.weight_hh.shape[1]
+    if not all(isinstance(size, int) for size in (length, batch, hidden)):
+        return False
+    size = x.element_size()
+    return length * batch * hidden * size >= LOOP_MIN_OUTPUT_BYTES and weights.weight_hh.numel() * size <= LOOP_MAX_W_HH_BYTES
 
 
 def _onednn_lstm(x: Tensor, h0: Tensor, c0: Tensor, weights: CellWeights, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
