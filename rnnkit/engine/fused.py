@@ -61,7 +61,7 @@ from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_SPECS
 from rnnkit.cells.base import CellSpec, CellWeights, State
 from rnnkit.engine import autocast, fused_layer_norm, fused_loops, hoisted, reference, scan, transforms
 from rnnkit.engine.fused_loops import GRU, KINDS, LSTM, RNN_RELU, RNN_TANH
-from rnnkit.engine.gemm import linear, matmul, recorded_by_autograd
+from rnnkit.engine.gemm import POOLED_MIN_BYTES, linear, matmul, recorded_by_autograd
 
 STEPS = {RNN_TANH: RNN_SPECS["tanh"].step, RNN_RELU: RNN_SPECS["relu"].step, LSTM: LSTM_SPEC.step, GRU: GRU_SPEC.step}
 
@@ -296,7 +296,7 @@ ONEDNN_LSTM_MIN_BATCH_HIDDEN = 1024
 # the loop measured faster, in alternating processes: 64 x 256 steps, H=512 217-225 ms against 228-243; 32 x 512,
 # H=512 211 against 230; 32 x 1024, H=256 113 against 139. With a larger W_hh oneDNN's GEMM stays ahead (16 x 512,
 # H=1024: 448-470 against 404-415); below 32 MiB too (32 x 100, H=512: 45-46 against 41).
-LOOP_MIN_OUTPUT_BYTES = 32 << 20
+LOOP_MIN_OUTPUT_BYTES = POOLED_MIN_BYTES  # the same threshold as the pooled projection's, for the same reason
 LOOP_MAX_W_HH_BYTES = 4 << 20
 
 

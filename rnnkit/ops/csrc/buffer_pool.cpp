@@ -17,7 +17,6 @@
 #include <c10/util/accumulate.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -27,7 +26,6 @@
 #include <pthread.h>
 #include <optional>
 #include <string>
-#include <utility>
 
 namespace rnnkit::pool {
 namespace {
@@ -62,7 +60,7 @@ class Pool final : public c10::Allocator {
   c10::DataPtr allocate(size_t bytes) override {
     // A pooled tensor's storage keeps this allocator: a resize to a small size is malloc's business again.
     if (bytes < min_bytes()) return c10::GetDefaultCPUAllocator()->allocate(bytes);
-    const size_t capacity = (std::max<size_t>(bytes, 1) + kGranule - 1) / kGranule * kGranule;
+    const size_t capacity = (bytes + kGranule - 1) / kGranule * kGranule;
     Block* block = nullptr;
     bool poison = false;
     {
@@ -80,17 +78,11 @@ class Pool final : public c10::Allocator {
       } else {
         ++misses_;
       }
-      if (block != nullptr) {
-        block->bytes = bytes;
-        live_bytes_ += bytes;
-      }
       poison = poison_;
     }
-    if (block == nullptr) {
-      block = new Block{system_alloc(capacity), capacity, bytes};
-      std::lock_guard<std::mutex> lock(mutex_);
-      live_bytes_ += bytes;
-    }
+    if (block == nullptr) block = new Block{system_alloc(capacity), capacity, 0};
+    block->bytes = bytes;  // out of the cache, the block is this call's alone
+    live_bytes_ += bytes;
     if (poison) std::memset(block->data, 0xFF, bytes);
     c10::profiledCPUMemoryReporter().New(block->data, bytes);  // what the default CPU allocator reports, in its count
     return {block->data, block, &Pool::release, c10::Device(c10::DeviceType::CPU)};
@@ -140,9 +132,9 @@ class Pool final : public c10::Allocator {
   void give_back(Block* block) {
     std::vector<Block*> evicted;
     c10::profiledCPUMemoryReporter().Delete(block->data);
+    live_bytes_ -= block->bytes;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      live_bytes_ -= block->bytes;
       cached_.push_back(block);
       cached_bytes_ += block->capacity;
       evict_over_limit(evicted);
@@ -186,7 +178,8 @@ class Pool final : public c10::Allocator {
 
   std::mutex mutex_;
   std::list<Block*> cached_;  // in the order they were freed
-  size_t cached_bytes_ = 0, live_bytes_ = 0;
+  size_t cached_bytes_ = 0;
+  std::atomic<size_t> live_bytes_{0};
   int64_t hits_ = 0, misses_ = 0, limit_ = kDefaultLimitBytes;
   bool poison_ = false;
   std::atomic<size_t> min_bytes_{kMinPooledBytes};
