@@ -24,7 +24,8 @@ products run in float32, so the function is the same on every machine up to the
 order of float32 sums.
 
 Returned dtypes are torch.nn's under the same autocast: the LSTM and the Elman RNN
-return output and states in the autocast dtype, the GRU in float32 (ATen's autocast
+return output and states in the autocast dtype (under bf16 the loops write the output in
+bf16 themselves, and training's backward reads its rounded h_{t-1} from it), the GRU in float32 (ATen's autocast
 lists ``lstm`` and ``rnn_tanh``/``rnn_relu`` for lower precision and not ``gru``);
 the LayerNorm variants follow their family. Like torch.nn, an LSTM with ``proj_size`` returns ``c_n``
 in float32, and a packed LSTM (the layer's business) returns float32 throughout. LSTM inference without padding or
@@ -86,9 +87,11 @@ def run_direction(spec: CellSpec, x: Tensor, state: State, weights: CellWeights,
 # Large products over all steps run a block of rows at a time through one reused low-precision buffer, which the
 # float32 result then reads while it is in cache: a whole (L·N, G·H) low-precision intermediate is a fresh allocation,
 # and its first-touch page faults cost more than its GEMM (C LSTM, 2-core Xeon: 86 -> 62 ms for the projections).
-# Below BLOCKED_BYTES of intermediate one block is faster (B GRU: 1.6 ms against 1.9 ms in blocks).
+# Below BLOCKED_BYTES of intermediate one block is faster (B GRU, 4.9 MB: 1.6 ms against 1.9 ms in blocks); above it,
+# blocks win even where the intermediate is paged in already: at C (T=256, B=64, H=512) the Elman RNN's 16 MB product
+# plus its float32 bias sum took 13 ms in one block, and its bf16 training step went from 101-109 to 93 ms in blocks.
 ROWS_PER_BLOCK = 1024
-BLOCKED_BYTES = 32 << 20
+BLOCKED_BYTES = 8 << 20
 
 
 def _blocks(rows: int, columns: int, low: torch.dtype):
@@ -144,8 +147,10 @@ def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
         native = fused.loops_for(h0)
         if low == torch.bfloat16 and zoneout is None and isinstance(native, ops.NativeLoops):  # every product in bf16, no history
             bias, b_hn = _float32_biases(kind, w)
+            y_dtype = torch.float32 if kind == GRU else low  # the output torch.nn returns, written by the loop itself
             y, h_n, c_n = native.forward_inference(kind, x.float().contiguous(), _recurrent_weight(w.weight_ih, low), bias, h0, c0,
-                                                   _recurrent_weight(w.weight_hh, low), b_hn, _float32(w.weight_hr), valid, reverse)  # fmt: skip
+                                                   _recurrent_weight(w.weight_hh, low), b_hn, _float32(w.weight_hr), valid, reverse,
+                                                   y_dtype)  # fmt: skip
             return y, (h_n, c_n) if kind == LSTM else (h_n,)
         xp, b_hn = _projections(kind, x, w, low)
         y, hs, cs, _, _ = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w.weight_hh, low), b_hn, _float32(w.weight_hr), valid, reverse,
@@ -206,9 +211,15 @@ class AutocastRecurrence(torch.autograd.Function):
         x_low = x.to(low, memory_format=torch.contiguous_format)  # once: the projections read it, and backward's dG^T X (a view)
         xp, b_hn = _projections(kind, x_low, weights, low)
         c0 = x.new_empty(0, dtype=torch.float32) if c0 is None else c0
-        y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w_hh, low), b_hn, _float32(w_hr), valid, reverse, zoneout)
-        y = transforms.output(y, hs, reverse, valid is None and w_hr is None)
-        y = _copy(y, y_dtype)  # an output of its own, not a view of a saved tensor
+        rounded_output = y_dtype == torch.bfloat16 and low == torch.bfloat16  # the loop writes y in bf16 as it goes
+        y, hs, cs, hn, hraw = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w_hh, low), b_hn, _float32(w_hr), valid, reverse,
+                                                               zoneout, None, torch.bfloat16 if rounded_output else None)  # fmt: skip
+        if not rounded_output:
+            y = transforms.output(y, hs, reverse, valid is None and w_hr is None)
+            y = _copy(y, y_dtype)  # an output of its own, not a view of a saved tensor
+        # Without padding or projection that y is bf16(h_t) of every step: backward's rounded h_{t-1} but for h_0, read
+        # from it unless the caller has since edited it in place
+        transforms.keep_output(ctx, y, rounded_output and valid is None and w_hr is None)
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
         gates = xp if kind in (LSTM, GRU) or zoneout is not None else xp.new_empty(0)  # the RNN's zoneout keeps h̃ there
         ctx.kind, ctx.reverse, ctx.low, ctx.x_dtype = kind, reverse, low, x.dtype
@@ -235,7 +246,11 @@ class AutocastRecurrence(torch.autograd.Function):
         h_prev = hs[reverse : length + reverse].reshape(steps, hs.shape[2])
         # the gate gradients that multiply W_hh: all of them, or GRU's r and z with δn⊙r
         recurrent = [dgx2d] if kind != GRU else [dgx2d[:, : 2 * dgh_n.shape[2]], dgh_n.view(steps, dgh_n.shape[2])]
-        dx, dw_ih, dw_hh, sums = _backward_products(dgx2d, recurrent, x_low.view(steps, features), h_prev, w_ih, low, need[0], need[1], need[2])
+        rounded_states = None
+        if ctx.watched_output is not None and not transforms.output_edited(ctx):
+            rounded_states = RoundedStates(ctx.watched_output.view(steps, hs.shape[2]), hs[length if reverse else 0].to(low), reverse)
+        dx, dw_ih, dw_hh, sums = _backward_products(dgx2d, recurrent, x_low.view(steps, features), h_prev, w_ih, low, need[0], need[1], need[2],
+                                                    rounded_states)  # fmt: skip
         dx = None if dx is None else dx.view(length, batch, features).to(ctx.x_dtype)
         db_ih = db_hh = None
         if b_ih is not None:
@@ -245,17 +260,42 @@ class AutocastRecurrence(torch.autograd.Function):
         return None, None, None, None, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 if kind == LSTM else None, None, None
 
 
+@dataclasses.dataclass
+class RoundedStates:
+    """The rounded h_{t-1} of every step, from the bf16 output of a layer without padding or projection: ``output``
+    (L·N, H) holds bf16(h_t) of steps 0..L-1, so the steps after the first (forward; before the last, reverse) read
+    their h_{t-1} from it, and that first step reads ``h0`` (N, H), rounded."""
+
+    output: Tensor
+    h0: Tensor
+    reverse: bool
+
+    def times(self, part: Tensor) -> Tensor:
+        """``part^T H_prev`` in bf16, float32 result, for ``part`` (L·N, C): two products, no rounded copy of the states."""
+        batch = self.h0.shape[0]
+        if self.reverse:
+            first, rest, states = part[-batch:], part[:-batch], self.output[batch:]
+        else:
+            first, rest, states = part[:batch], part[batch:], self.output[:-batch]
+        return torch.mm(rest.t(), states).float() + torch.mm(first.t(), self.h0).float()
+
+
 def _backward_products(dgx: Tensor, recurrent: list[Tensor], x_low: Tensor, h_prev: Tensor, w_ih: Tensor, low: torch.dtype,
-                       want_dx: bool, want_dw_ih: bool, want_dw_hh: bool):  # fmt: skip
+                       want_dx: bool, want_dw_ih: bool, want_dw_hh: bool, rounded_states: RoundedStates | None = None):  # fmt: skip
     """``dG W_ih``, ``dG^T X``, ``[R]^T H_prev`` (R: ``recurrent``'s column groups, dG's first) in ``low`` with float32
-    results, and the float32 column sums of dG and of R's other groups (the bias gradients), a block of rows at a time."""
+    results, and the float32 column sums of dG and of R's other groups (the bias gradients), a block of rows at a time.
+    With bf16 gate gradients, ``rounded_states`` (where given) supplies H_prev's rounded rows."""
     rows = dgx.shape[0]
     w_low = w_ih.to(low)
     if dgx.dtype == low:  # the loop returned its rounded gate gradients (bf16): products straight from them
-        h_low = _copy(h_prev, low)
         dx = torch.mm(dgx, w_low) if want_dx else None
         dw_ih = torch.mm(dgx.t(), x_low).float() if want_dw_ih else None
-        dw_hh = torch.cat([torch.mm(part.t(), h_low).float() for part in recurrent]) if want_dw_hh else None
+        dw_hh = None
+        if want_dw_hh and rounded_states is not None:
+            dw_hh = torch.cat([rounded_states.times(part) for part in recurrent])
+        elif want_dw_hh:
+            h_low = _copy(h_prev, low)
+            dw_hh = torch.cat([torch.mm(part.t(), h_low).float() for part in recurrent])
         return dx, dw_ih, dw_hh, [_column_sums(part) for part in [dgx, *recurrent[1:]]]
     blocks = _blocks(rows, dgx.shape[1], low)
     block_rows = blocks[0][1]

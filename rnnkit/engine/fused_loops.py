@@ -11,9 +11,10 @@ Contract (time-indexed buffers; ``before = t + reverse``, ``after = t + 1 - reve
 index the state history, so that a step always reads ``hs[before]`` and writes
 ``hs[after]`` whichever direction the loop runs)::
 
-    forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None)
+    forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None, output_dtype=None)
         -> y (L,N,H_out), hs (L+1,N,H_out), cs (L+1,N,H), hn (L,N,H), hraw (L,N,H)
-           (y is empty without padding, projection and output mask: the output is then hs's steps, a view taken by the caller)
+           (y is empty without padding, projection and output mask: the output is then hs's steps, a view taken by the caller;
+            with output_dtype bf16 and a float32 xp, y is always a bf16 tensor of its own, the output rounded)
     backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None, output_mask=None)
         -> dgx (L,N,G*H), dgh_n (L,N,H), dh0 (N,H_out), dc0 (N,H), dproj (L,N,H_out)
 
@@ -64,7 +65,7 @@ def _rounded(operand: Tensor, low: torch.dtype | None) -> Tensor:
     return operand if low is None else operand.to(low).to(operand.dtype)
 
 
-def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None):
+def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None, output_dtype=None):
     length, batch, _ = xp.shape
     out_size = h0.shape[1]
     hidden = w_hh.shape[0] // {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}[kind]
@@ -122,6 +123,10 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
         hs[after] = h_new
         if kind == LSTM:
             cs[after] = c_new
+    if output_dtype is not None and output_dtype != xp.dtype:  # the compiled loop's one other choice, checked as it does
+        if output_dtype != torch.bfloat16 or xp.dtype != torch.float32:
+            raise RuntimeError(f"forward_loop: output_dtype must be xp's dtype, or bf16 with a float32 xp, got {output_dtype} with {xp.dtype}")
+        y = ((hs[:-1] if reverse else hs[1:]) if aliased else y).to(output_dtype)
     return y, hs, cs, hn, hraw
 
 

@@ -55,15 +55,17 @@ class NativeLoops:
     def __init__(self, ops) -> None:
         self._ops = ops
 
-    def forward_loop(self, kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None):
-        return self._ops.forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse, _contiguous(zoneout), _contiguous(output_mask))
+    def forward_loop(self, kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=None, output_mask=None, output_dtype=None):
+        return self._ops.forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse, _contiguous(zoneout), _contiguous(output_mask),
+                                      output_dtype)  # fmt: skip
 
-    def forward_inference(self, kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, valid, reverse):
+    def forward_inference(self, kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, valid, reverse, output_dtype=None):
         """A whole direction without autograd, from the raw input x: ``(y, h_n, c_n)`` (c_n empty unless LSTM).
 
         Keeps no history: the input projections are computed a chunk of steps at a time into a small buffer.
+        ``output_dtype`` bf16 with a float32 x: y in bf16, rounded as the loop writes it (the states stay float32).
         """
-        return self._ops.forward_inference(kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse)
+        return self._ops.forward_inference(kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, _contiguous(valid), reverse, output_dtype)
 
     def backward_loop(self, kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy, dh_n, dc_n, zoneout=None, output_mask=None):
         return self._ops.backward_loop(

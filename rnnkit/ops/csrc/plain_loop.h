@@ -81,6 +81,21 @@ struct Loop {
   int64_t chunk_start = 0;
   int64_t row0 = 0, row1 = 0;  // the batch rows [row0, row1) this copy of the loop runs (share_rows sets them)
 
+  // Inference with a bf16 output: y is a float32 buffer of the current chunk's steps only, from step y_start,
+  // which each thread rounds into the bf16 output once the chunk is done (to_bf16_output).
+  int64_t y_start = 0;
+  T* output_row(int64_t t, int64_t n) const { return y + ((t - y_start) * N + n) * Hout; }
+  // Steps [c0, c1) of y, rows [row0, row1) and columns [p0, p1) (what this thread wrote), rounded into `out` (L, N, H_out).
+  void to_bf16_output(uint16_t* out, int64_t c0, int64_t c1, int64_t p0, int64_t p1) const {
+    for (int64_t t = c0; t < c1; ++t)
+      for (int64_t n = row0; n < row1; ++n) {
+        const T* from = output_row(t, n);
+        uint16_t* to = out + (t * N + n) * Hout;
+#pragma omp simd
+        for (int64_t p = p0; p < p1; ++p) to[p] = rnnkit_bf16::to_bf16(float(from[p]));
+      }
+  }
+
   bool ok(int64_t t, int64_t n) const { return valid == nullptr || valid[t * N + n]; }
   int64_t slot(int64_t i) const { return history ? i : (i & 1); }
   int64_t before(int64_t t) const { return slot(t + reverse); }
@@ -129,7 +144,7 @@ struct Loop {
       if (!ok(t, n)) {  // padding: the state holds, the output is zero
         const T* h_prev = hs + (before(t) * N + n) * Hout;
         T* h_new = proj ? hraw + (step_slot(t) * N + n) * H : hs + (after(t) * N + n) * Hout;
-        T* y_row = y + (t * N + n) * Hout;
+        T* y_row = output_row(t, n);
         if (kind == LSTM) {
           const T* c_prev = cs + (before(t) * N + n) * H;
           T* c_new = cs + (after(t) * N + n) * H;
@@ -170,7 +185,7 @@ struct Loop {
     const T* rec = scratch + n * G * H;
     const T* h_prev = hs + (before(t) * N + n) * Hout;
     T* h_new = proj ? hraw + (step_slot(t) * N + n) * H : hs + (after(t) * N + n) * Hout;
-    T* y_row = y + (t * N + n) * Hout;
+    T* y_row = output_row(t, n);
     const T* out_m = kMasked ? out_mask + n * Hout : nullptr;
     if (kind == LSTM) {
       const T* c_prev = cs + (before(t) * N + n) * H;
@@ -217,7 +232,7 @@ struct Loop {
     const T* h_prev = hs + before(t) * N * Hout;
     gemm_panels(hraw + step_slot(t) * N * H, H, projection, h_new, Hout, N, false);
     for (int64_t n = row0; n < row1; ++n) {
-      T* y_row = y + (t * N + n) * Hout;
+      T* y_row = output_row(t, n);
       const bool keep = ok(t, n);
       if (keep && zoned()) {
         with_zone(t, n, p0, p1, [&](const T* m, auto) { zone_out(m, h_prev + n * Hout, h_new + n * Hout, y_row, p0, p1); });
