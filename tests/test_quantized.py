@@ -209,3 +209,19 @@ def test_amx_int8_tiles_give_the_vnni_path_s_results_bit_for_bit(family, hidden,
             outputs.append(quantized(x)[0])
     assert torch.equal(outputs[0], outputs[1])
     assert outputs[0].abs().sum() > 0
+
+
+@pytest.mark.skipif(ops.native_loops() is None, reason=f"compiled kernels unavailable: {ops.status()}")
+@pytest.mark.parametrize("rows", range(1, 10))
+@pytest.mark.parametrize("out_features", [16, 40, 72, 128])
+def test_int8_linear_is_the_integer_product_for_every_tile_remainder(rows, out_features):
+    # the VNNI product runs register tiles of 4 rows by 4 blocks of 16 columns, with smaller tiles at the edges:
+    # 1-9 rows and 1, 3, 5 and 8 column blocks reach every combination of them
+    generator = torch.Generator().manual_seed(rows * 1000 + out_features)
+    x = torch.randn(rows, 37, generator=generator)
+    q, scale = int8.quantize_weight(torch.randn(out_features, 37, generator=generator))
+    with torch.no_grad():
+        out = int8.linear(x, int8.pack(q, scale), None)
+    row_scale = x.abs().amax(1, keepdim=True) / 127
+    sums = torch.round(x / row_scale).double() @ q.double().t()  # exact in float64: |sum| < 2^53
+    torch.testing.assert_close(out, (sums * row_scale.double() * scale.double()).float(), rtol=1e-6, atol=1e-6)

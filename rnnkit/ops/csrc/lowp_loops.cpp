@@ -68,6 +68,66 @@ float quantize_row(const float* h, int64_t K, int64_t K4, uint8_t* q) {
   return scale;
 }
 
+#ifdef RNNKIT_VNNI
+// The VNNI product's register tile: kTileRows rows of q by kTileBlocks blocks of 16 columns, int32 sums over all of K.
+constexpr int kTileRows = 4, kTileBlocks = 4;
+
+// Where one tile reads and writes: the caller's operands moved to row r0 and column block b0.
+struct VnniOperands {
+  const uint8_t* q;
+  int64_t ldq;
+  const int8_t* W;
+  int64_t K4;
+  const int32_t* colsum;
+  const float *w_scale, *row_scale;
+  float* out;
+  int64_t ldo;
+  VnniOperands at(int64_t r0, int64_t b0) const {
+    return {q + r0 * ldq, ldq, W + b0 * K4 * 64, K4, colsum + b0 * 16, w_scale + b0 * 16, row_scale + r0, out + r0 * ldo + b0 * 16, ldo};
+  }
+};
+
+// One tile of kRows x kBlocks, sizes known at compile time so that the accumulators stay in registers: with the
+// sizes as runtime bounds GCC kept them on the stack and tested the bounds inside the k loop. Measured on the 2-core
+// EPYC, int8 inference before -> after: C GRU 61.6 -> 58.5 ms, C RNN 21.8 -> 20.6, C LSTM 85.5 -> 82-84. (Columns
+// outside and rows inside, so that a group of W's blocks serves every row from L1, measured no faster.)
+template <int kRows, int kBlocks>
+inline void vnni_tile(const VnniOperands& o) {
+  __m512i acc[kRows][kBlocks];
+  for (int r = 0; r < kRows; ++r)
+    for (int b = 0; b < kBlocks; ++b) acc[r][b] = _mm512_setzero_si512();
+  for (int64_t k4 = 0; k4 < o.K4; ++k4) {
+    __m512i w[kBlocks];
+    for (int b = 0; b < kBlocks; ++b) w[b] = _mm512_loadu_si512(o.W + (b * o.K4 + k4) * 64);
+    for (int r = 0; r < kRows; ++r) {
+      int32_t four;
+      std::memcpy(&four, o.q + r * o.ldq + 4 * k4, 4);
+      const __m512i a = _mm512_set1_epi32(four);
+      for (int b = 0; b < kBlocks; ++b) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], a, w[b]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int b = 0; b < kBlocks; ++b) {
+      const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(o.colsum + b * 16), 7);  // 128 * colsum
+      const __m512 value = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], offset));
+      const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(o.w_scale + b * 16), _mm512_set1_ps(o.row_scale[r]));
+      _mm512_storeu_ps(o.out + r * o.ldo + b * 16, _mm512_mul_ps(value, scale));
+    }
+}
+
+// A tile of rows x blocks (at most kTileRows x kTileBlocks): the instantiation of that size.
+template <int kRows = kTileRows, int kBlocks = kTileBlocks>
+inline void vnni_tile_upto(int64_t rows, int64_t blocks, const VnniOperands& o) {
+  if constexpr (kRows > 1) {
+    if (rows < kRows) return vnni_tile_upto<kRows - 1, kBlocks>(rows, blocks, o);
+  }
+  if constexpr (kBlocks > 1) {
+    if (blocks < kBlocks) return vnni_tile_upto<kRows, kBlocks - 1>(rows, blocks, o);
+  }
+  vnni_tile<kRows, kBlocks>(o);
+}
+#endif
+
 // out[r][j] = (Σ_k (q[r][k]) W[j][k] - 128 colsum[j]) * row_scale[r] * w_scale[j], for `rows` rows.
 void int8_rows(const uint8_t* q, int64_t ldq, int64_t rows, const int8_t* W, int64_t blocks, int64_t K4, const int32_t* colsum,
                const float* w_scale, const float* row_scale, float* out, int64_t ldo) {
@@ -96,33 +156,10 @@ void int8_rows(const uint8_t* q, int64_t ldq, int64_t rows, const int8_t* W, int
   }
 #endif
 #ifdef RNNKIT_VNNI
-  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-    const int64_t nr = std::min<int64_t>(4, rows - r0);
-    for (int64_t b0 = 0; b0 < blocks; b0 += 4) {
-      const int64_t nb = std::min<int64_t>(4, blocks - b0);
-      __m512i acc[4][4];
-      for (int r = 0; r < 4; ++r)
-        for (int b = 0; b < 4; ++b) acc[r][b] = _mm512_setzero_si512();
-      for (int64_t k4 = 0; k4 < K4; ++k4) {
-        __m512i w[4];
-        for (int b = 0; b < nb; ++b) w[b] = _mm512_loadu_si512(W + ((b0 + b) * K4 + k4) * 64);
-        for (int r = 0; r < nr; ++r) {
-          int32_t four;
-          std::memcpy(&four, q + (r0 + r) * ldq + 4 * k4, 4);
-          const __m512i a = _mm512_set1_epi32(four);
-          for (int b = 0; b < nb; ++b) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], a, w[b]);
-        }
-      }
-      for (int r = 0; r < nr; ++r)
-        for (int b = 0; b < nb; ++b) {
-          const int64_t j = (b0 + b) * 16;
-          const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(colsum + j), 7);  // 128 * colsum
-          const __m512 value = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], offset));
-          const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(w_scale + j), _mm512_set1_ps(row_scale[r0 + r]));
-          _mm512_storeu_ps(out + (r0 + r) * ldo + j, _mm512_mul_ps(value, scale));
-        }
-    }
-  }
+  const VnniOperands base{q, ldq, W, K4, colsum, w_scale, row_scale, out, ldo};
+  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows)
+    for (int64_t b0 = 0; b0 < blocks; b0 += kTileBlocks)
+      vnni_tile_upto(std::min<int64_t>(kTileRows, rows - r0), std::min<int64_t>(kTileBlocks, blocks - b0), base.at(r0, b0));
 #else  // portable: the same arithmetic, one dot product at a time
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t blk = 0; blk < blocks; ++blk)
