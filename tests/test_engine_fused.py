@@ -451,3 +451,27 @@ def test_input_projection_gemm_is_a_fixed_choice_of_shape(monkeypatch, rows, inn
     gemm.linear(x, weight, bias).sum().backward()
     assert calls[-1] == "mkl"
     torch.testing.assert_close(weight.grad, x.sum(0).expand_as(weight), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(fused_build.native_loops() is None, reason=fused_build.status())
+@pytest.mark.parametrize("threads", [1, 2])
+def test_padded_steps_of_gru_write_hn_as_the_python_loop_does(threads):
+    # hn is unread by backward at a padded step, but it is a result of the op: the value the step would have had, never
+    # stale memory (which the pool hands out) that differs from the Python loop's and from call to call
+    native = fused_build.native_loops()
+    generator = torch.Generator().manual_seed(3)
+    steps, batch, hidden = 6, 20, 32
+    xp = torch.randn(steps, batch, 3 * hidden, generator=generator)
+    h0, b_hn = torch.randn(batch, hidden, generator=generator), torch.randn(hidden, generator=generator)
+    w_hh = torch.randn(3 * hidden, hidden, generator=generator) / hidden**0.5
+    valid = torch.rand(steps, batch, generator=generator) > 0.4
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)  # two threads with 20 rows: each runs its own rows
+    try:
+        for reverse in (False, True):
+            want = fused_loops.forward_loop(fused_loops.GRU, xp.clone(), h0, torch.empty(0), w_hh, b_hn, None, valid, reverse)[3]
+            for _ in range(2):
+                got = native.forward_loop(fused_loops.GRU, xp.clone(), h0, torch.empty(0), w_hh, b_hn, None, valid, reverse)[3]
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(old)

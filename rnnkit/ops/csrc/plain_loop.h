@@ -150,6 +150,11 @@ struct Loop {
           T* c_new = cs + (after(t) * N + n) * H;
           for (int64_t u = u0; u < u1; ++u) c_new[u] = c_prev[u];
         }
+        if (kind == GRU) {  // unread by backward here, but a result of the op: its value, as the Python loop's, not stale memory
+          const T* rec = scratch + n * G * H;
+          T* hn_row = hn + (step_slot(t) * N + n) * H;
+          for (int64_t u = u0; u < u1; ++u) hn_row[u] = rec[2 * H + u] + (b_hn ? b_hn[u] : T(0));
+        }
         if (proj)  // r_t is unused but enters the dW_hr GEMM (times zero): keep it finite
           for (int64_t u = u0; u < u1; ++u) h_new[u] = T(0);
         else
