@@ -89,8 +89,9 @@ struct VnniOperands {
 
 // One tile of kRows x kBlocks, sizes known at compile time so that the accumulators stay in registers: with the
 // sizes as runtime bounds GCC kept them on the stack and tested the bounds inside the k loop. Measured on the 2-core
-// EPYC, int8 inference before -> after: C GRU 61.6 -> 58.5 ms, C RNN 21.8 -> 20.6, C LSTM 85.5 -> 82-84. (Columns
-// outside and rows inside, so that a group of W's blocks serves every row from L1, measured no faster.)
+// EPYC, int8 inference: C GRU 61.6 -> 58.5 ms, C RNN 21.8 -> 20.6, C LSTM 85.5 -> 82-84 from the compile-time sizes;
+// then 48, 17 and 67 ms with W kept in registers (below). (Columns outside and rows inside, so that a group of W's
+// blocks serves every row from L1, measured no faster.)
 template <int kRows, int kBlocks>
 inline void vnni_tile(const VnniOperands& o) {
   __m512i acc[kRows][kBlocks];
@@ -98,7 +99,14 @@ inline void vnni_tile(const VnniOperands& o) {
     for (int b = 0; b < kBlocks; ++b) acc[r][b] = _mm512_setzero_si512();
   for (int64_t k4 = 0; k4 < o.K4; ++k4) {
     __m512i w[kBlocks];
-    for (int b = 0; b < kBlocks; ++b) w[b] = _mm512_loadu_si512(o.W + (b * o.K4 + k4) * 64);
+    for (int b = 0; b < kBlocks; ++b) {
+      __m512i loaded = _mm512_loadu_si512(o.W + (b * o.K4 + k4) * 64);
+      // in a register, opaque to GCC: else it folds the load into each row's vpdpbusd as a memory operand, 20 loads
+      // for 16 products, and one 512-bit load a cycle (Zen 4) then bounds the kernel at 0.8 products a cycle. (On a
+      // local, not the array element: an asm operand on w[b] made GCC keep w and acc on the stack, 1.8x slower.)
+      __asm__("" : "+v"(loaded));
+      w[b] = loaded;
+    }
     for (int r = 0; r < kRows; ++r) {
       int32_t four;
       std::memcpy(&four, o.q + r * o.ldq + 4 * k4, 4);
