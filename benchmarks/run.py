@@ -494,8 +494,8 @@ def render(report: Report, command: str) -> str:
         "(largest absolute difference from torch.nn's output) checks it."),
         ("- Inference: one forward call under `torch.no_grad()`. Training step: `zero_grad(set_to_none=True)`, forward, "
         "and backward of `output.sum()` plus the sum of each final-state tensor."),
-        (f"- Interleaved: each round calls every contender (both modes) once, starting from a different contender each "
-        f"round; {args.warmup} warm-up round(s) ({min(args.warmup, 1)} at C) are discarded, then {args.repeats} timed rounds "
+        (f"- Interleaved: each round calls every contender (both modes) once, in an order shuffled afresh each round "
+        f"(seeded: the same orders every run), so that no contender always follows the same one; {args.warmup} warm-up round(s) ({min(args.warmup, 1)} at C) are discarded, then {args.repeats} timed rounds "
         f"({args.repeats_c} at C). Objects alive before the benchmarks are frozen out of the garbage collector "
         "(`gc.freeze`), one collection runs before each interleaved set and none during a call. Reported: median and "
         "interquartile range (IQR, 25th–75th percentile) of the per-call wall time (`time.perf_counter`)."),

@@ -64,3 +64,24 @@ def test_quick_run_writes_markdown_report(tmp_path):
 
     header, peaks = table(markdown, "### GEMM peak (cpu")
     assert header == ["kernel", "GFLOP/s"] and peaks
+
+
+def test_interleaved_rounds_vary_each_contender_s_predecessor():
+    # a fixed cyclic order (a rotating start) kept each contender behind the same one, whose aftermath it then paid
+    # for in every round; the orders are shuffled per round, and seeded: the same in every run
+    from benchmarks import timing
+
+    def trace():
+        calls = []
+        samples = timing.interleaved({name: (lambda name=name: calls.append(name)) for name in "abcde"}, repeats=8, warmup=2)
+        return calls, samples
+
+    calls, samples = trace()
+    assert calls == trace()[0]
+    assert all(len(times) == 8 for times in samples.values())  # warm-up rounds run but are not reported
+    rounds = [calls[i : i + 5] for i in range(0, len(calls), 5)]
+    assert all(sorted(order) == list("abcde") for order in rounds)  # every contender once a round
+    for name in "abcde":
+        before = {order[order.index(name) - 1] for order in rounds if order.index(name) > 0}
+        assert len(before) >= 3, (name, before)
+        assert sum(order[0] == name for order in rounds) < len(rounds)  # nobody always first
