@@ -1,12 +1,13 @@
 // The compiled loop kernel of rnnkit's fused engine: the per-step recurrence.
 //
 // Same contract as rnnkit/engine/fused_loops.py (read its docstring; the math is in
-// fused.py). Python does the GEMMs that span all steps; this file runs the loop over
-// time, where per-step dispatch overhead is what a Python loop cannot avoid.
+// fused.py). Python does the GEMMs that span all steps; these ops run the loop over
+// time, where per-step dispatch overhead is what a Python loop cannot avoid. This file holds the
+// ops (their buffers and checks); loop_drivers.h the threads' loop, plain_loop*.h one thread's step.
 //
 // The whole time loop runs inside one OpenMP region. With a small batch each thread owns a slice of
 // hidden units, computes the GEMM columns of exactly those units with the register-blocked kernel
-// below (its weight columns packed once per call into contiguous panels), then their gate math,
+// of loop_common.h (its weight columns packed once per call into contiguous panels), then their gate math,
 // and threads meet at one spinning barrier per step (two with an LSTM projection). With 8 or more
 // rows per thread each thread runs its own rows alone, without barriers (share_rows). There is no
 // per-step dispatch, allocation or fork/join. Measured faster than a library GEMM per step

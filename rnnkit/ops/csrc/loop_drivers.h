@@ -4,7 +4,7 @@
 // spinning barrier per step) or, with 8 or more batch rows per thread, its own rows (no barrier at all; share_rows).
 #pragma once
 
-#include "plain_loop.h"
+#include "plain_loop_backward.h"
 
 #include <ATen/core/TensorBody.h>
 
