@@ -139,6 +139,7 @@ def _projections(kind: int, x: Tensor, weights: CellWeights, low: torch.dtype) -
 def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
     h0, c0 = state[0].contiguous(), state[1].contiguous() if kind == LSTM else x.new_empty(0, dtype=torch.float32)
     w = weights
+    y_dtype = torch.float32 if kind == GRU else low  # the output's dtype in torch.nn's peer (output_dtype's rule, by kind)
     if not recorded_by_autograd(x, *state, *w[:5]):
         if kind == LSTM and zoneout is None and _onednn_lstm_applies(x, w, valid, low):
             low_weights = CellWeights(*(None if t is None else t.to(low) for t in w[:5]))
@@ -147,10 +148,9 @@ def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
         native = fused.loops_for(h0)
         if low == torch.bfloat16 and zoneout is None and isinstance(native, ops.NativeLoops):  # every product in bf16, no history
             bias, b_hn = _float32_biases(kind, w)
-            y_dtype = torch.float32 if kind == GRU else low  # the output torch.nn returns, written by the loop itself
             y, h_n, c_n = native.forward_inference(kind, x.float().contiguous(), _recurrent_weight(w.weight_ih, low), bias, h0, c0,
                                                    _recurrent_weight(w.weight_hh, low), b_hn, _float32(w.weight_hr), valid, reverse,
-                                                   y_dtype)  # fmt: skip
+                                                   y_dtype)  # the loop writes the output in its final dtype  # fmt: skip
             return y, (h_n, c_n) if kind == LSTM else (h_n,)
         xp, b_hn = _projections(kind, x, w, low)
         y, hs, cs, _, _ = fused.loops_for(xp).forward_loop(kind, xp, h0, c0, _recurrent_weight(w.weight_hh, low), b_hn, _float32(w.weight_hr), valid, reverse,
@@ -159,7 +159,7 @@ def _plain(kind, x, state, weights, valid, reverse, low, zoneout=None):
         h_n, c_n = transforms.final_states(hs, cs, reverse, kind == LSTM)
         return y, (h_n, c_n) if kind == LSTM else (h_n,)
     y, h_n, c_n = AutocastRecurrence.apply(kind, reverse, valid, low, x, *w[:5], h0, c0 if kind == LSTM else None, _float32(zoneout),
-                                           torch.float32 if kind == GRU else low)  # y in the layer's dtype: no float32 copy  # fmt: skip
+                                           y_dtype)  # y in the layer's dtype: no float32 copy  # fmt: skip
     return y, (h_n, c_n) if kind == LSTM else (h_n,)
 
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rnnkit.ops.fakes import check_output_dtype
 from rnnkit.ops.kinds import GRU, KINDS, LSTM, RNN_RELU, RNN_TANH  # noqa: F401 - KINDS re-exported
 
 
@@ -70,6 +71,7 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
     out_size = h0.shape[1]
     hidden = w_hh.shape[0] // {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}[kind]
     aliased = valid is None and w_hr is None and output_mask is None  # the output is then hs's steps: returned empty, as the C++ kernel does
+    low_output = check_output_dtype("forward_loop", output_dtype, xp)  # y then a bf16 tensor of its own, made at the end
     y = _empty(xp) if aliased else xp.new_empty(length, batch, out_size)
     hs = xp.new_empty(length + 1, batch, out_size)
     hs[length if reverse else 0] = h0
@@ -123,9 +125,7 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
         hs[after] = h_new
         if kind == LSTM:
             cs[after] = c_new
-    if output_dtype is not None and output_dtype != xp.dtype:  # the compiled loop's one other choice, checked as it does
-        if output_dtype != torch.bfloat16 or xp.dtype != torch.float32:
-            raise RuntimeError(f"forward_loop: output_dtype must be xp's dtype, or bf16 with a float32 xp, got {output_dtype} with {xp.dtype}")
+    if low_output:
         y = ((hs[:-1] if reverse else hs[1:]) if aliased else y).to(output_dtype)
     return y, hs, cs, hn, hraw
 

@@ -31,8 +31,9 @@ def _check_output_mask(output_mask: Tensor | None, steps: Tensor, state: Tensor)
         torch._check(tuple(output_mask.shape) == expected, lambda: f"output_mask: expected shape {expected} (N, H_out), got {tuple(output_mask.shape)}")
 
 
-def _check_output_dtype(op: str, output_dtype: torch.dtype | None, like: Tensor) -> bool:
-    """Whether the op returns y in bf16 from float32 (the only other dtype it can return); raises for any other."""
+def check_output_dtype(op: str, output_dtype: torch.dtype | None, like: Tensor) -> bool:
+    """Whether the op returns y in bf16 from float32 (the only other dtype it can return); raises for any other, as the
+    compiled loops do (the Python loops check with this too)."""
     if output_dtype is None or output_dtype == like.dtype:
         return False
     if output_dtype != torch.bfloat16 or like.dtype != torch.float32:
@@ -48,7 +49,7 @@ def forward_loop(kind, xp, h0, c0, w_hh, b_hn, w_hr, valid, reverse, zoneout=Non
     hidden = gate_size // {LSTM: 4, GRU: 3}.get(kind, 1)
     out_size = h0.shape[1]
     aliased = valid is None and w_hr is None and output_mask is None  # y is then a view of hs, taken in Python
-    if _check_output_dtype("forward_loop", output_dtype, xp):
+    if check_output_dtype("forward_loop", output_dtype, xp):
         y = xp.new_empty(length, batch, out_size, dtype=torch.bfloat16)  # a buffer of its own
     else:
         y = xp.new_empty(0) if aliased else xp.new_empty(length, batch, out_size)
@@ -79,7 +80,7 @@ def backward_loop(kind, gates, hs, cs, hn, hraw, w_hh, w_hr, valid, reverse, dy,
 def forward_inference(kind, x, w_ih, bias, h0, c0, w_hh, b_hn, w_hr, valid, reverse, output_dtype=None):
     _check_time_major("x", x)
     length, batch, _ = x.shape
-    _check_output_dtype("forward_inference", output_dtype, x)
+    check_output_dtype("forward_inference", output_dtype, x)
     hidden = w_hh.shape[0] // {LSTM: 4, GRU: 3}.get(kind, 1)
     c_n = x.new_empty(batch, hidden) if kind == LSTM else x.new_empty(0)
     return x.new_empty(length, batch, h0.shape[1], dtype=output_dtype or x.dtype), x.new_empty(batch, h0.shape[1]), c_n
