@@ -15,17 +15,27 @@
 
 namespace rnnkit::loops {
 
+// Runs body(mine, share, team) on each thread of a team: `mine` is the thread's own copy of `loop` (it moves its own
+// chunk_start, rows and barrier), `share` its part of every step (share_plain), `team` the barrier all threads meet at
+// (mine.barrier is that one, or the thread's own where it runs its own rows).
+template <typename T, typename Body>
+void run_plain_team(const Loop<T>& loop, const Body& body) {
+  StepBarrier barrier;
+  run_team(thread_count(loop.H), barrier, [&](int tid, int nt) {
+    Loop<T> mine = loop;
+    mine.barrier = &barrier;
+    StepBarrier alone;  // a thread that runs its own rows meets no one
+    const PlainShare share = share_plain(mine, tid, nt, alone);
+    body(mine, share, barrier);
+  });
+}
+
 // With `y_low` set, each thread also rounds its part of each step's output into y_low (L, N, H_out) in bf16 once the
 // step is done, while it is in cache (see drive_inference).
 template <typename T>
-void drive_forward(Loop<T> loop, const at::TensorOptions& options, uint16_t* y_low = nullptr) {
+void drive_forward(const Loop<T>& loop, const at::TensorOptions& options, uint16_t* y_low = nullptr) {
   const int64_t L = loop.L, H = loop.H, Hout = loop.Hout, G = loop.G;
-  StepBarrier barrier;
-  loop.barrier = &barrier;
-  run_team(thread_count(H), barrier, [&](int tid, int nt) {
-    Loop<T> mine = loop;
-    StepBarrier alone;
-    const PlainShare share = share_plain(mine, tid, nt, alone);
+  run_plain_team(loop, [&](Loop<T>& mine, const PlainShare& share, StepBarrier& barrier) {
     const auto [u0, u1] = share.units;
     const auto [p0, p1] = share.outputs;
     // B(k, c) = W_hh[c, k]: the columns of W_hh^T for this thread's units, in every gate
@@ -63,12 +73,7 @@ template <typename T>
 void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih, const T* bias, int64_t chunk,
                      const at::TensorOptions& options, const uint16_t* x_tiles = nullptr, int64_t x_width = 0, uint16_t* y_low = nullptr) {
   const int64_t L = shared.L, N = shared.N, H = shared.H, Hout = shared.Hout, G = shared.G, GH = G * H;
-  StepBarrier barrier;
-  run_team(thread_count(H), barrier, [&](int tid, int nt) {
-    Loop<T> loop = shared;  // each thread moves its own chunk_start
-    loop.barrier = &barrier;
-    StepBarrier alone;
-    const PlainShare share = share_plain(loop, tid, nt, alone);
+  run_plain_team(shared, [&](Loop<T>& loop, const PlainShare& share, StepBarrier& barrier) {
     const bool by_rows = share.by_rows;
     const auto [u0, u1] = share.units;
     const auto [p0, p1] = share.outputs;
@@ -128,14 +133,9 @@ void drive_inference(const Loop<T>& shared, const T* x, int64_t I, const T* w_ih
 }
 
 template <typename T>
-void drive_backward(Loop<T> loop, const at::TensorOptions& options) {
+void drive_backward(const Loop<T>& loop, const at::TensorOptions& options) {
   const int64_t L = loop.L, H = loop.H, Hout = loop.Hout, G = loop.G;
-  StepBarrier barrier;
-  loop.barrier = &barrier;
-  run_team(thread_count(H), barrier, [&](int tid, int nt) {
-    Loop<T> mine = loop;
-    StepBarrier alone;
-    const PlainShare share = share_plain(mine, tid, nt, alone);
+  run_plain_team(loop, [&](Loop<T>& mine, const PlainShare& share, StepBarrier& barrier) {
     const auto [u0, u1] = share.units;
     const auto [q0, q1] = share.outputs;
     // B = W_hh (rows: gates, columns: h_out), split at GRU's n rows; B = W_hr
